@@ -1,0 +1,40 @@
+"""The contract between the operator's pod templates and the model server.
+
+Written down once: the operator renders these env vars and ports into every serving pod, and
+the server reads them. Change a name here and both sides follow.
+"""
+
+from typing import Final
+
+# --- Environment variables the operator sets on every serving container -------------------
+ENV_MODEL_URI: Final = "CANARIUM_MODEL_URI"  # file:///, plain path, http(s)://, s3://, pvc://, configmap://
+ENV_MODEL_SHA256: Final = "CANARIUM_MODEL_SHA256"  # optional hex digest of the model file
+ENV_MODEL_NAME: Final = "CANARIUM_MODEL_NAME"  # the name in /v2/models/{name}
+ENV_MODEL_VERSION: Final = "CANARIUM_MODEL_VERSION"  # spec.model.version
+ENV_DEPLOYMENT: Final = "CANARIUM_DEPLOYMENT"  # the ModelDeployment's name
+ENV_NAMESPACE: Final = "CANARIUM_NAMESPACE"  # its namespace
+ENV_REVISION: Final = "CANARIUM_REVISION"  # the revision (child Deployment) name
+ENV_ROLE: Final = "CANARIUM_ROLE"  # "stable" or "canary"
+# --- Server knobs (flags of canarium-serve; the operator may set them from spec.serving.env) --
+ENV_HOST: Final = "CANARIUM_HOST"  # bind address (default 0.0.0.0)
+ENV_PORT: Final = "CANARIUM_PORT"  # HTTP port for V2 and /metrics (default 8080)
+ENV_MODEL_CACHE_DIR: Final = "CANARIUM_MODEL_CACHE_DIR"  # where remote models are downloaded
+ENV_MAX_BODY_BYTES: Final = "CANARIUM_MAX_BODY_BYTES"
+ENV_BATCH_MAX_SIZE: Final = "CANARIUM_BATCH_MAX_SIZE"  # 0/1 = dynamic batching off
+ENV_BATCH_MAX_WAIT_MS: Final = "CANARIUM_BATCH_MAX_WAIT_MS"
+
+ROLE_STABLE: Final = "stable"
+ROLE_CANARY: Final = "canary"
+
+# --- Ports and paths -----------------------------------------------------------------------
+HTTP_PORT: Final = 8080  # V2 REST and Prometheus /metrics share one port, named "http"
+HTTP_PORT_NAME: Final = "http"
+METRICS_PATH: Final = "/metrics"
+LIVE_PATH: Final = "/v2/health/live"
+READY_PATH: Final = "/v2/health/ready"
+DEFAULT_MODEL_CACHE_DIR: Final = "/tmp/canarium-models"  # an emptyDir in the pod (read-only root fs)
+
+# Reference statistics travel inside the ONNX file (metadata_props), so one artifact and one
+# sha256 cover both; `canarium model build` also writes them next to it as a JSON file.
+ONNX_METADATA_KEY: Final = "canarium.reference"
+REFERENCE_FILE_SUFFIX: Final = ".reference.json"
