@@ -1,0 +1,426 @@
+"""ModelDeployment: which model, which version, how to serve it and how to roll it out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from canarium.api.common import (
+    API_VERSION,
+    C_IDENTIFIER_PATTERN,
+    HTTP_HEADER_NAME_PATTERN,
+    INT64,
+    LABEL_VALUE_PATTERN,
+    LIST_SET,
+    DnsLabel,
+    DnsSubdomain,
+    ObjectMeta,
+    Quantity,
+    Rule,
+    SpecModel,
+    ensure_unique,
+    list_map,
+    validations,
+)
+from canarium.api.rolloutpolicy import RolloutPolicySpec
+from canarium.api.status import ModelDeploymentStatus
+
+MODEL_URI_PATTERN = (
+    r"^("
+    r"https?://[^\s/?#]+(/\S*)?"
+    r"|s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9]/\S+"
+    r"|pvc://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/\S+"
+    r"|configmap://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+"
+    r"|file:///\S+"
+    r")$"
+)
+RESERVED_ENV_PREFIX = "CANARIUM_"
+MAX_ENV = 100
+
+# ---------------------------------------------------------------------------------------------
+# spec.model
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelSpec(SpecModel):
+    """The model artifact to serve. Changing version or uri starts a rollout."""
+
+    uri: str = Field(
+        min_length=8,
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description=(
+            "Where the model file is: http(s)://host/path, s3://bucket/key, "
+            "pvc://claim/path/in/volume, configmap://name/key (binaryData or data), or "
+            "file:///absolute/path inside the serving image."
+        ),
+    )
+    format: Literal["onnx"] = Field("onnx", description="Model file format. Only onnx for now.")
+    version: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description=(
+            "Version of the model, free-form but label-value shaped (e.g. 1.4.0, 2024-06-01, "
+            "abc123). Shown in status, metrics and revision labels."
+        ),
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="Expected SHA-256 of the model file (64 lowercase hex digits); pods refuse "
+        "to serve a file that does not match.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.serving
+# ---------------------------------------------------------------------------------------------
+
+
+class ResourceRequirements(SpecModel):
+    """Compute resources of each serving container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Minimum resources, e.g. cpu: 100m, memory: 256Mi.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Maximum resources, e.g. memory: 512Mi.",
+    )
+
+
+RULE_AUTOSCALING_RANGE = Rule(
+    "self.minReplicas <= self.maxReplicas",
+    "minReplicas must not be greater than maxReplicas",
+    field_path=".minReplicas",
+)
+
+
+class AutoscalingSpec(SpecModel):
+    """Scale each revision with a HorizontalPodAutoscaler on CPU. When set, replicas is only the
+    starting size."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_AUTOSCALING_RANGE))
+
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest pods per revision.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most pods per revision.")
+    target_cpu_utilization_percentage: int = Field(
+        80,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU utilisation (percent of requests) the autoscaler aims for.",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise RULE_AUTOSCALING_RANGE.fail()
+        return self
+
+
+RULE_ENV_RESERVED = Rule(
+    f"!self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+    f"names starting with {RESERVED_ENV_PREFIX} are reserved for the operator",
+    field_path=".name",
+    reason="FieldValueForbidden",
+)
+
+
+class EnvVar(SpecModel):
+    """An environment variable of the serving container."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ENV_RESERVED))
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=C_IDENTIFIER_PATTERN,
+        description=f"Variable name (a C identifier, not starting with {RESERVED_ENV_PREFIX}).",
+    )
+    value: str = Field("", max_length=32768, description="Variable value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(RESERVED_ENV_PREFIX):
+            raise RULE_ENV_RESERVED.fail()
+        return value
+
+
+class Toleration(SpecModel):
+    """A Kubernetes pod toleration (the fields of core/v1 Toleration)."""
+
+    key: str | None = Field(
+        None,
+        max_length=316,
+        description="Taint key the toleration applies to; empty with operator Exists matches all.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        None, description="Exists or Equal (default Equal, as in Kubernetes)."
+    )
+    value: str | None = Field(
+        None, max_length=63, description="Taint value to match when operator is Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; absent matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
+        json_schema_extra=INT64,
+    )
+
+
+class ServingSpec(SpecModel):
+    """How each revision is served: the usual pod knobs."""
+
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^\S+$",
+        description="Model server image. Absent: the operator's default serving image.",
+    )
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Serving pods of the stable revision (the starting size with autoscaling).",
+    )
+    resources: ResourceRequirements | None = Field(
+        None, description="CPU and memory requests and limits of the serving container."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Scale each revision on CPU with a HorizontalPodAutoscaler."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra environment variables of the serving container (unique names).",
+        json_schema_extra=list_map("name"),
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the serving pods must be scheduled on.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tolerations of the serving pods.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        ensure_unique(value, "name", "env")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.rollout
+# ---------------------------------------------------------------------------------------------
+
+
+class PolicyRef(SpecModel):
+    """A reference to a RolloutPolicy in the same namespace."""
+
+    name: DnsSubdomain = Field(description="Name of the RolloutPolicy.")
+
+
+RULE_ONE_POLICY = Rule(
+    "!(has(self.policyRef) && has(self.policy))",
+    "set at most one of policyRef and policy",
+    field_path=".policy",
+    reason="FieldValueForbidden",
+)
+
+
+class RolloutSpec(SpecModel):
+    """How a new revision replaces the current one: policyRef or an inline policy, at most one.
+    Neither: the new revision replaces the old one as soon as it is Ready (no canary)."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_POLICY))
+
+    policy_ref: PolicyRef | None = Field(
+        None, description="Use the RolloutPolicy of this name, in the same namespace."
+    )
+    policy: RolloutPolicySpec | None = Field(
+        None, description="An inline policy, with the same fields as a RolloutPolicy's spec."
+    )
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> RolloutSpec:
+        if self.policy_ref is not None and self.policy is not None:
+            raise RULE_ONE_POLICY.fail()
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.traffic
+# ---------------------------------------------------------------------------------------------
+
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Hostname = Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN, min_length=1, max_length=253)]
+
+
+class ParentRef(SpecModel):
+    """A Gateway the HTTPRoute attaches to."""
+
+    name: DnsSubdomain = Field(description="Name of the Gateway.")
+    namespace: DnsLabel | None = Field(
+        None, description="Namespace of the Gateway. Absent: the ModelDeployment's namespace."
+    )
+    section_name: DnsSubdomain | None = Field(
+        None, description="Listener of the Gateway to attach to. Absent: all listeners."
+    )
+
+
+class HeaderMatch(SpecModel):
+    """Requests carrying this header with exactly this value always go to the canary (A/B
+    routing, e.g. for testers); other requests follow the weights."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=HTTP_HEADER_NAME_PATTERN,
+        description="HTTP header name, e.g. X-Canary.",
+    )
+    value: str = Field(min_length=1, max_length=4096, description="Exact header value.")
+
+
+class GatewayAPISpec(SpecModel):
+    """Traffic through a Gateway API HTTPRoute with weighted backends: exact weights, header
+    routing and mirroring. Needs the Gateway API CRDs and a Gateway."""
+
+    parent_refs: list[ParentRef] = Field(
+        min_length=1,
+        max_length=16,
+        description="Gateways the HTTPRoute attaches to.",
+    )
+    hostnames: list[Hostname] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Hostnames the HTTPRoute matches. Absent: those of the Gateway listeners.",
+        json_schema_extra=LIST_SET,
+    )
+    header_match: HeaderMatch | None = Field(
+        None, description="Route requests with this header to the canary, whatever the weights."
+    )
+    mirror_percent: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description=(
+            "Copy this percentage of the stable revision's requests to the canary (shadow "
+            "traffic: responses are dropped, metrics are kept)."
+        ),
+    )
+
+    @field_validator("hostnames")
+    @classmethod
+    def _unique_hostnames(cls, value: list[Hostname]) -> list[Hostname]:
+        ensure_unique(value, "", "hostnames")
+        return value
+
+
+RULE_GATEWAY_REQUIRED = Rule(
+    "self.router != 'gatewayAPI' || has(self.gatewayAPI)",
+    "gatewayAPI is required when router is gatewayAPI",
+    field_path=".gatewayAPI",
+    reason="FieldValueRequired",
+)
+RULE_GATEWAY_FORBIDDEN = Rule(
+    "self.router == 'gatewayAPI' || !has(self.gatewayAPI)",
+    "gatewayAPI takes effect only with router: gatewayAPI",
+    field_path=".gatewayAPI",
+    reason="FieldValueForbidden",
+)
+
+
+class TrafficSpec(SpecModel):
+    """How requests are split between the stable and the canary revision."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(RULE_GATEWAY_REQUIRED, RULE_GATEWAY_FORBIDDEN)
+    )
+
+    router: Literal["replicas", "gatewayAPI"] = Field(
+        "replicas",
+        description=(
+            "replicas: one Service over both revisions, the weight approximated by pod counts "
+            "(works on any cluster; status reports the effective weight). gatewayAPI: an "
+            "HTTPRoute with exact weights."
+        ),
+    )
+    gateway_api: GatewayAPISpec | None = Field(
+        None, alias="gatewayAPI", description="HTTPRoute settings; required by router gatewayAPI."
+    )
+
+    @model_validator(mode="after")
+    def _gateway(self) -> TrafficSpec:
+        if self.router == "gatewayAPI" and self.gateway_api is None:
+            raise RULE_GATEWAY_REQUIRED.fail()
+        if self.router != "gatewayAPI" and self.gateway_api is not None:
+            raise RULE_GATEWAY_FORBIDDEN.fail()
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelDeployment
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelDeploymentSpec(SpecModel):
+    """Desired state of a ModelDeployment. The operator never writes it."""
+
+    model: ModelSpec = Field(description="The model artifact and its version.")
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec, description="How each revision is served."
+    )
+    rollout: RolloutSpec | None = Field(
+        None,
+        description=(
+            "How a new version is rolled out. Absent: the new revision replaces the old one "
+            "once Ready."
+        ),
+    )
+    traffic: TrafficSpec = Field(
+        default_factory=TrafficSpec,
+        description="How traffic is split between stable and canary.",
+    )
+
+
+class ModelDeployment(SpecModel):
+    """A model served behind a stable endpoint, with canary rollouts of new versions.
+
+    `ModelDeployment.model_validate(obj)` parses a whole object as the API server returns it:
+    metadata is read leniently, unknown top-level keys are ignored, status may be absent, and
+    spec defaults are applied as the API server applies them.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    KIND: ClassVar[str] = "ModelDeployment"
+    PLURAL: ClassVar[str] = "modeldeployments"
+
+    api_version: str = Field(API_VERSION, description="canarium.dev/v1alpha1")
+    kind: Literal["ModelDeployment"] = Field("ModelDeployment", description="ModelDeployment")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Object metadata.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus = Field(
+        default_factory=ModelDeploymentStatus, description="Observed state."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerate_null_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("status") is None:
+            data = {k: v for k, v in data.items() if k != "status"}
+        return data

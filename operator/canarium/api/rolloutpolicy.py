@@ -1,0 +1,408 @@
+"""RolloutPolicy: how a new model version is rolled out and judged."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from canarium.api.common import (
+    API_VERSION,
+    HTTP_HEADER_NAME_PATTERN,
+    INT64,
+    Condition,
+    DnsLabel,
+    Duration,
+    ObjectMeta,
+    Rule,
+    SpecModel,
+    StatusModel,
+    ensure_unique,
+    list_map,
+    parse_duration,
+    validations,
+)
+
+MAX_STEPS = 20
+MAX_CUSTOM_CHECKS = 10
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+
+class PauseStep(SpecModel):
+    """Hold the current weight. With a duration the rollout continues on its own once the time
+    has passed (and analysis has not failed); without one (`pause: {}`) it waits for a person
+    (`kubectl canarium promote`)."""
+
+    duration: Duration | None = Field(
+        None,
+        description=(
+            "How long to hold, e.g. 30s, 5m, 1h30m. Absent: wait until promoted by a person."
+        ),
+    )
+
+    @property
+    def seconds(self) -> float | None:
+        """The duration in seconds, or None for an indefinite pause."""
+        return None if self.duration is None else parse_duration(self.duration)
+
+
+RULE_ONE_ACTION = Rule(
+    "has(self.setWeight) != has(self.pause)",
+    "each step sets exactly one of setWeight or pause",
+)
+
+
+class RolloutStep(SpecModel):
+    """One step of a canary rollout: exactly one of setWeight or pause."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_ACTION))
+
+    set_weight: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Send this percentage (0-100) of the traffic to the canary.",
+    )
+    pause: PauseStep | None = Field(
+        None,
+        description="Hold the current weight for a duration, or until promoted when empty.",
+    )
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RolloutStep:
+        if (self.set_weight is None) == (self.pause is None):
+            raise RULE_ONE_ACTION.fail()
+        return self
+
+
+RULE_WEIGHTS_SORTED = Rule(
+    "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+    "setWeight values must never decrease from one step to the next",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------------------------
+
+
+class PodMetricsProvider(SpecModel):
+    """Scrape the serving pods' /metrics through the API server's pod proxy: no Prometheus
+    needed. Takes no settings."""
+
+
+class HttpHeader(SpecModel):
+    """An HTTP header sent with every query (not for secrets: the value is stored in plain
+    text)."""
+
+    name: str = Field(
+        description="Header name.", min_length=1, max_length=256, pattern=HTTP_HEADER_NAME_PATTERN
+    )
+    value: str = Field(description="Header value.", max_length=4096)
+
+
+class PrometheusProvider(SpecModel):
+    """Query a Prometheus-compatible HTTP API."""
+
+    address: str = Field(
+        description="Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090.",
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+    )
+    headers: list[HttpHeader] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra HTTP headers for every query, e.g. X-Scope-OrgID for multi-tenancy.",
+        json_schema_extra=list_map("name"),
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _unique_headers(cls, value: list[HttpHeader]) -> list[HttpHeader]:
+        ensure_unique(value, "name", "headers")
+        return value
+
+
+RULE_ONE_PROVIDER = Rule(
+    "has(self.podMetrics) != has(self.prometheus)",
+    "set exactly one of podMetrics or prometheus",
+)
+
+
+class MetricsProvider(SpecModel):
+    """Where measurements come from: exactly one of podMetrics or prometheus."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_PROVIDER))
+
+    pod_metrics: PodMetricsProvider | None = Field(
+        None, description="Scrape the serving pods through the API server (no Prometheus needed)."
+    )
+    prometheus: PrometheusProvider | None = Field(None, description="Query a Prometheus server.")
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> MetricsProvider:
+        if (self.pod_metrics is None) == (self.prometheus is None):
+            raise RULE_ONE_PROVIDER.fail()
+        return self
+
+
+class ErrorRateCheck(SpecModel):
+    """Fail when the canary's share of failed requests (HTTP 5xx and model errors) is above max."""
+
+    max: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Highest acceptable error rate as a fraction between 0 and 1, e.g. 0.01.",
+    )
+
+
+class LatencyCheck(SpecModel):
+    """Fail when the canary's 99th percentile request latency is above maxMs."""
+
+    max_ms: float = Field(
+        gt=0.0,
+        le=3_600_000.0,
+        description="Highest acceptable p99 latency in milliseconds.",
+    )
+
+
+class DriftCheck(SpecModel):
+    """Fail when the population stability index (PSI) is above maxPSI. Rule of thumb: below 0.1
+    no shift, 0.1-0.25 moderate shift, above 0.25 major shift."""
+
+    max_psi: float = Field(
+        0.2,
+        ge=0.0,
+        le=100.0,
+        alias="maxPSI",
+        description="Highest acceptable population stability index.",
+    )
+
+
+RULE_CUSTOM_BOUNDS = Rule("has(self.min) || has(self.max)", "a custom check needs min, max or both")
+RULE_CUSTOM_ORDER = Rule(
+    "!has(self.min) || !has(self.max) || self.min <= self.max",
+    "a custom check's min must not be greater than its max",
+)
+
+
+class CustomCheck(SpecModel):
+    """A PromQL query whose value must stay within [min, max]. Needs the prometheus provider."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_CUSTOM_BOUNDS, RULE_CUSTOM_ORDER))
+
+    name: DnsLabel = Field(description="Name of the check, shown in status measurements.")
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL query returning one number. The placeholders {{namespace}}, {{deployment}}, "
+            "{{revision}} and {{role}} (stable or canary) are replaced before it runs."
+        ),
+    )
+    min: float | None = Field(None, description="Lowest acceptable value (inclusive).")
+    max: float | None = Field(None, description="Highest acceptable value (inclusive).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CustomCheck:
+        if self.min is None and self.max is None:
+            raise RULE_CUSTOM_BOUNDS.fail()
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise RULE_CUSTOM_ORDER.fail()
+        return self
+
+
+RULE_SOME_CHECK = Rule(
+    "has(self.errorRate) || has(self.latencyP99) || has(self.predictionDrift)"
+    " || has(self.dataDrift) || (has(self.custom) && size(self.custom) > 0)",
+    "set at least one check",
+)
+
+
+class AnalysisChecks(SpecModel):
+    """The checks run at every analysis interval against the canary (or, during bake, the newly
+    promoted revision). At least one must be set."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_SOME_CHECK))
+
+    error_rate: ErrorRateCheck | None = Field(
+        None, description="Maximum fraction of failed requests."
+    )
+    latency_p99: LatencyCheck | None = Field(None, description="Maximum 99th percentile latency.")
+    prediction_drift: DriftCheck | None = Field(
+        None,
+        description=(
+            "Maximum PSI between the canary's and the stable revision's output distributions."
+        ),
+    )
+    data_drift: DriftCheck | None = Field(
+        None,
+        description=(
+            "Maximum PSI between live input features and the model's reference statistics."
+        ),
+    )
+    custom: list[CustomCheck] = Field(
+        default_factory=list,
+        max_length=MAX_CUSTOM_CHECKS,
+        description="Raw PromQL checks with bounds (prometheus provider only).",
+        json_schema_extra=list_map("name"),
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _unique_custom(cls, value: list[CustomCheck]) -> list[CustomCheck]:
+        ensure_unique(value, "name", "custom")
+        return value
+
+    @model_validator(mode="after")
+    def _some_check(self) -> AnalysisChecks:
+        if not (
+            self.error_rate
+            or self.latency_p99
+            or self.prediction_drift
+            or self.data_drift
+            or self.custom
+        ):
+            raise RULE_SOME_CHECK.fail()
+        return self
+
+
+def _default_provider() -> MetricsProvider:
+    return MetricsProvider(pod_metrics=PodMetricsProvider())
+
+
+class AnalysisSpec(SpecModel):
+    """Measure the canary at every interval and judge it. Failed intervals roll back; intervals
+    with too little traffic are inconclusive and hold the rollout, they never fail it."""
+
+    interval: Duration = Field("30s", description="Time between two measurements, e.g. 30s.")
+    initial_delay: Duration | None = Field(
+        None, description="Wait this long after a weight change before the first measurement."
+    )
+    failure_limit: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Roll back after this many failed intervals.",
+    )
+    inconclusive_limit: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description=(
+            "Pause the rollout for a person after this many consecutive inconclusive intervals. "
+            "0 or absent: keep holding (and measuring) until enough data arrives."
+        ),
+    )
+    min_samples: int = Field(
+        50,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Fewest canary requests an interval needs to be judged; fewer is inconclusive, "
+            "never a failure."
+        ),
+    )
+    provider: MetricsProvider = Field(
+        default_factory=_default_provider,
+        description="Where measurements come from. Default: podMetrics.",
+    )
+    checks: AnalysisChecks = Field(description="What is measured and the limits.")
+
+    @property
+    def interval_seconds(self) -> float:
+        """`interval` in seconds."""
+        return parse_duration(self.interval)
+
+    @property
+    def initial_delay_seconds(self) -> float:
+        """`initialDelay` in seconds (0 when absent)."""
+        return 0.0 if self.initial_delay is None else parse_duration(self.initial_delay)
+
+
+class RolloutPolicySpec(SpecModel):
+    """How a new model version is rolled out: weight steps and pauses, analysis of the canary,
+    and an optional bake time after promotion. After the last step the canary is promoted to
+    100% of the traffic."""
+
+    steps: list[RolloutStep] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description=(
+            "Ordered steps: setWeight moves traffic to the canary, pause holds it. setWeight "
+            "values never decrease."
+        ),
+        json_schema_extra=validations(RULE_WEIGHTS_SORTED),
+    )
+    analysis: AnalysisSpec | None = Field(
+        None,
+        description="Judge the canary from metrics while it runs. Absent: no automatic judgement.",
+    )
+    bake: Duration | None = Field(
+        None,
+        description=(
+            "Keep analysing a promoted version this long; a failure then rolls back to the "
+            "previous revision, which is kept scaled down until the bake ends."
+        ),
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_sorted(cls, value: list[RolloutStep]) -> list[RolloutStep]:
+        weights = [s.set_weight for s in value if s.set_weight is not None]
+        if weights != sorted(weights):
+            raise RULE_WEIGHTS_SORTED.fail()
+        return value
+
+    @property
+    def bake_seconds(self) -> float:
+        """`bake` in seconds (0 when absent)."""
+        return 0.0 if self.bake is None else parse_duration(self.bake)
+
+
+class RolloutPolicyStatus(StatusModel):
+    """Observed state of a RolloutPolicy."""
+
+    observed_generation: int | None = Field(
+        None,
+        ge=0,
+        description="The .metadata.generation the operator last checked.",
+        json_schema_extra=INT64,
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Ready is True when the policy is valid and usable.",
+        json_schema_extra=list_map("type"),
+    )
+
+
+PolicyKind = Literal["RolloutPolicy"]
+
+
+class RolloutPolicy(SpecModel):
+    """A reusable rollout strategy, referenced by ModelDeployments through
+    spec.rollout.policyRef. Parse a raw object from the API server with `model_validate`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    KIND: ClassVar[str] = "RolloutPolicy"
+    PLURAL: ClassVar[str] = "rolloutpolicies"
+
+    api_version: str = Field(API_VERSION, description="canarium.dev/v1alpha1")
+    kind: PolicyKind = Field("RolloutPolicy", description="RolloutPolicy")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Object metadata.")
+    spec: RolloutPolicySpec = Field(description="The rollout strategy.")
+    status: RolloutPolicyStatus = Field(
+        default_factory=RolloutPolicyStatus, description="Observed state."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerate_null_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("status") is None:
+            data = {k: v for k, v in data.items() if k != "status"}
+        return data

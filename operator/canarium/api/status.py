@@ -1,0 +1,162 @@
+"""ModelDeployment status: written by the operator only, through the status subresource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from canarium.api.common import INT64, Condition, StatusModel, ensure_unique, list_map
+
+Phase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded"]
+Verdict = Literal["Passed", "Failed", "Inconclusive"]
+Outcome = Literal["Promoted", "RolledBack", "Aborted", "Replaced"]
+
+MAX_HISTORY = 10
+MAX_MEASUREMENTS = 20
+MAX_CONDITIONS = 16
+
+# Condition types and their meaning (kstatus/Argo CD/kubectl wait read them).
+CONDITION_READY = "Ready"
+CONDITION_PROGRESSING = "Progressing"
+CONDITION_DEGRADED = "Degraded"
+
+
+class RevisionStatus(StatusModel):
+    """One serving revision (a Deployment named <name>-<hash>) and the traffic it gets."""
+
+    name: str | None = Field(None, max_length=253, description="Name of the revision's Deployment.")
+    model_version: str | None = Field(
+        None, max_length=63, description="spec.model.version that this revision serves."
+    )
+    replicas: int | None = Field(None, ge=0, description="Desired number of serving pods.")
+    ready_replicas: int | None = Field(None, ge=0, description="Number of ready serving pods.")
+    weight: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Percentage of the traffic the rollout asks for this revision.",
+    )
+    effective_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "Percentage of the traffic this revision actually gets, rounded to 0.01. With the "
+            "replicas router it follows the ratio of ready pods and may differ from weight."
+        ),
+    )
+
+
+class Measurement(StatusModel):
+    """The latest result of one analysis check."""
+
+    check: str = Field(
+        max_length=63,
+        description="Check name: errorRate, latencyP99, predictionDrift, "
+        "dataDrift, samples or a custom check's name.",
+    )
+    value: float | None = Field(None, description="Measured value; absent when there was no data.")
+    threshold: str | None = Field(
+        None, max_length=256, description="The limit the value was judged against, e.g. '<= 0.01'."
+    )
+    verdict: Verdict = Field(description="Passed, Failed or Inconclusive (too little data).")
+    reason: str | None = Field(None, max_length=1024, description="Why, in a few words.")
+    time: datetime = Field(description="When the measurement was taken.")
+
+
+class AnalysisStatus(StatusModel):
+    """Progress of the analysis of the current canary (or of the promoted revision during bake)."""
+
+    intervals: int = Field(0, ge=0, description="Intervals measured so far for this revision.")
+    consecutive_failures: int = Field(
+        0, ge=0, description="Failed intervals in a row (rollback at failureLimit)."
+    )
+    consecutive_inconclusive: int = Field(
+        0, ge=0, description="Inconclusive intervals in a row (pause at inconclusiveLimit)."
+    )
+    last_run_time: datetime | None = Field(None, description="When the last interval was judged.")
+    measurements: list[Measurement] = Field(
+        default_factory=list,
+        max_length=MAX_MEASUREMENTS,
+        description="The latest measurement of every check.",
+    )
+
+
+class HistoryEntry(StatusModel):
+    """What became of an earlier rollout."""
+
+    revision: str = Field(max_length=253, description="Name of the revision.")
+    model_version: str | None = Field(
+        None, max_length=63, description="Model version the revision served."
+    )
+    outcome: Outcome = Field(description="Promoted, RolledBack, Aborted or Replaced.")
+    time: datetime = Field(description="When the outcome happened.")
+    reason: str | None = Field(None, max_length=1024, description="Why, in a few words.")
+
+
+class ModelDeploymentStatus(StatusModel):
+    """Observed state of a ModelDeployment, written by the operator."""
+
+    observed_generation: int | None = Field(
+        None,
+        ge=0,
+        description="The .metadata.generation this status describes.",
+        json_schema_extra=INT64,
+    )
+    phase: Phase | None = Field(
+        None, description="Pending, Progressing, Paused, Healthy or Degraded."
+    )
+    message: str | None = Field(
+        None, max_length=32768, description="Human readable summary of the phase."
+    )
+    ready: str | None = Field(
+        None,
+        max_length=32,
+        description="Ready serving pods over desired serving pods, all revisions, e.g. 3/3.",
+    )
+    stable: RevisionStatus | None = Field(
+        None, description="The revision serving the promoted model version."
+    )
+    canary: RevisionStatus | None = Field(
+        None, description="The revision under rollout; absent when no rollout is in progress."
+    )
+    current_step: int | None = Field(
+        None, ge=0, description="Index of the rollout step being executed (0-based)."
+    )
+    step_started_at: datetime | None = Field(
+        None, description="When the current step started (pause durations count from here)."
+    )
+    pause_reason: str | None = Field(
+        None, max_length=1024, description="Why the rollout is paused, when phase is Paused."
+    )
+    analysis: AnalysisStatus | None = Field(
+        None, description="Analysis of the current canary or bake."
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description=f"The last {MAX_HISTORY} rollouts and their outcomes, newest first.",
+    )
+    endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        description="In-cluster URL of the Open Inference Protocol (V2) endpoint.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Ready, Progressing and Degraded conditions (metav1.Condition).",
+        json_schema_extra=list_map("type"),
+    )
+
+    @field_validator("conditions")
+    @classmethod
+    def _unique_conditions(cls, value: list[Condition]) -> list[Condition]:
+        ensure_unique(value, "type", "conditions")
+        return value
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of the given type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
