@@ -1,0 +1,63 @@
+# Canarium: one entry point. `make demo` sets up and runs the demo; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup lint format typecheck unit e2e test crds cluster-up cluster-down kubeconfig kubectl \
+        control-plane demo bench bench-serving bench-operator clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## create .venv with the project (editable) and its tools
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: setup ## mypy --strict on both packages
+	$(BIN)/mypy
+
+control-plane: ## build the local control plane into ~/.cache/canarium (first run only)
+	@hack/build-control-plane.sh >/dev/null
+
+cluster-up: control-plane ## start the local control plane with kwok nodes
+	@hack/cluster.sh up
+
+cluster-down: ## stop the local control plane, leaving no process behind
+	@hack/cluster.sh down
+
+kubeconfig: ## print the local cluster's kubeconfig path
+	@hack/cluster.sh kubeconfig
+
+kubectl: ## print the path of the matching kubectl
+	@hack/cluster.sh kubectl
+
+unit: setup ## unit and model-server tests (no cluster)
+	$(BIN)/pytest tests/unit tests/serving
+
+e2e: setup control-plane ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
+	$(BIN)/pytest tests/e2e
+
+test: setup control-plane ## everything: lint, type checks, unit, serving and e2e tests
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/pytest
+
+demo: setup control-plane ## local cluster + operator + the iris example
+	$(BIN)/python hack/demo.py
+
+clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The local Kubernetes control plane: real etcd, kube-apiserver, kube-controller-manager and
+# kube-scheduler, with kwok simulating nodes and pods. Everything binds to 127.0.0.1.
+#   hack/cluster.sh up          build (first run only) and start the cluster, create kwok nodes
+#   hack/cluster.sh down        stop it and remove its state; leaves no process behind
+#   hack/cluster.sh kubeconfig  print the kubeconfig path
+#   hack/cluster.sh kubectl     print the path of the matching kubectl
+#   hack/cluster.sh bin         print the directory of the built binaries (builds if needed)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/versions.env"
+
+name=${CANARIUM_CLUSTER_NAME:-canarium}
+nodes=${CANARIUM_CLUSTER_NODES:-3}
+cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
+export KWOK_WORKDIR="$cache/kwok"
+cluster_dir="$KWOK_WORKDIR/clusters/$name"
+bin_dir() { "$here/build-control-plane.sh"; }
+
+kubeconfig_path() { echo "$cluster_dir/kubeconfig.yaml"; }
+
+# Pod IPs come from each node's podCIDR: a loopback range (127.64.N.0/24 on node N), so that
+# tests can run a real model server process at a simulated pod's own IP with no network setup.
+node_manifest() {
+  local i=$1
+  cat <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: ""
+    type: kwok
+spec:
+  podCIDR: 127.64.$i.0/24
+  podCIDRs: [127.64.$i.0/24]
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: fake, kubeProxyVersion: fake}
+  phase: Running
+YAML
+}
+
+up() {
+  local bin
+  bin=$(bin_dir)
+  local kubectl="$bin/kubectl" kc
+  kc=$(kubeconfig_path)
+  if [ -f "$kc" ] && "$kubectl" --kubeconfig "$kc" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+    echo "cluster $name already running (kubeconfig: $kc)" >&2
+    return 0
+  fi
+  [ -d "$cluster_dir" ] && "$bin/kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
+  mkdir -p "$KWOK_WORKDIR"
+  local conf="$KWOK_WORKDIR/$name-config.yaml"
+  cat >"$conf" <<YAML
+kind: KwokctlConfiguration
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+options:
+  runtime: binary
+  kubeVersion: $KUBERNETES_VERSION
+  etcdVersion: ${ETCD_VERSION#v}
+  kwokVersion: $KWOK_VERSION
+  bindAddress: 127.0.0.1
+  kubeApiserverBinary: $bin/kube-apiserver
+  kubeControllerManagerBinary: $bin/kube-controller-manager
+  kubeSchedulerBinary: $bin/kube-scheduler
+  kubectlBinary: $bin/kubectl
+  etcdBinary: $bin/etcd
+  kwokControllerBinary: $bin/kwok
+  kubeAuthorization: true
+  kubeAdmission: true
+  disableQPSLimits: true
+YAML
+  local start=$SECONDS
+  local log="$KWOK_WORKDIR/$name-create.log"
+  if ! "$bin/kwokctl" create cluster --name "$name" --config "$conf" --wait 2m >"$log" 2>&1; then
+    tail -30 "$log" >&2
+    echo "kwokctl create cluster failed; full log: $log" >&2
+    return 1
+  fi
+  for i in $(seq 1 "$nodes"); do node_manifest "$i"; echo ---; done | "$kubectl" --kubeconfig "$kc" apply -f - >&2
+  "$kubectl" --kubeconfig "$kc" wait --for=condition=Ready node --all --timeout=60s >&2
+  echo "cluster $name up in $((SECONDS - start))s; kubeconfig: $kc" >&2
+}
+
+down() {
+  local bin
+  bin=$(bin_dir)
+  if [ -d "$cluster_dir" ]; then
+    "$bin/kwokctl" delete cluster --name "$name" >"$KWOK_WORKDIR/$name-delete.log" 2>&1 || true
+  fi
+  # kwokctl stops what it started (from copies of the binaries under the cluster's folder);
+  # make sure of it: nothing of this cluster may survive a down.
+  local left
+  left=$(pgrep -f "$cluster_dir/" || true)
+  if [ -n "$left" ]; then
+    echo "stopping leftover processes: $left" >&2
+    kill $left 2>/dev/null || true
+    sleep 1
+    left=$(pgrep -f "$cluster_dir/" || true)
+    [ -z "$left" ] || kill -9 $left 2>/dev/null || true
+  fi
+  rm -rf "$cluster_dir"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  kubeconfig) kubeconfig_path ;;
+  kubectl) echo "$(bin_dir)/kubectl" ;;
+  bin) bin_dir ;;
+  *) echo "usage: $0 up|down|kubeconfig|kubectl|bin" >&2; exit 2 ;;
+esac

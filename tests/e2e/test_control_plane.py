@@ -1,0 +1,210 @@
+"""The local control plane is a real Kubernetes: workloads, CRDs, garbage collection, lifecycle."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.cluster import Cluster, start_local_cluster, stop_local_cluster, wait_until
+
+
+def deployment(name: str, replicas: int) -> dict[str, object]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "registry.invalid/none:1"}]},
+            },
+        },
+    }
+
+
+def test_deployment_gets_ready_pods_on_kwok_nodes(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(deployment("web", 3), namespace)
+
+    def ready() -> int | None:
+        dep = cluster.apps.read_namespaced_deployment("web", namespace)
+        return dep.status.ready_replicas == 3 or None
+
+    wait_until(ready, timeout=90, what="3/3 ready replicas")
+    pods = cluster.core.list_namespaced_pod(namespace, label_selector="app=web").items
+    assert len(pods) == 3
+    nodes = {n.metadata.name: n for n in cluster.core.list_node().items}
+    for pod in pods:
+        assert pod.status.phase == "Running"
+        assert pod.spec.node_name in nodes, "scheduled by the real scheduler onto a node"
+        assert pod.status.pod_ip, "kwok hands out pod IPs"
+        if cluster.local:
+            annotations = nodes[pod.spec.node_name].metadata.annotations or {}
+            assert annotations.get("kwok.x-k8s.io/node") == "fake"
+            assert pod.status.pod_ip.startswith("127.64."), (
+                "pod IPs come from the loopback podCIDRs"
+            )
+
+
+def test_custom_resource_roundtrip(cluster: Cluster, namespace: str) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.e2e.canarium.dev"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {"size": {"type": "integer", "minimum": 1}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    cluster.apply(crd)
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=60s"
+        )
+        for i in (1, 2):
+            cluster.custom.create_namespaced_custom_object(
+                group,
+                "v1",
+                namespace,
+                "widgets",
+                {
+                    "apiVersion": f"{group}/v1",
+                    "kind": "Widget",
+                    "metadata": {"name": f"w{i}"},
+                    "spec": {"size": i},
+                },
+            )
+        listed = cluster.custom.list_namespaced_custom_object(group, "v1", namespace, "widgets")
+        assert sorted(o["spec"]["size"] for o in listed["items"]) == [1, 2]
+        # The schema is enforced by the real API server.
+        bad = cluster.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            check=False,
+            input=f"apiVersion: {group}/v1\nkind: Widget\n"
+            "metadata: {name: bad}\nspec: {size: 0}\n",
+        )
+        assert bad.returncode != 0
+        assert "spec.size" in bad.stderr
+        cluster.custom.delete_namespaced_custom_object(group, "v1", namespace, "widgets", "w1")
+        listed = cluster.custom.list_namespaced_custom_object(group, "v1", namespace, "widgets")
+        assert [o["metadata"]["name"] for o in listed["items"]] == ["w2"]
+    finally:
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
+
+
+def test_garbage_collection_deletes_owned_objects(cluster: Cluster, namespace: str) -> None:
+    owner = cluster.core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    ref = client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
+    )
+    cluster.core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owned", owner_references=[ref])),
+    )
+    cluster.apply(deployment("gc", 2), namespace)
+    wait_until(
+        lambda: (
+            len(cluster.core.list_namespaced_pod(namespace, label_selector="app=gc").items) == 2
+        ),
+        timeout=60,
+        what="2 pods",
+    )
+
+    cluster.core.delete_namespaced_config_map("owner", namespace)
+    cluster.apps.delete_namespaced_deployment("gc", namespace, propagation_policy="Background")
+
+    def owned_gone() -> bool:
+        names = {c.metadata.name for c in cluster.core.list_namespaced_config_map(namespace).items}
+        return "owned" not in names
+
+    wait_until(owned_gone, timeout=60, what="owned ConfigMap collected")
+    wait_until(
+        lambda: not cluster.apps.list_namespaced_replica_set(namespace).items,
+        timeout=60,
+        what="ReplicaSets collected",
+    )
+    wait_until(
+        lambda: not cluster.core.list_namespaced_pod(namespace, label_selector="app=gc").items,
+        timeout=60,
+        what="pods collected",
+    )
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def test_cluster_down_leaves_no_process(cluster: Cluster) -> None:
+    if not cluster.local:
+        pytest.skip(
+            "the lifecycle of the local control plane only; this run uses CANARIUM_KUBECONFIG"
+        )
+    name = f"canarium-lifecycle-{uuid.uuid4().hex[:4]}"
+    kubeconfig, kubectl = start_local_cluster(name, nodes=1)
+    cluster_dir = str(kubeconfig.parent)
+    try:
+        out = subprocess.run(
+            [kubectl, "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == "node/kwok-node-1"
+        running = _processes_mentioning(cluster_dir)
+        for component in (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok-controller",
+        ):
+            assert any(f"/{component} " in p for p in running), (
+                f"{component} not running: {running}"
+            )
+    finally:
+        stop_local_cluster(name)
+    assert _processes_mentioning(cluster_dir) == []
+    assert not Path(cluster_dir).exists()
