@@ -7,7 +7,9 @@ the server reads them. Change a name here and both sides follow.
 from typing import Final
 
 # --- Environment variables the operator sets on every serving container -------------------
-ENV_MODEL_URI: Final = "CANARIUM_MODEL_URI"  # file:///, plain path, http(s)://, s3://, pvc://, configmap://
+ENV_MODEL_URI: Final = (
+    "CANARIUM_MODEL_URI"  # file:///, plain path, http(s)://, s3://, pvc://, configmap://
+)
 ENV_MODEL_SHA256: Final = "CANARIUM_MODEL_SHA256"  # optional hex digest of the model file
 ENV_MODEL_NAME: Final = "CANARIUM_MODEL_NAME"  # the name in /v2/models/{name}
 ENV_MODEL_VERSION: Final = "CANARIUM_MODEL_VERSION"  # spec.model.version
@@ -32,9 +34,26 @@ HTTP_PORT_NAME: Final = "http"
 METRICS_PATH: Final = "/metrics"
 LIVE_PATH: Final = "/v2/health/live"
 READY_PATH: Final = "/v2/health/ready"
-DEFAULT_MODEL_CACHE_DIR: Final = "/tmp/canarium-models"  # an emptyDir in the pod (read-only root fs)
+DEFAULT_MODEL_CACHE_DIR: Final = (
+    "/tmp/canarium-models"  # an emptyDir in the pod (read-only root fs)
+)
 
 # Reference statistics travel inside the ONNX file (metadata_props), so one artifact and one
 # sha256 cover both; `canarium model build` also writes them next to it as a JSON file.
 ONNX_METADATA_KEY: Final = "canarium.reference"
 REFERENCE_FILE_SUFFIX: Final = ".reference.json"
+
+# --- Added with the model server (issue 4) --------------------------------------------------
+ENV_ORT_THREADS: Final = "CANARIUM_ORT_THREADS"  # onnxruntime intra-op threads (default 1)
+ENV_LOG_LEVEL: Final = "CANARIUM_LOG_LEVEL"  # debug, info, warning, error
+ENV_EXIT_ON_LOAD_FAILURE: Final = "CANARIUM_EXIT_ON_LOAD_FAILURE"  # "true" (default) / "false"
+ENV_TERMINATION_LOG: Final = "CANARIUM_TERMINATION_LOG"  # where the load failure reason goes
+ENV_PVC_ROOT: Final = "CANARIUM_PVC_ROOT"  # override of PVC_MOUNT_ROOT (tests)
+ENV_CONFIGMAP_ROOT: Final = "CANARIUM_CONFIGMAP_ROOT"  # override of CONFIGMAP_MOUNT_ROOT (tests)
+DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"  # Kubernetes' terminationMessagePath
+# pvc://<claim>/<path> is read from PVC_MOUNT_ROOT/<claim>/<path>: the operator mounts the claim
+# read-only at PVC_MOUNT_ROOT/<claim>. configmap://<name>/<key> likewise: the ConfigMap
+# (binaryData for an .onnx file) is mounted at CONFIGMAP_MOUNT_ROOT/<name>.
+PVC_MOUNT_ROOT: Final = "/mnt/canarium/pvc"
+CONFIGMAP_MOUNT_ROOT: Final = "/mnt/canarium/configmap"

@@ -1,0 +1,133 @@
+"""`canarium-serve`: run the model server. Every flag has a CANARIUM_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, contract
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return n
+
+
+def _default_name(uri: str) -> str:
+    stem = Path(uri.split("?", 1)[0]).stem if uri else ""
+    return stem if stem and stem != "model" else "model"
+
+
+# (flag, env var, type, default, help); dest = flag without dashes, underscores for dashes.
+_FLAGS: list[tuple[str, str, Any, Any, str]] = [
+    ("--model-uri", contract.ENV_MODEL_URI, str, "",
+     "model location: file:///path, a path, http(s)://, s3://bucket/key, pvc://claim/path, "
+     "configmap://name/key (required)"),
+    ("--model-sha256", contract.ENV_MODEL_SHA256, str, None,
+     "expected sha256 of the model file; a mismatch fails the load"),
+    ("--model-name", contract.ENV_MODEL_NAME, str, None,
+     "name in /v2/models/{name} (default: the file name without extension)"),
+    ("--model-version", contract.ENV_MODEL_VERSION, str, "1", "served model version"),
+    ("--deployment", contract.ENV_DEPLOYMENT, str, "", "ModelDeployment name (metrics label)"),
+    ("--namespace", contract.ENV_NAMESPACE, str, "", "namespace (metrics label)"),
+    ("--revision", contract.ENV_REVISION, str, "", "revision name (metrics label)"),
+    ("--role", contract.ENV_ROLE, str, "", "stable or canary (metrics label)"),
+    ("--host", contract.ENV_HOST, str, "0.0.0.0", "address to bind"),
+    ("--port", contract.ENV_PORT, int, contract.HTTP_PORT, "port for V2 REST and /metrics"),
+    ("--model-cache-dir", contract.ENV_MODEL_CACHE_DIR, str, contract.DEFAULT_MODEL_CACHE_DIR,
+     "where remote models are downloaded (an emptyDir under a read-only root filesystem)"),
+    ("--max-body-bytes", contract.ENV_MAX_BODY_BYTES, _positive_int,
+     contract.DEFAULT_MAX_BODY_BYTES, "largest request body accepted (larger: 413)"),
+    ("--batch-max-size", contract.ENV_BATCH_MAX_SIZE, _positive_int, 0,
+     "dynamic batching: most rows per model execution; 0 or 1 = off"),
+    ("--batch-max-wait-ms", contract.ENV_BATCH_MAX_WAIT_MS, float, 1.0,
+     "dynamic batching: longest wait for more requests after the first of a batch"),
+    ("--ort-threads", contract.ENV_ORT_THREADS, _positive_int, 1,
+     "onnxruntime intra-op threads per model execution"),
+    ("--exit-on-load-failure", contract.ENV_EXIT_ON_LOAD_FAILURE, _bool, True,
+     "exit with status 1 when the model cannot be fetched, verified or loaded (false: keep "
+     "serving with ready=false)"),
+    ("--termination-log", contract.ENV_TERMINATION_LOG, str, contract.DEFAULT_TERMINATION_LOG,
+     "file that receives the load failure reason (Kubernetes terminationMessagePath)"),
+    ("--log-level", contract.ENV_LOG_LEVEL, str, "info", "debug, info, warning or error"),
+]  # fmt: skip
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="canarium-serve",
+        description=(
+            "Serve one ONNX model over the Open Inference Protocol (V2) REST API, with "
+            "Prometheus metrics on the same port at /metrics. Each flag defaults to its "
+            "environment variable, then to the default shown."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for flag, var, kind, default, help_text in _FLAGS:
+        value = default
+        if var in env:
+            raw = env[var]
+            try:
+                value = kind(raw) if kind is not str else raw
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"environment variable {var}={raw!r}: {exc}")
+        if kind is _bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=value,
+                help=f"{help_text} [env {var}]",
+            )
+        else:
+            parser.add_argument(
+                flag, type=kind, default=value, metavar=var.removeprefix("CANARIUM_"),
+                help=f"{help_text} [env {var}]",
+            )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("canarium_serving")
+    if not args.model_uri:
+        log.error("no model URI: pass --model-uri or set %s", contract.ENV_MODEL_URI)
+        return 2
+    if args.model_name is None:
+        args.model_name = _default_name(args.model_uri)
+
+    from .app import ModelServer, ServerConfig  # noqa: PLC0415 - keeps --help fast
+    from .server import serve  # noqa: PLC0415
+
+    fields = set(ServerConfig.__slots__)
+    config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return serve(ModelServer, config, host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Open Inference Protocol (V2) REST: pure request parsing and response building.
+
+No HTTP and no model runtime here (the split KServe makes between its protocol and its
+server): bytes in, numpy arrays out, and back. Every client mistake raises `ProtocolError`
+with a message that says what is wrong and the HTTP status it deserves, never anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+# V2 datatype -> numpy dtype. FP16/BF16 are left out: onnxruntime models from scikit-learn do
+# not use them and JSON carries them badly.
+DATATYPE_TO_NUMPY: Final[dict[str, np.dtype[Any]]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+# ONNX tensor element type (as onnxruntime spells it) -> V2 datatype.
+ONNX_TO_DATATYPE: Final[dict[str, str]] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_INT_DATATYPES: Final = frozenset(
+    {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+)
+_FLOAT_DATATYPES: Final = frozenset({"FP32", "FP64"})
+MAX_RANK: Final = 16
+
+
+class ProtocolError(Exception):
+    """A request the server will not serve; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a model as V2 metadata describes it (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """A parsed and validated V2 inference request."""
+
+    inputs: dict[str, np.ndarray[Any, Any]]
+    outputs: list[str] | None = None  # None = every output of the model
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        for arr in self.inputs.values():
+            return int(arr.shape[0]) if arr.ndim else 1
+        return 0
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _parse_shape(name: str, shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, list):
+        raise ProtocolError(f"input '{name}': 'shape' must be an array of integers")
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(
+            f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK}"
+        )
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise ProtocolError(
+                f"input '{name}': shape {shape} must contain non-negative integers only"
+            )
+    return tuple(shape)
+
+
+def _to_array(
+    name: str, datatype: str, data: object, shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """Turn the JSON `data` of one input into a numpy array of `datatype` and `shape`."""
+    if not isinstance(data, list):
+        # A single scalar is allowed for a tensor of one element.
+        data = [data]
+    expected = math.prod(shape)
+    if datatype == "BYTES":
+        flat = _flatten_bytes(name, data)
+        if len(flat) != expected:
+            raise ProtocolError(
+                f"input '{name}': shape {list(shape)} needs {expected} elements, got {len(flat)}"
+            )
+        arr: np.ndarray[Any, Any] = np.empty(len(flat), dtype=np.object_)
+        arr[:] = flat
+        return arr.reshape(shape)
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError(
+            f"input '{name}': 'data' must be a rectangular array of {datatype} values"
+        ) from None
+    kind = raw.dtype.kind
+    if raw.size != expected:
+        raise ProtocolError(
+            f"input '{name}': shape {list(shape)} needs {expected} elements, got {raw.size}"
+        )
+    if expected == 0:
+        return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[datatype])
+    if datatype == "BOOL":
+        if kind != "b":
+            raise ProtocolError(f"input '{name}': datatype BOOL needs true/false values")
+        return raw.reshape(shape)
+    if datatype in _FLOAT_DATATYPES:
+        if kind not in "iuf":
+            raise ProtocolError(
+                f"input '{name}': datatype {datatype} needs numbers, got {_kind_name(kind)}"
+            )
+        return raw.astype(DATATYPE_TO_NUMPY[datatype], copy=False).reshape(shape)
+    if datatype in _INT_DATATYPES:
+        if kind not in "iu":
+            raise ProtocolError(
+                f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
+            )
+        target = DATATYPE_TO_NUMPY[datatype]
+        info = np.iinfo(target)
+        if int(raw.min()) < info.min or int(raw.max()) > info.max:
+            raise ProtocolError(
+                f"input '{name}': a value is out of range for {datatype} [{info.min}, {info.max}]"
+            )
+        return raw.astype(target, copy=False).reshape(shape)
+    raise ProtocolError(f"input '{name}': datatype {datatype} is not supported")  # pragma: no cover
+
+
+def _kind_name(kind: str) -> str:
+    return {
+        "b": "booleans",
+        "f": "floating-point numbers",
+        "i": "integers",
+        "u": "integers",
+        "U": "strings",
+        "O": "mixed or nested values",
+    }.get(kind, "unsupported values")
+
+
+def _flatten_bytes(name: str, data: list[Any]) -> list[str]:
+    out: list[str] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            if not isinstance(item, str):
+                raise ProtocolError(
+                    f"input '{name}': datatype BYTES needs strings, got {_type_name(item)}"
+                )
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def parse_request(body: bytes, model_inputs: Sequence[TensorSpec]) -> InferenceRequest:
+    """Parse a V2 inference request body and check it against the model's inputs.
+
+    Datatypes must match the model's exactly (as Triton and KServe require): a silent cast
+    would hide a client's mistake. Fixed dimensions of the model's shapes must match; -1 is any.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"request body must be a JSON object, got {_type_name(doc)}")
+    return parse_request_object(doc, model_inputs)
+
+
+def parse_request_object(
+    doc: Mapping[str, Any], model_inputs: Sequence[TensorSpec]
+) -> InferenceRequest:
+    specs = {spec.name: spec for spec in model_inputs}
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError("'inputs' must be a non-empty array of tensors")
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"inputs[{i}] must be an object, got {_type_name(item)}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
+        spec = specs.get(name)
+        if spec is None:
+            raise ProtocolError(
+                f"input '{name}' is not an input of this model; expected {sorted(specs)}"
+            )
+        if name in arrays:
+            raise ProtocolError(f"input '{name}' is given more than once")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise ProtocolError(f"input '{name}': 'datatype' must be a string")
+        if datatype not in DATATYPE_TO_NUMPY:
+            raise ProtocolError(
+                f"input '{name}': unknown datatype {datatype!r}; known: {sorted(DATATYPE_TO_NUMPY)}"
+            )
+        if datatype != spec.datatype:
+            raise ProtocolError(
+                f"input '{name}': datatype is {datatype} but the model expects {spec.datatype}"
+            )
+        shape = _parse_shape(name, item.get("shape"))
+        _check_shape(name, shape, spec.shape)
+        if "data" not in item:
+            raise ProtocolError(f"input '{name}': 'data' is missing (binary data is not supported)")
+        arrays[name] = _to_array(name, datatype, item["data"], shape)
+    missing = [name for name in specs if name not in arrays]
+    if missing:
+        raise ProtocolError(f"missing model input(s): {missing}")
+    _check_batch(arrays)
+    outputs = _parse_outputs(doc.get("outputs"))
+    return InferenceRequest(inputs=arrays, outputs=outputs, id=request_id, parameters=parameters)
+
+
+def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if len(shape) != len(expected):
+        raise ProtocolError(
+            f"input '{name}': shape {list(shape)} has {len(shape)} dimension(s), "
+            f"the model expects {len(expected)} like {list(expected)}"
+        )
+    for got, want in zip(shape, expected, strict=True):
+        if want >= 0 and got != want:
+            raise ProtocolError(
+                f"input '{name}': shape {list(shape)} does not match the model's {list(expected)}"
+            )
+    if math.prod(shape) == 0:
+        raise ProtocolError(f"input '{name}': shape {list(shape)} has no elements")
+
+
+def _check_batch(arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    sizes = {name: arr.shape[0] for name, arr in arrays.items() if arr.ndim}
+    if len(set(sizes.values())) > 1:
+        raise ProtocolError(f"inputs disagree on the batch size (first dimension): {sizes}")
+
+
+def _parse_outputs(outputs: object) -> list[str] | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise ProtocolError("'outputs' must be an array of {\"name\": ...} objects")
+    names: list[str] = []
+    for i, item in enumerate(outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ProtocolError(f"outputs[{i}] must be an object with a string 'name'")
+        names.append(item["name"])
+    return names or None
+
+
+def select_outputs(requested: list[str] | None, available: Sequence[str]) -> list[str]:
+    """The output names to compute: the requested ones (checked) or all of the model's."""
+    if requested is None:
+        return list(available)
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise ProtocolError(
+            f"requested output(s) {unknown} are not outputs of this model; "
+            f"available: {list(available)}"
+        )
+    return list(dict.fromkeys(requested))
+
+
+_NUMPY_TO_DATATYPE: Final = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
+
+
+def datatype_of(arr: np.ndarray[Any, Any]) -> str:
+    datatype = _NUMPY_TO_DATATYPE.get(arr.dtype)
+    if datatype is not None and datatype != "BYTES":
+        return datatype
+    if arr.dtype.kind in "OUS":
+        return "BYTES"
+    raise ValueError(f"no V2 datatype for numpy dtype {arr.dtype}")
+
+
+def _output_data(arr: np.ndarray[Any, Any]) -> Any:
+    flat = arr.reshape(-1)
+    if flat.dtype.kind in "OUS":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
+    return flat
+
+
+def build_response(
+    model_name: str,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    request_id: str | None = None,
+) -> bytes:
+    """Serialise a V2 inference response (row-major, flattened `data`)."""
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = [
+        {
+            "name": name,
+            "datatype": datatype_of(arr),
+            "shape": list(arr.shape),
+            "data": _output_data(arr),
+        }
+        for name, arr in outputs.items()
+    ]
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_body(message: str) -> bytes:
+    """The V2 error object."""
+    return orjson.dumps({"error": message})

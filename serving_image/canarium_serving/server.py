@@ -1,0 +1,56 @@
+"""Run the ASGI application on uvicorn (httptools parser, uvloop event loop)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import ModelServer, ServerConfig
+
+log = logging.getLogger("canarium_serving")
+
+
+def serve(
+    factory: Callable[..., ModelServer],
+    config: ServerConfig,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the model fails to load (exit 1)."""
+    import uvicorn  # noqa: PLC0415
+
+    failed: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(reason: str) -> None:
+        failed.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = factory(config, on_fatal=on_fatal)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the root logger the CLI configured
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=10,
+        backlog=4096,
+    )
+    server = uvicorn.Server(uv_config)
+    server.run()
+    if failed:
+        log.error("exiting: the model could not be loaded")
+        return 1
+    return 0 if server.started else 1

@@ -1,0 +1,69 @@
+"""Reference statistics: the one binning rule shared by model packaging and live metrics.
+
+A histogram here has `edges` = the finite bucket upper bounds (Prometheus' `le`, ascending) and
+one more bucket for everything above the last edge (`le="+Inf"`). A value v falls in the first
+bucket whose edge is >= v, exactly as a Prometheus histogram counts it, so the live counts on
+/metrics and the reference fractions in the model file can be compared bucket by bucket (PSI).
+
+Reference document (JSON, in the ONNX metadata under `canarium.reference`)::
+
+    {"format": "canarium.reference/v1", "model": "iris", "samples": 150,
+     "features": [{"name": "petal_length", "input": "X", "column": 2,
+                   "edges": [1.5, 3.0, ...], "fractions": [0.2, ...]}],
+     "outputs": [{"name": "label", "kind": "class", "classes": ["0", "1", "2"],
+                  "fractions": [0.33, 0.33, 0.34]},
+                 {"name": "variable", "kind": "value", "edges": [...], "fractions": [...]}]}
+
+`fractions` has len(edges) + 1 entries (the last is the +Inf bucket) and sums to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import numpy as np
+
+REFERENCE_FORMAT: Final = "canarium.reference/v1"
+
+
+def quantile_edges(values: np.ndarray[Any, Any], bins: int) -> list[float]:
+    """Bucket upper bounds that split `values` into about `bins` equally full buckets.
+
+    Repeated quantiles (discrete or constant features) collapse, so a feature may get fewer
+    buckets; the largest value is not an edge (it belongs to the +Inf bucket's left side).
+    """
+    finite = values[np.isfinite(values)].astype(np.float64, copy=False)
+    if finite.size == 0 or bins < 2:
+        return []
+    qs = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    # 6 significant digits keep the `le` labels readable; the reference fractions are
+    # computed with these rounded edges, so live and reference buckets stay identical.
+    edges = sorted({float(f"{q:.6g}") for q in qs})
+    top = float(finite.max())
+    # An edge at the maximum would leave the +Inf bucket empty in the reference.
+    return [e for e in edges if e < top] or [float(np.median(finite))]
+
+
+def bucket_counts(values: np.ndarray[Any, Any], edges: list[float]) -> np.ndarray[Any, Any]:
+    """Counts per bucket (len(edges) + 1) with Prometheus `le` semantics (v <= edge)."""
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")
+    return np.bincount(idx.ravel(), minlength=len(edges) + 1)
+
+
+def fractions(counts: np.ndarray[Any, Any]) -> list[float]:
+    total = float(counts.sum())
+    if total == 0:
+        return [0.0] * len(counts)
+    return [float(c) / total for c in counts]
+
+
+def psi(expected: list[float], actual: list[float], epsilon: float = 1e-4) -> float:
+    """Population stability index of two bucket distributions with the same buckets."""
+    if len(expected) != len(actual):
+        raise ValueError("distributions must have the same buckets")
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e2, a2 = max(e, epsilon), max(a, epsilon)
+        total += (a2 - e2) * math.log(a2 / e2)
+    return total
