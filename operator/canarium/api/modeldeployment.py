@@ -69,6 +69,7 @@ class ModelSpec(SpecModel):
     sha256: str | None = Field(
         None,
         pattern=r"^[a-f0-9]{64}$",
+        max_length=64,
         description="Expected SHA-256 of the model file (64 lowercase hex digits); pods refuse "
         "to serve a file that does not match.",
     )
@@ -205,7 +206,7 @@ class ServingSpec(SpecModel):
         description="Extra environment variables of the serving container (unique names).",
         json_schema_extra=list_map("name"),
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
         default_factory=dict,
         max_length=64,
         description="Node labels the serving pods must be scheduled on.",
