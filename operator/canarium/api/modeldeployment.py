@@ -96,7 +96,7 @@ class ResourceRequirements(SpecModel):
 
 
 RULE_AUTOSCALING_RANGE = Rule(
-    "self.minReplicas <= self.maxReplicas",
+    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
     "minReplicas must not be greater than maxReplicas",
     field_path=".minReplicas",
 )
@@ -332,13 +332,13 @@ class GatewayAPISpec(SpecModel):
 
 
 RULE_GATEWAY_REQUIRED = Rule(
-    "self.router != 'gatewayAPI' || has(self.gatewayAPI)",
+    "!has(self.router) || self.router != 'gatewayAPI' || has(self.gatewayAPI)",
     "gatewayAPI is required when router is gatewayAPI",
     field_path=".gatewayAPI",
     reason="FieldValueRequired",
 )
 RULE_GATEWAY_FORBIDDEN = Rule(
-    "self.router == 'gatewayAPI' || !has(self.gatewayAPI)",
+    "(has(self.router) && self.router == 'gatewayAPI') || !has(self.gatewayAPI)",
     "gatewayAPI takes effect only with router: gatewayAPI",
     field_path=".gatewayAPI",
     reason="FieldValueForbidden",
