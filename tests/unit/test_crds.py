@@ -537,3 +537,18 @@ def test_schema_defaults_validate() -> None:
             if "default" in node:
                 stripped = {k: v for k, v in node.items() if k != "default"}
                 assert validate(node["default"], stripped, path) == [], path
+
+
+def test_rules_hold_for_object_defaults() -> None:
+    """The API server checks an object default against the node's CEL rules before nested
+    defaults are applied (kube-apiserver 1.36 rejected `traffic: {default: {}}` with "no such key:
+    router"): every field a rule reads that the default lacks must be guarded by has()."""
+    for kind in ("ModelDeployment", "RolloutPolicy"):
+        for path, node in walk(root_schema(kind)):
+            default = node.get("default")
+            if not isinstance(default, dict):
+                continue
+            for rule in node.get("x-kubernetes-validations", []):
+                for name in re.findall(r"self\.([A-Za-z_]\w*)", rule["rule"]):
+                    if name not in default:
+                        assert f"has(self.{name})" in rule["rule"], (path, rule["rule"])
