@@ -1,0 +1,327 @@
+"""The controller: watch caches, a work queue, and the executor of reconcile plans.
+
+kopf delivers watch events (canarium.handlers); they update the caches here and queue the key
+of the ModelDeployment they concern. Workers take keys one at a time per key (a key queued
+while it is being reconciled runs again afterwards), build the pure reconcile input from the
+caches, and carry out the plan. Nothing runs for an object that has no event and no timer: an
+idle cluster of a thousand models costs no CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from canarium import metrics
+from canarium.api import ModelDeployment, RolloutPolicySpec
+from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
+from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
+from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER
+from canarium.settings import Settings
+
+log = logging.getLogger("canarium.controller")
+
+Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+ANNOTATION_APPLIED = "canarium.dev/applied-hash"
+MDEP = ("canarium.dev/v1alpha1", "ModelDeployment")
+POLICY = ("canarium.dev/v1alpha1", "RolloutPolicy")
+CHILD_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+)
+MAX_BACKOFF = 300.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """A cached copy without managedFields (most of an object's bytes, never read here)."""
+    body = copy.deepcopy(body)
+    body.get("metadata", {}).pop("managedFields", None)
+    return body
+
+
+def _resource_version(body: dict[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def covers(observed: Any, desired: Any) -> bool:
+    """Whether `observed` already holds every field of `desired` (server defaults may add
+    more). Quantities and ports may come back normalised; a mismatch only costs an apply."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            k in observed and covers(observed[k], v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(observed) == len(desired)
+            and all(covers(o, d) for o, d in zip(observed, desired, strict=True))
+        )
+    return bool(observed == desired)
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        namespaces: list[str] | None = None,
+        workers: int = 8,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.namespaces = namespaces  # None: all namespaces
+        self.worker_count = workers
+        self.clock = clock
+        self.mdeps: dict[Key, dict[str, Any]] = {}
+        self.policies: dict[Key, dict[str, Any]] = {}
+        # children[kind][owner key][name] = body
+        self.children: dict[str, dict[Key, dict[str, dict[str, Any]]]] = {
+            kind: defaultdict(dict) for _, kind in CHILD_KINDS
+        }
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = defaultdict(int)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = asyncio.Event()
+
+    # --- watch events ------------------------------------------------------------------------
+    def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.mdeps.pop(key, None)
+            self._forget(key)
+            metrics.forget(key)
+            return
+        cached = self.mdeps.get(key)
+        if cached is not None and _resource_version(cached) > _resource_version(body):
+            return  # an event older than what this operator itself wrote
+        self.mdeps[key] = _slim(body)
+        self.enqueue(key)
+
+    def on_child(
+        self, event_type: str | None, body: dict[str, Any], *, notify: bool = True
+    ) -> None:
+        meta = body["metadata"]
+        labels = meta.get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) != MANAGER or LABEL_DEPLOYMENT not in labels:
+            return
+        key = (meta["namespace"], labels[LABEL_DEPLOYMENT])
+        by_owner = self.children[body["kind"]][key]
+        if event_type == "DELETED":
+            by_owner.pop(meta["name"], None)
+        else:
+            cached = by_owner.get(meta["name"])
+            if cached is not None and _resource_version(cached) > _resource_version(body):
+                return  # older than what this operator itself wrote
+            by_owner[meta["name"]] = _slim(body)
+        if notify:
+            self.enqueue(key)
+
+    def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.policies.pop(key, None)
+        else:
+            self.policies[key] = _slim(body)
+        for mdep_key, mdep in self.mdeps.items():
+            ref = ((mdep.get("spec") or {}).get("rollout") or {}).get("policyRef") or {}
+            if mdep_key[0] == key[0] and ref.get("name") == key[1]:
+                self.enqueue(mdep_key)
+
+    # --- queue -------------------------------------------------------------------------------
+    def enqueue(self, key: Key) -> None:
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        if key not in self._active:  # else it is queued again when its reconcile ends
+            self._queue.put_nowait(key)
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._fire_timer, key
+        )
+
+    def _fire_timer(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    def _forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        self._failures.pop(key, None)
+        for kind in self.children.values():
+            kind.pop(key, None)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Prime the child caches from a LIST (so the first reconcile after a restart sees
+        every existing revision), then start the workers."""
+        for api_version, kind in CHILD_KINDS:
+            scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
+            for ns in scopes:
+                try:
+                    items = await self.kube.list(
+                        api_version, kind, ns, labels=f"{LABEL_MANAGED_BY}={MANAGER}"
+                    )
+                except KubeError as exc:
+                    if exc.status == 404:  # e.g. the API group is not served
+                        continue
+                    raise
+                for item in items:
+                    item.setdefault("kind", kind)
+                    item.setdefault("apiVersion", api_version)
+                    meta = item["metadata"]
+                    labels = meta.get("labels") or {}
+                    if LABEL_DEPLOYMENT in labels:
+                        owner = (meta["namespace"], labels[LABEL_DEPLOYMENT])
+                        self.children[kind][owner].setdefault(meta["name"], _slim(item))
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"canarium-worker-{i}")
+            for i in range(self.worker_count)
+        ]
+        self._started.set()
+        log.info("controller started with %d workers", self.worker_count)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                await self.reconcile_key(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures = self._failures[key] = self._failures[key] + 1
+                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 10))
+                if isinstance(exc, KubeError) and exc.status == 409:
+                    log.debug("conflict on %s/%s, retrying: %s", *key, exc)
+                    delay = 0.2
+                else:
+                    log.exception("reconcile of %s/%s failed; retry in %.1fs", *key, delay)
+                    metrics.RECONCILE_ERRORS.labels("ModelDeployment").inc()
+                self.enqueue_after(key, delay)
+            finally:
+                self._active.discard(key)
+                if key in self._queued:
+                    self._queue.put_nowait(key)
+
+    # --- reconcile ---------------------------------------------------------------------------
+    def _policy_for(self, mdep: ModelDeployment) -> tuple[RolloutPolicySpec | None, str | None]:
+        rollout = mdep.spec.rollout
+        if rollout is None:
+            return None, None
+        if rollout.policy is not None:
+            return rollout.policy, None
+        if rollout.policy_ref is None:
+            return None, None
+        ref = (mdep.metadata.namespace, rollout.policy_ref.name)
+        body = self.policies.get(ref)
+        if body is None:
+            return None, f"RolloutPolicy {rollout.policy_ref.name!r} not found"
+        try:
+            return RolloutPolicySpec.model_validate(body.get("spec") or {}), None
+        except ValidationError as exc:
+            return None, f"RolloutPolicy {rollout.policy_ref.name!r} is invalid: {exc}"
+
+    def build_input(self, key: Key) -> ReconcileInput | None:
+        body = self.mdeps.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        mdep = ModelDeployment.model_validate(body)
+        policy, policy_error = self._policy_for(mdep)
+        revisions = {
+            name: observe_deployment(dep)
+            for name, dep in self.children["Deployment"].get(key, {}).items()
+        }
+        hpas = frozenset(self.children["HorizontalPodAutoscaler"].get(key, {}))
+        return ReconcileInput(
+            mdep=mdep,
+            revisions=revisions,
+            hpas=hpas,
+            now=self.clock(),
+            settings=self.settings,
+            policy=policy,
+            policy_error=policy_error,
+        )
+
+    async def reconcile_key(self, key: Key) -> None:
+        started = time.perf_counter()
+        inp = self.build_input(key)
+        if inp is None:
+            return
+        plan = reconcile(inp)
+        await self.execute(key, plan)
+        metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
+        metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
+
+    async def execute(self, key: Key, plan: Plan) -> None:
+        namespace = key[0]
+        body = self.mdeps[key]
+        applies = []
+        for manifest in plan.apply:
+            manifest["metadata"].setdefault("annotations", {})[ANNOTATION_APPLIED] = manifest_hash(
+                manifest
+            )
+            cached = self.children[manifest["kind"]].get(key, {}).get(manifest["metadata"]["name"])
+            if cached is not None and covers(cached, manifest):
+                continue  # unchanged since our last apply and not edited since
+            applies.append(self.kube.apply(manifest))
+        for result in await asyncio.gather(*applies):
+            # Our own write, cached before its watch event arrives; no reconcile for it.
+            self.on_child("MODIFIED", result, notify=False)
+        for ref in plan.delete:
+            await self.kube.delete(ObjectRef(ref.api_version, ref.kind, namespace, ref.name))
+
+        patch = merge_patch(body.get("status") or {}, plan.status)
+        if patch is not None:
+            updated = await self.kube.patch_status(
+                ObjectRef(*MDEP, *key), patch, body["metadata"]["resourceVersion"]
+            )
+            self.mdeps[key] = _slim(updated)
+        metrics.observe_phase(key, plan.status.get("phase"))
+        for event in plan.events:
+            try:
+                await self.kube.event(body, event.type, event.reason, event.message)
+            except KubeError as exc:  # an event is not worth a retry of the whole reconcile
+                log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
+        if plan.requeue_after is not None:
+            self.enqueue_after(key, plan.requeue_after)

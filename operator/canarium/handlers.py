@@ -1,0 +1,87 @@
+"""kopf wiring. Thin on purpose: every handler hands the raw object to the Controller.
+
+Only raw watch events are used (`kopf.on.event`), so kopf writes nothing to the objects: no
+finalizers, no progress or diff-base annotations, nothing in `status`. Desired state is derived
+from the current objects each time (level-triggered), which makes a restart change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from canarium.controller import Controller
+from canarium.kube import Kube
+from canarium.render import LABEL_MANAGED_BY, MANAGER
+from canarium.settings import Settings
+
+GROUP, VERSION = "canarium.dev", "v1alpha1"
+MANAGED = {LABEL_MANAGED_BY: MANAGER}
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's bookkeeping, if any handler ever needs it, goes to annotations, never to status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    # Reconnect watches that go quiet (kopf #585, #1276): the server closes each watch within
+    # 5 minutes, the client gives up a little later, and a stream with no event at all for
+    # longer than that is restarted too.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # Only the children the operator made are watched (server-side label selectors).
+    for plural in ("deployments", "services", "horizontalpodautoscalers"):
+        settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
+
+    controller = Controller(
+        Kube.from_environment(),
+        Settings.from_env(),
+        namespaces=memo.get("namespaces") or None,
+        workers=int(memo.get("workers") or 8),
+    )
+    memo["controller"] = controller
+    await controller.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
+
+
+def _controller(memo: kopf.Memo) -> Controller:
+    controller: Controller = memo["controller"]
+    return controller
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def modeldeployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_mdep(event["type"], dict(event["object"]))
+
+
+@kopf.on.event(GROUP, VERSION, "rolloutpolicies")
+def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_policy(event["type"], dict(event["object"]))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_child(event["type"], dict(event["object"]))
+
+
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_child(event["type"], dict(event["object"]))
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
+def hpa_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_child(event["type"], dict(event["object"]))
