@@ -355,7 +355,7 @@ async def _respond(
 
 def config_from_env(env: MutableMapping[str, str] | None = None) -> ServerConfig:
     """The server configuration from CANARIUM_* variables (what the CLI exports to workers)."""
-    from .cli import build_parser  # noqa: PLC0415 - the CLI module owns the flag/env table
+    from .cli import build_parser
 
     env = os.environ if env is None else env
     args = build_parser(env).parse_args([])

@@ -82,6 +82,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             "environment variable, then to the default shown."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            f"Other environment variables: {contract.ENV_PVC_ROOT} "
+            f"(default {contract.PVC_MOUNT_ROOT}) and {contract.ENV_CONFIGMAP_ROOT} "
+            f"(default {contract.CONFIGMAP_MOUNT_ROOT}) are where pvc://<claim>/<path> and "
+            "configmap://<name>/<key> are read from (<root>/<claim or name>/<path or key>); "
+            "s3:// uses AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (S3-compatible stores such as "
+            "MinIO, path-style), AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (none: anonymous); http(s):// honours "
+            "HTTPS_PROXY/HTTP_PROXY/NO_PROXY."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for flag, var, kind, default, help_text in _FLAGS:
@@ -121,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_name is None:
         args.model_name = _default_name(args.model_uri)
 
-    from .app import ModelServer, ServerConfig  # noqa: PLC0415 - keeps --help fast
-    from .server import serve  # noqa: PLC0415
+    from .app import ModelServer, ServerConfig
+    from .server import serve
 
     fields = set(ServerConfig.__slots__)
     config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -99,6 +99,8 @@ class _ColumnHistograms:
         for i, e in enumerate(edges):
             inner[i, : len(e)] = e
         self.inner = inner
+        # Compare FP32 inputs with FP32 edges (as the reference was computed: see stats.py).
+        self.inner32 = inner.astype(np.float32)
         self.offsets = np.arange(len(edges), dtype=np.intp) * width
         self.counts = np.zeros(len(edges) * width, dtype=np.int64)
         self.sums = np.zeros(len(edges), dtype=np.float64)
@@ -117,7 +119,8 @@ class _ColumnHistograms:
             x = x[:, self.columns]
         n = x.shape[0]
         # bucket index = number of edges strictly below the value (Prometheus `le` rule)
-        idx = (x[:, :, None] > self.inner[None, :, :]).sum(axis=2)
+        inner = self.inner32 if x.dtype == np.float32 else self.inner
+        idx = (x[:, :, None] > inner[None, :, :]).sum(axis=2)
         idx += self.offsets
         self.counts += np.bincount(idx.ravel(), minlength=self.counts.size)
         self.sums += x.sum(axis=0, dtype=np.float64)

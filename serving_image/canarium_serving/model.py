@@ -42,7 +42,7 @@ class OnnxModel:
     platform = "onnxruntime_onnx"
 
     def __init__(self, path: Path, *, threads: int = 1) -> None:
-        import onnxruntime as ort  # noqa: PLC0415 - heavy import, only where a model loads
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(threads, 1)

@@ -76,10 +76,10 @@ def build_model(
     "input" of shape [-1, features]; classifiers get plain tensor outputs (no ZipMap):
     `label` and `probabilities`, regressors `variable`.
     """
-    import onnxruntime as ort  # noqa: PLC0415
-    from skl2onnx import convert_sklearn  # noqa: PLC0415
-    from skl2onnx.common.data_types import FloatTensorType  # noqa: PLC0415
-    from sklearn.base import is_classifier  # noqa: PLC0415
+    import onnxruntime as ort
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.base import is_classifier
 
     x = np.asarray(sample_X, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:

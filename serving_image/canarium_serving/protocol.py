@@ -127,6 +127,8 @@ def _to_array(
     name: str, datatype: str, data: object, shape: tuple[int, ...]
 ) -> np.ndarray[Any, Any]:
     """Turn the JSON `data` of one input into a numpy array of `datatype` and `shape`."""
+    if isinstance(data, dict) or data is None:
+        raise ProtocolError(f"input '{name}': 'data' must be an array, got {_type_name(data)}")
     if not isinstance(data, list):
         # A single scalar is allowed for a tensor of one element.
         data = [data]
@@ -164,6 +166,11 @@ def _to_array(
             )
         return raw.astype(DATATYPE_TO_NUMPY[datatype], copy=False).reshape(shape)
     if datatype in _INT_DATATYPES:
+        if kind in "fO" and datatype == "UINT64":
+            # numpy turns a mix of int64 and uint64-only values into float64: look closer
+            # (a slow path for values >= 2**63 only).
+            raw = _exact_uint64(data, raw)
+            kind = raw.dtype.kind
         if kind not in "iu":
             raise ProtocolError(
                 f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
@@ -176,6 +183,16 @@ def _to_array(
             )
         return raw.astype(target, copy=False).reshape(shape)
     raise ProtocolError(f"input '{name}': datatype {datatype} is not supported")  # pragma: no cover
+
+
+def _exact_uint64(data: list[Any], raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    try:
+        values = np.asarray(data, dtype=np.object_).ravel().tolist()
+    except (ValueError, TypeError):
+        return raw
+    if not all(type(v) is int and 0 <= v < 2**64 for v in values):
+        return raw
+    return np.asarray(values, dtype=np.uint64).reshape(raw.shape)
 
 
 def _kind_name(kind: str) -> str:

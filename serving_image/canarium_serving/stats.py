@@ -46,8 +46,13 @@ def quantile_edges(values: np.ndarray[Any, Any], bins: int) -> list[float]:
 
 
 def bucket_counts(values: np.ndarray[Any, Any], edges: list[float]) -> np.ndarray[Any, Any]:
-    """Counts per bucket (len(edges) + 1) with Prometheus `le` semantics (v <= edge)."""
-    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")
+    """Counts per bucket (len(edges) + 1) with Prometheus `le` semantics (v <= edge).
+
+    Float values are compared in their own precision (an FP32 input of 1.7 is <= the edge
+    1.7), as the server's live histograms do.
+    """
+    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+    idx = np.searchsorted(np.asarray(edges, dtype=dtype), values, side="left")
     return np.bincount(idx.ravel(), minlength=len(edges) + 1)
 
 

@@ -1,0 +1,307 @@
+"""Model loading from every URI scheme, checksum failures, and what Kubernetes gets to see."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import orjson
+import pytest
+from canarium_serving.fetch import sigv4_headers
+
+from .conftest import Models, Server, infer_body, start_server
+
+pytestmark = pytest.mark.serving
+
+NO_PROXY = {"no_proxy": "*", "NO_PROXY": "*", "http_proxy": "", "HTTP_PROXY": ""}
+
+
+def predict_one(server: Server, models: Models, name: str = "iris") -> None:
+    with server.client() as c:
+        r = c.post(f"/v2/models/{name}/infer", content=orjson.dumps(infer_body(models.iris_x[:3])))
+        assert r.status_code == 200, r.text
+        label = next(o for o in r.json()["outputs"] if o["name"] == "label")
+        assert label["data"] == models.iris_estimator.predict(models.iris_x[:3]).tolist()
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves `files` by path; for S3 paths, checks the SigV4 signature first."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    s3_secret: ClassVar[str | None] = None
+    requests: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        type(self).requests.append({"path": self.path, **headers})
+        if self.s3_secret is not None and not self._signature_ok(headers):
+            self._send(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
+            return
+        body = self.files.get(self.path)
+        if body is None:
+            self._send(404, b"no such file")
+            return
+        self._send(200, body)
+
+    def _signature_ok(self, headers: dict[str, str]) -> bool:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("AWS4-HMAC-SHA256 Credential=test-key/"):
+            return False
+        now = dt.datetime.strptime(headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        expected = sigv4_headers(
+            method="GET",
+            host=headers["host"],
+            path=self.path,
+            region="eu-west-3",
+            access_key="test-key",
+            secret_key=self.s3_secret or "",
+            session_token=headers.get("x-amz-security-token"),
+            now=now,
+        )
+        return expected["Authorization"] == auth
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server() -> Iterator[tuple[str, type[_Files]]]:
+    handler = type("Handler", (_Files,), {"files": {}, "s3_secret": None, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_http_model_with_sha256(
+    models: Models, file_server: tuple[str, type[_Files]], tmp_path: Path
+) -> None:
+    url, handler = file_server
+    handler.files["/models/iris/model.onnx"] = models.iris.model_path.read_bytes()
+    server = start_server(
+        [
+            "--model-uri",
+            f"{url}/models/iris/model.onnx",
+            "--model-sha256",
+            models.iris.sha256,
+            "--model-name",
+            "iris",
+        ],
+        tmp_path,
+        env=NO_PROXY,
+    )
+    try:
+        predict_one(server, models)
+        assert list((tmp_path / "cache").glob("*model.onnx"))
+    finally:
+        assert server.stop() == 0
+
+
+def test_s3_model_signed_request(
+    models: Models, file_server: tuple[str, type[_Files]], tmp_path: Path
+) -> None:
+    url, handler = file_server
+    handler.s3_secret = "test-secret"
+    handler.files["/models-bucket/iris/v1/model.onnx"] = models.iris.model_path.read_bytes()
+    env = {
+        **NO_PROXY,
+        "AWS_ENDPOINT_URL_S3": url,
+        "AWS_REGION": "eu-west-3",
+        "AWS_ACCESS_KEY_ID": "test-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "CANARIUM_MODEL_URI": "s3://models-bucket/iris/v1/model.onnx",
+        "CANARIUM_MODEL_NAME": "iris",
+    }
+    server = start_server([], tmp_path, env=env)
+    try:
+        predict_one(server, models)
+        assert handler.requests[0]["authorization"].startswith("AWS4-HMAC-SHA256")
+    finally:
+        server.stop()
+    # a wrong secret is refused by the store: the server says so and exits non-zero
+    env["AWS_SECRET_ACCESS_KEY"] = "wrong"
+    failed = start_server([], tmp_path / "wrong", env=env, wait_ready=False)
+    assert failed.proc.wait(30) == 1
+    assert "HTTP 403" in failed.log()
+    assert "SignatureDoesNotMatch" in failed.log()
+
+
+@pytest.mark.parametrize("scheme", ["pvc", "configmap"])
+def test_mounted_volume_schemes(models: Models, tmp_path: Path, scheme: str) -> None:
+    root = tmp_path / "mnt"
+    target = root / "models-claim" / "iris" / "model.onnx"
+    target.parent.mkdir(parents=True)
+    shutil.copy(models.iris.model_path, target)
+    env = {
+        "CANARIUM_PVC_ROOT": str(root),
+        "CANARIUM_CONFIGMAP_ROOT": str(root),
+        "CANARIUM_MODEL_URI": f"{scheme}://models-claim/iris/model.onnx",
+        "CANARIUM_MODEL_NAME": "iris",
+        "CANARIUM_MODEL_SHA256": models.iris.sha256,
+    }
+    server = start_server([], tmp_path / "logs", env=env)
+    try:
+        predict_one(server, models)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing file", "model file not found"),
+        ("bad sha256", "sha256 mismatch"),
+        ("not onnx", "onnxruntime cannot load"),
+        ("http 404", "HTTP 404"),
+        ("outside volume", "outside its volume"),
+        ("unknown scheme", "unsupported model URI scheme"),
+    ],
+)
+def test_load_failure_exits_nonzero_with_reason(
+    models: Models,
+    tmp_path: Path,
+    file_server: tuple[str, type[_Files]],
+    case: str,
+    message: str,
+) -> None:
+    url, _ = file_server
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not an onnx model")
+    args = {
+        "missing file": ["--model-uri", str(tmp_path / "nope.onnx")],
+        "bad sha256": ["--model-uri", str(models.iris.model_path), "--model-sha256", "0" * 64],
+        "not onnx": ["--model-uri", garbage.as_uri()],
+        "http 404": ["--model-uri", f"{url}/missing/model.onnx"],
+        "outside volume": ["--model-uri", "pvc://claim/../../etc/passwd"],
+        "unknown scheme": ["--model-uri", "gs://bucket/model.onnx"],
+    }[case]
+    termination = tmp_path / "termination-log"
+    env = {**NO_PROXY, "CANARIUM_TERMINATION_LOG": str(termination)}
+    server = start_server(args, tmp_path / "logs", env=env, wait_ready=False)
+    assert server.proc.wait(30) == 1
+    log = server.log()
+    assert "model not loaded" in log
+    assert message in log
+    assert message in termination.read_text()
+
+
+def test_load_failure_without_exit_keeps_serving_not_ready(tmp_path: Path) -> None:
+    server = start_server(
+        ["--model-uri", str(tmp_path / "nope.onnx"), "--no-exit-on-load-failure"],
+        tmp_path,
+        wait_ready=False,
+    )
+    try:
+        with server.client() as c:
+            for _ in range(100):
+                if c.get("/v2/models/nope").status_code == 503:
+                    break
+            assert c.get("/v2/health/live").status_code == 200
+            ready = c.get("/v2/health/ready")
+            assert ready.status_code == 503
+            assert ready.json() == {"ready": False}
+            assert c.get("/v2/models/nope/ready").json() == {"name": "nope", "ready": False}
+            r = c.post("/v2/models/nope/infer", content=b"{}")
+            assert r.status_code == 503
+            assert "failed to load" in r.json()["error"]
+            assert "model file not found" in r.json()["error"]
+            metrics = c.get("/metrics").text
+            assert 'canarium_model_ready{deployment=""' in metrics
+            assert "} 0.0" in metrics.split("canarium_model_ready{", 1)[1].split("\n", 1)[0]
+    finally:
+        assert server.stop() == 0
+
+
+def test_missing_uri_is_a_usage_error(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "canarium_serving.cli"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "CANARIUM_MODEL_URI" in r.stderr
+
+
+def test_help_documents_every_flag_and_env_var() -> None:
+    from canarium_serving import contract
+    from canarium_serving.cli import _FLAGS
+
+    r = subprocess.run(
+        [sys.executable, "-m", "canarium_serving.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    help_text = " ".join(r.stdout.split())
+    for flag, env, *_ in _FLAGS:
+        assert flag in help_text
+        assert f"[env {env}]" in help_text
+    for name in dir(contract):
+        if name.startswith("ENV_"):
+            assert getattr(contract, name) in help_text, name
+
+
+def test_dynamic_batching_serves_correct_rows(models: Models, tmp_path: Path) -> None:
+    server = start_server(
+        [
+            "--model-uri",
+            str(models.iris.model_path),
+            "--model-name",
+            "iris",
+            "--batch-max-size",
+            "32",
+            "--batch-max-wait-ms",
+            "5",
+        ],
+        tmp_path,
+    )
+    x = models.iris_x
+    expected = models.iris_estimator.predict(x)
+    try:
+
+        def one(i: int) -> int:
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                body = infer_body(x[i : i + 1], outputs=[{"name": "label"}])
+                r = c.post("/v2/models/iris/infer", content=orjson.dumps(body))
+                assert r.status_code == 200, r.text
+                return int(r.json()["outputs"][0]["data"][0])
+
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(one, range(150)))
+        assert got == expected.tolist()
+        with server.client() as c:
+            # a bad request inside a batch fails alone
+            r = c.post("/v2/models/iris/infer", content=b'{"inputs": 1}')
+            assert r.status_code == 400
+            text = c.get("/metrics").text
+        count = sum_ = 0.0
+        for line in text.splitlines():
+            if line.startswith("canarium_inference_batch_size_count"):
+                count = float(line.rsplit(" ", 1)[1])
+            if line.startswith("canarium_inference_batch_size_sum"):
+                sum_ = float(line.rsplit(" ", 1)[1])
+        assert sum_ == 150
+        assert count < 150  # some executions served several requests
+    finally:
+        server.stop()
