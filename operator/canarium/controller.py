@@ -48,10 +48,43 @@ def utcnow() -> datetime:
 
 
 def _slim(body: dict[str, Any]) -> dict[str, Any]:
-    """A cached copy without managedFields (most of an object's bytes, never read here)."""
+    """A cached copy keeping, of managedFields (most of an object's bytes), only the entries
+    of other field managers on the main resource: `contested` reads them."""
     body = copy.deepcopy(body)
-    body.get("metadata", {}).pop("managedFields", None)
+    meta = body.get("metadata", {})
+    meta["managedFields"] = [
+        entry
+        for entry in meta.get("managedFields") or []
+        if entry.get("manager") != MANAGER and entry.get("subresource", "") in ("", "scale")
+    ]
     return body
+
+
+def _owns_any(fields: dict[str, Any], manifest: Any) -> bool:
+    """Whether a managedFields fieldsV1 set holds any field that `manifest` sets."""
+    for key, sub in fields.items():
+        if key == ".":
+            continue  # owns only the node's presence; conflicts are on leaves
+        if key.startswith("f:"):
+            if not isinstance(manifest, dict) or key[2:] not in manifest:
+                continue
+            value = manifest[key[2:]]
+            if not sub or _owns_any(sub, value):
+                return True
+        elif isinstance(manifest, list) and manifest:
+            # k:{...} / v:... / i:N entries of a list we set: compare item by item would need
+            # the list's merge keys; any claim inside a list we set counts.
+            return True
+    return False
+
+
+def contested(observed: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Whether another field manager (kubectl edit/patch, a GitOps tool) has taken any field
+    the operator sets, so the operator must apply again to take it back."""
+    return any(
+        _owns_any(entry.get("fieldsV1") or {}, manifest)
+        for entry in observed.get("metadata", {}).get("managedFields") or []
+    )
 
 
 def _resource_version(body: dict[str, Any]) -> int:
@@ -302,8 +335,8 @@ class Controller:
                 manifest
             )
             cached = self.children[manifest["kind"]].get(key, {}).get(manifest["metadata"]["name"])
-            if cached is not None and covers(cached, manifest):
-                continue  # unchanged since our last apply and not edited since
+            if cached is not None and covers(cached, manifest) and not contested(cached, manifest):
+                continue  # unchanged since our last apply and nobody else took a field
             applies.append(self.kube.apply(manifest))
         for result in await asyncio.gather(*applies):
             # Our own write, cached before its watch event arrives; no reconcile for it.

@@ -16,6 +16,7 @@ from tests.e2e.cluster import (
     start_local_cluster,
     stop_local_cluster,
 )
+from tests.e2e.operator import OperatorProcess, apply_crds
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,3 +52,21 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     cluster.core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    """The Canarium CRDs from crds/, installed (server-side apply) and Established."""
+    apply_crds(cluster)
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, crds: None, namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator as a real process (`canarium run`) watching the test's namespace."""
+    proc = OperatorProcess(cluster, namespace, tmp_path_factory.mktemp("operator")).start()
+    yield proc
+    proc.stop()
+    log = proc.log()
+    assert "Traceback" not in log, f"the operator logged a traceback:\n{log[-5000:]}"
