@@ -406,7 +406,7 @@ def test_model_uri_rejected(uri: str) -> None:
         ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "minReplicas must not be"),
         ({"autoscaling": {"maxReplicas": 2, "targetCPUUtilizationPercentage": 0}}, "greater"),
         ({"env": [{"name": "1BAD"}]}, "pattern"),
-        ({"env": [{"name": "CANARIUM_MODEL_URI", "value": "x"}]}, "reserved for the operator"),
+        ({"env": [{"name": "CANARIUM_MODEL_URI", "value": "x"}]}, "is set by the operator"),
         ({"env": [{"name": "A"}, {"name": "A"}]}, "Duplicate value"),
         ({"resources": {"requests": {"cpu": "1 core"}}}, "pattern"),
         ({"tolerations": [{"operator": "Maybe"}]}, "Exists"),

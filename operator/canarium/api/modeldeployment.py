@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
+from canarium_serving import contract
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from canarium.api.common import (
@@ -35,7 +36,20 @@ MODEL_URI_PATTERN = (
     r"|file:///\S+"
     r")$"
 )
-RESERVED_ENV_PREFIX = "CANARIUM_"
+# The variables the operator sets on every serving container (the serving contract). Other
+# CANARIUM_* server knobs (batching, threads, log level) stay the user's to set.
+RESERVED_ENV = (
+    contract.ENV_MODEL_URI,
+    contract.ENV_MODEL_SHA256,
+    contract.ENV_MODEL_NAME,
+    contract.ENV_MODEL_VERSION,
+    contract.ENV_DEPLOYMENT,
+    contract.ENV_NAMESPACE,
+    contract.ENV_REVISION,
+    contract.ENV_ROLE,
+    contract.ENV_PORT,
+    contract.ENV_MODEL_CACHE_DIR,
+)
 MAX_ENV = 100
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +140,8 @@ class AutoscalingSpec(SpecModel):
 
 
 RULE_ENV_RESERVED = Rule(
-    f"!self.name.startsWith('{RESERVED_ENV_PREFIX}')",
-    f"names starting with {RESERVED_ENV_PREFIX} are reserved for the operator",
+    "!(self.name in [" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "])",
+    "is set by the operator (model, identity, port and cache of the serving pod)",
     field_path=".name",
     reason="FieldValueForbidden",
 )
@@ -142,14 +156,17 @@ class EnvVar(SpecModel):
         min_length=1,
         max_length=256,
         pattern=C_IDENTIFIER_PATTERN,
-        description=f"Variable name (a C identifier, not starting with {RESERVED_ENV_PREFIX}).",
+        description="Variable name (a C identifier). The operator's own variables ("
+        + ", ".join(RESERVED_ENV)
+        + ") are refused; other CANARIUM_* server settings, e.g. CANARIUM_BATCH_MAX_SIZE, "
+        "may be set here.",
     )
     value: str = Field("", max_length=32768, description="Variable value.")
 
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value.startswith(RESERVED_ENV_PREFIX):
+        if value in RESERVED_ENV:
             raise RULE_ENV_RESERVED.fail()
         return value
 
