@@ -11,7 +11,6 @@ as `model.reference.json`. The serving image does not install scikit-learn/skl2o
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -104,7 +103,6 @@ def build_model(
     reference: dict[str, Any] = {
         "format": REFERENCE_FORMAT,
         "model": name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "samples": int(x.shape[0]),
         "bins": bins,
         "features": [],
