@@ -61,3 +61,6 @@ demo: setup control-plane ## local cluster + operator + the iris example
 
 clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process (iris, digits)
+	$(BIN)/python tests/bench/bench_serving.py --batching
