@@ -46,6 +46,11 @@ kubeconfig: ## print the local cluster's kubeconfig path
 kubectl: ## print the path of the matching kubectl
 	@hack/cluster.sh kubectl
 
+.PHONY: deploy
+KUBECTL ?= kubectl
+deploy: ## install the operator into the current kubectl context (kubectl apply -k manifests/install)
+	$(KUBECTL) apply -k manifests/install
+
 unit: setup ## unit and model-server tests (no cluster)
 	$(BIN)/pytest tests/unit tests/serving
 
@@ -63,4 +68,4 @@ clean: cluster-down ## stop the cluster and remove the venv (the control-plane c
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process (iris, digits)
-	$(BIN)/python tests/bench/bench_serving.py --batching
+	$(BIN)/python tests/bench/bench_serving.py --no-batching

@@ -55,8 +55,8 @@ class ServerConfig:
     role: str = ""
     model_cache_dir: str = DEFAULT_MODEL_CACHE_DIR
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    batch_max_size: int = 0
-    batch_max_wait_ms: float = 1.0
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 0.0
     ort_threads: int = 1
     exit_on_load_failure: bool = True
     termination_log: str = DEFAULT_TERMINATION_LOG

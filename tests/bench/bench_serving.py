@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="iris,digits")
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument(
-        "--batching", action="store_true", help="also run canarium-serve with dynamic batching on"
+        "--no-batching",
+        action="store_true",
+        help="also run canarium-serve with dynamic batching off",
     )
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
@@ -347,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.duration}s after {args.warmup}s warm-up; one row per request")  # fmt: skip
         ctx = Ctx(wrk, args, work)
         for model in models:
+            # canarium-serve with its defaults: dynamic batching on (32 rows, no added wait)
             results = [bench_canarium(ctx, model, extra=[], label="canarium")]
-            if args.batching:
-                batching = ["--batch-max-size", "32", "--batch-max-wait-ms", "0"]
+            if args.no_batching:
+                off = ["--batch-max-size", "0"]
                 results.append(
-                    bench_canarium(ctx, model, extra=batching, label="canarium (batching)")
+                    bench_canarium(ctx, model, extra=off, label="canarium (no batching)")
                 )
             if mlserver is not None:
                 results.append(bench_mlserver(ctx, model, mlserver))
