@@ -1,0 +1,157 @@
+"""The image Dockerfiles, checked offline (no Docker engine here): a slim, non-root final stage
+without build tools or a HEALTHCHECK (Kubernetes ignores it: the manifests carry probes), and a
+build context (.dockerignore) that holds what the COPY lines need and nothing private."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = [
+    p
+    for p in (REPO / "operator" / "Dockerfile", REPO / "serving_image" / "Dockerfile")
+    if p.exists()
+]
+BASE_IMAGE = "python:3.11-slim"
+BUILD_TOOLS = re.compile(
+    r"\b(build-essential|gcc|g\+\+|clang|make|cmake|python3?-dev|libc6?-dev|cargo|rustc)\b"
+)
+
+
+@dataclass
+class Stage:
+    image: str
+    alias: str = ""
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, name: str) -> list[str]:
+        return [args for instr, args in self.instructions if instr == name]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of a Dockerfile: continuation lines joined, comments
+    dropped, ARG defaults substituted into FROM."""
+    logical: list[str] = []
+    buffer = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buffer and (not line or line.startswith("#")):
+            continue
+        if buffer and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buffer += line[:-1] + " "
+            continue
+        logical.append(buffer + line)
+        buffer = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        instr, _, rest = line.partition(" ")
+        instr, rest = instr.upper(), rest.strip()
+        if instr == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif instr == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            alias = words[2] if len(words) > 2 and words[1].upper() == "AS" else ""
+            stages.append(Stage(image, alias))
+        else:
+            assert stages, f"{path}: {instr} before FROM"
+            stages[-1].instructions.append((instr, rest))
+    return args, stages
+
+
+def dockerignore() -> list[str]:
+    path = REPO / ".dockerignore"
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def ignored(relative: str, patterns: list[str]) -> bool:
+    parts = Path(relative).parts
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/").rstrip("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, bare) for p in prefixes):
+            return True
+        if pattern.startswith("**/") and any(fnmatch.fnmatch(part, bare) for part in parts):
+            return True
+    return False
+
+
+def test_there_is_an_operator_dockerfile() -> None:
+    assert REPO / "operator" / "Dockerfile" in DOCKERFILES
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_final_stage_is_slim_python_and_non_root(path: Path) -> None:
+    _, stages = parse(path)
+    final = stages[-1]
+    assert final.image == BASE_IMAGE, final.image
+    users = final.all("USER")
+    assert users, "the final stage sets USER"
+    user = users[-1].split(":")
+    assert all(part.isdigit() for part in user), f"numeric USER (runAsNonRoot): {users[-1]}"
+    assert int(user[0]) != 0
+    if len(user) > 1:
+        assert int(user[1]) != 0
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_healthcheck_and_no_build_tools_in_final_stage(path: Path) -> None:
+    _, stages = parse(path)
+    assert not any(s.all("HEALTHCHECK") for s in stages), "Kubernetes probes, not HEALTHCHECK"
+    for run in stages[-1].all("RUN"):
+        assert not BUILD_TOOLS.search(run), f"build tools in the final stage: {run}"
+        assert not re.search(r"\bpip\b.*\binstall\b", run), "install in the builder stage"
+    if len(stages) > 1:  # multi-stage: the final stage takes the result, not the sources
+        copies = stages[-1].all("COPY")
+        assert copies
+        assert all("--from=" in c for c in copies), copies
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_copy_sources_are_in_the_build_context(path: Path) -> None:
+    """The build context is the repository root (docker build -f <path> .)."""
+    patterns = dockerignore()
+    _, stages = parse(path)
+    for stage in stages:
+        for copy in stage.all("COPY") + stage.all("ADD"):
+            if "--from=" in copy:
+                continue
+            words = [w for w in copy.split() if not w.startswith("--")]
+            for source in words[:-1]:
+                assert (REPO / source).exists(), f"{path.name}: COPY {source}: not in the repo"
+                assert not ignored(source, patterns), f"COPY {source} is in .dockerignore"
+
+
+def test_operator_image_runs_canarium() -> None:
+    _, stages = parse(REPO / "operator" / "Dockerfile")
+    final = stages[-1]
+    assert len(stages) >= 2, "multi-stage"
+    assert json.loads(final.all("ENTRYPOINT")[-1]) == ["canarium"]
+    assert json.loads(final.all("CMD")[-1]) == ["run"]
+    builder_runs = " ".join(" ".join(s.all("RUN")) for s in stages[:-1])
+    assert '".[operator]"' in builder_runs or "'.[operator]'" in builder_runs
+    assert final.all("COPY") == [f"--from={stages[0].alias} /opt/canarium /opt/canarium"]
+
+
+def test_dockerignore_keeps_the_context_small_and_private() -> None:
+    patterns = dockerignore()
+    for path in (".venv/bin/python", ".git/config", "tests/unit/test_dockerfiles.py"):
+        assert ignored(path, patterns), path
+    for path in ("operator/canarium/__pycache__/cli.cpython-311.pyc", ".mypy_cache/x"):
+        assert ignored(path, patterns), path
+    for path in ("pyproject.toml", "README.md", "operator/canarium/cli.py"):
+        assert not ignored(path, patterns), path
