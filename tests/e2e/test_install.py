@@ -170,8 +170,8 @@ def installed(cluster: Cluster) -> Iterator[None]:
             timeout=60,
             what=f"namespace {NAMESPACE} gone",
         )
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(INSTALL))
-    try:
+    try:  # removed even when the apply fails half-way
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(INSTALL))
         yield
     finally:
         if not preexisting:
