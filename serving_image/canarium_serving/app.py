@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -351,12 +350,3 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def config_from_env(env: MutableMapping[str, str] | None = None) -> ServerConfig:
-    """The server configuration from CANARIUM_* variables (what the CLI exports to workers)."""
-    from .cli import build_parser
-
-    env = os.environ if env is None else env
-    args = build_parser(env).parse_args([])
-    return ServerConfig(**{k: v for k, v in vars(args).items() if k in ServerConfig.__slots__})

@@ -305,3 +305,18 @@ def test_dynamic_batching_serves_correct_rows(models: Models, tmp_path: Path) ->
         assert count < 150  # some executions served several requests
     finally:
         server.stop()
+
+
+def test_binds_to_the_configured_loopback_address(models: Models, tmp_path: Path) -> None:
+    # The e2e tests run one server per simulated pod, each on its own 127.x address.
+    server = start_server(
+        ["--model-uri", str(models.iris.model_path), "--model-name", "iris"],
+        tmp_path,
+        host="127.64.0.5",
+    )
+    try:
+        assert server.url.startswith("http://127.64.0.5:")
+        predict_one(server, models)
+        assert "process_cpu_seconds_total" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
