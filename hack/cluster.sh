@@ -42,26 +42,16 @@ spec:
   podCIDR: 127.64.$i.0/24
   podCIDRs: [127.64.$i.0/24]
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "1000", memory: 4Ti, pods: "5000"}
+  capacity: {cpu: "1000", memory: 4Ti, pods: "5000"}
   nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: fake, kubeProxyVersion: fake}
   phase: Running
 YAML
 }
 
-up() {
-  local bin
-  bin=$(bin_dir)
-  local kubectl="$bin/kubectl" kc
-  kc=$(kubeconfig_path)
-  if [ -f "$kc" ] && "$kubectl" --kubeconfig "$kc" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
-    echo "cluster $name already running (kubeconfig: $kc)" >&2
-    return 0
-  fi
-  [ -d "$cluster_dir" ] && "$bin/kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
-  mkdir -p "$KWOK_WORKDIR"
-  local conf="$KWOK_WORKDIR/$name-config.yaml"
-  cat >"$conf" <<YAML
+write_config() {
+  local bin=$1
+  cat <<YAML
 kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 options:
@@ -70,7 +60,7 @@ options:
   etcdVersion: ${ETCD_VERSION#v}
   kwokVersion: $KWOK_VERSION
   bindAddress: 127.0.0.1
-  kubeApiserverBinary: $bin/kube-apiserver
+  kubeApiserverBinary: $KWOK_WORKDIR/wrappers/kube-apiserver
   kubeControllerManagerBinary: $bin/kube-controller-manager
   kubeSchedulerBinary: $bin/kube-scheduler
   kubectlBinary: $bin/kubectl
@@ -80,6 +70,38 @@ options:
   kubeAdmission: true
   disableQPSLimits: true
 YAML
+}
+
+# kwokctl's binary runtime leaves kube-apiserver on a /24 Service range and ignores
+# componentsPatches, so a wrapper adds room for thousands of Services (three per
+# ModelDeployment). exec keeps the PID, so kwokctl stops it as usual.
+write_apiserver_wrapper() {
+  local bin=$1
+  mkdir -p "$KWOK_WORKDIR/wrappers"
+  cat >"$KWOK_WORKDIR/wrappers/kube-apiserver" <<SH
+#!/bin/sh
+exec "$bin/kube-apiserver" --service-cluster-ip-range=10.96.0.0/16 "\$@"
+SH
+  chmod +x "$KWOK_WORKDIR/wrappers/kube-apiserver"
+}
+
+up() {
+  local bin
+  bin=$(bin_dir)
+  local kubectl="$bin/kubectl" kc
+  kc=$(kubeconfig_path)
+  mkdir -p "$KWOK_WORKDIR"
+  write_apiserver_wrapper "$bin"
+  local conf="$KWOK_WORKDIR/$name-config.yaml" wanted
+  wanted=$(write_config "$bin")
+  if [ -f "$kc" ] && [ "$(cat "$conf" 2>/dev/null)" = "$wanted" ] &&
+    "$kubectl" --kubeconfig "$kc" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+    echo "cluster $name already running (kubeconfig: $kc)" >&2
+    return 0
+  fi
+  # Not running, or started with another configuration: start afresh.
+  [ -d "$cluster_dir" ] && down
+  echo "$wanted" >"$conf"
   local start=$SECONDS
   local log="$KWOK_WORKDIR/$name-create.log"
   if ! "$bin/kwokctl" create cluster --name "$name" --config "$conf" --wait 2m >"$log" 2>&1; then
@@ -95,6 +117,12 @@ YAML
 down() {
   local bin
   bin=$(bin_dir)
+  # The operator that `make demo` left running against this cluster.
+  local demo_pid="$cache/demo/operator.pid"
+  if [ "$name" = canarium ] && [ -f "$demo_pid" ]; then
+    kill "$(cat "$demo_pid")" 2>/dev/null || true
+    rm -f "$demo_pid"
+  fi
   if [ -d "$cluster_dir" ]; then
     "$bin/kwokctl" delete cluster --name "$name" >"$KWOK_WORKDIR/$name-delete.log" 2>&1 || true
   fi
