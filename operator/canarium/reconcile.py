@@ -18,36 +18,39 @@ from canarium.api import (
     CONDITION_PROGRESSING,
     CONDITION_READY,
     Condition,
-    HistoryEntry,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RevisionStatus,
     RolloutPolicySpec,
 )
-from canarium.api.status import MAX_HISTORY
 from canarium.render import (
     ANNOTATION_CREATED_AS,
     LABEL_REVISION,
     endpoint,
     hash_of_revision,
     render_hpa,
+    render_httproute,
     render_revision,
     render_services,
     revision_hash,
     revision_name,
     spec_of_revision,
 )
+from canarium.rollout import (
+    ANNOTATION_COMMAND,
+    ANNOTATION_PAUSED,
+    AnalysisRun,
+    Decision,
+    Event,
+    RevisionPlan,
+    RevisionState,
+    RolloutInput,
+    decide,
+    effective_weights,
+    push_history,
+)
 from canarium.settings import Settings
-
-EventType = Literal["Normal", "Warning"]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: EventType
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -125,30 +128,50 @@ class ReconcileInput:
     hpas: frozenset[str] = frozenset()  # observed HorizontalPodAutoscaler names
     policy: RolloutPolicySpec | None = None
     policy_error: str | None = None  # e.g. the referenced RolloutPolicy does not exist
+    analysis_run: AnalysisRun | None = None
 
 
-def effective_weights(stable_ready: int, canary_ready: int) -> tuple[float, float]:
-    """(stable, canary) percentages that a Service over both revisions' ready pods delivers."""
-    total = stable_ready + canary_ready
-    if total == 0:
-        return 0.0, 0.0
-    canary = round(100.0 * canary_ready / total, 2)
-    return round(100.0 - canary, 2), canary
-
-
-def reconcile(inp: ReconcileInput) -> Plan:
-    """The plan for one ModelDeployment: children to apply and delete, the new status, events."""
+def rollout_input(inp: ReconcileInput) -> RolloutInput | None:
+    """The state machine's view of the input; None without a rollout policy."""
+    if inp.policy is None:
+        return None
     mdep = inp.mdep
-    name = mdep.metadata.name
+    annotations = mdep.metadata.annotations
+    return RolloutInput(
+        spec=mdep.spec,
+        desired=revision_name(mdep.metadata.name, revision_hash(mdep.spec)),
+        status=mdep.status,
+        policy=inp.policy,
+        revisions={
+            name: RevisionState(
+                name=obs.name,
+                spec=obs.spec,
+                replicas=obs.replicas,
+                ready_replicas=obs.ready_replicas,
+                ready=obs.ready,
+                deadline_exceeded=obs.deadline_exceeded,
+            )
+            for name, obs in inp.revisions.items()
+        },
+        now=inp.now,
+        router=mdep.spec.traffic.router,
+        analysis_run=inp.analysis_run,
+        command=annotations.get(ANNOTATION_COMMAND),
+        paused=annotations.get(ANNOTATION_PAUSED, "").lower() == "true",
+    )
+
+
+def replace_decision(inp: ReconcileInput) -> Decision:
+    """No rollout policy: a new revision runs beside the old one at full size and replaces it
+    once Ready, so nothing serves a gap."""
+    mdep = inp.mdep
     spec = mdep.spec
-    old = mdep.status
-    status = old.model_copy(deep=True)
-    plan = Plan()
-    desired = revision_name(name, revision_hash(spec))
+    status = mdep.status.model_copy(deep=True)
+    events: list[Event] = []
+    desired = revision_name(mdep.metadata.name, revision_hash(spec))
     replicas = None if spec.serving.autoscaling else spec.serving.replicas
 
-    # --- decide which revisions serve --------------------------------------------------
-    stable_name = old.stable.name if old.stable and old.stable.name else desired
+    stable_name = status.stable.name if status.stable and status.stable.name else desired
     stable_obs = inp.revisions.get(stable_name)
     stable_spec = spec if stable_name == desired else (stable_obs.spec if stable_obs else None)
     if stable_spec is None:
@@ -159,8 +182,7 @@ def reconcile(inp: ReconcileInput) -> Plan:
     canary_obs = inp.revisions.get(desired) if canary_name else None
 
     if canary_name and canary_obs is not None and canary_obs.ready:
-        # The new revision is Ready: it replaces the old one, which goes in this same plan.
-        plan.events.append(
+        events.append(
             Event(
                 "Normal",
                 "Replaced",
@@ -168,63 +190,13 @@ def reconcile(inp: ReconcileInput) -> Plan:
                 f"{stable_name}",
             )
         )
-        status.history = _push_history(
-            status.history,
-            HistoryEntry(
-                revision=stable_name,
-                model_version=stable_spec.model.version,
-                outcome="Replaced",
-                time=inp.now,
-                reason=f"replaced by {canary_name}",
-            ),
-        )
+        push_history(
+            status, stable_name, stable_spec.model.version, "Replaced", inp.now,
+            f"replaced by {canary_name}",
+        )  # fmt: skip
         stable_name, stable_spec, stable_obs = canary_name, spec, canary_obs
         canary_name, canary_obs = None, None
 
-    # --- render --------------------------------------------------------------------------
-    def apply_revision(rev: str, rev_spec: ModelDeploymentSpec, role: str) -> None:
-        observed = inp.revisions.get(rev)
-        created_as = observed.created_as if observed else role
-        rev_hash = hash_of_revision(name, rev)
-        plan.apply.append(
-            render_revision(
-                mdep,
-                rev_hash,
-                spec=rev_spec,
-                replicas=replicas,
-                role=role,
-                created_as=created_as,
-                settings=inp.settings,
-            )
-        )
-        hpa = render_hpa(mdep, rev_hash)
-        if hpa:
-            plan.apply.append(hpa)
-
-    # Without a rollout policy a new revision is not a canary under analysis: it is created
-    # as what it will become, the stable one.
-    apply_revision(stable_name, stable_spec, contract.ROLE_STABLE)
-    if canary_name:
-        apply_revision(canary_name, spec, contract.ROLE_STABLE)
-    plan.apply.extend(
-        render_services(
-            mdep,
-            hash_of_revision(name, stable_name),
-            hash_of_revision(name, canary_name) if canary_name else None,
-        )
-    )
-    keep = {stable_name} | ({canary_name} if canary_name else set())
-    plan.delete.extend(
-        ChildRef("apps/v1", "Deployment", rev) for rev in sorted(inp.revisions) if rev not in keep
-    )
-    keep_hpas = keep if spec.serving.autoscaling else set()
-    plan.delete.extend(
-        ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", hpa)
-        for hpa in sorted(inp.hpas)
-        if hpa not in keep_hpas
-    )
-
-    # --- status --------------------------------------------------------------------------
     stable_ready = stable_obs.ready_replicas if stable_obs else 0
     canary_ready = canary_obs.ready_replicas if canary_obs else 0
     stable_effective, canary_effective = effective_weights(stable_ready, canary_ready)
@@ -246,15 +218,12 @@ def reconcile(inp: ReconcileInput) -> Plan:
             weight=100,
             effective_weight=canary_effective,
         )
-    desired_pods = (status.stable.replicas or 0) + (
-        (status.canary.replicas or 0) if status.canary else 0
-    )
-    status.ready = f"{stable_ready + canary_ready}/{desired_pods}"
-    status.endpoint = endpoint(mdep)
-    status.observed_generation = mdep.metadata.generation
     status.current_step = None
     status.step_started_at = None
     status.pause_reason = None
+    status.previous = None
+    status.bake_until = None
+    status.analysis = None
 
     newest = canary_obs if canary_name else stable_obs
     if newest is not None and newest.deadline_exceeded and not newest.ready:
@@ -281,12 +250,93 @@ def reconcile(inp: ReconcileInput) -> Plan:
         reason = "ReplicasNotReady"
         status.message = f"revision {stable_name} {stable_ready}/{status.stable.replicas} ready"
 
+    plans = [RevisionPlan(stable_name, stable_spec, replicas, "stable")]
+    if canary_name:
+        # Not a canary under analysis: it is created as what it will become, the stable one.
+        plans.append(RevisionPlan(canary_name, spec, replicas, "stable"))
+    return Decision(
+        status=status,
+        revisions=plans,
+        stable=stable_name,
+        canary=canary_name,
+        route_canary_weight=100 if canary_name and canary_ready else 0,
+        reason=reason,
+        events=events,
+    )
+
+
+def reconcile(inp: ReconcileInput) -> Plan:
+    """The plan for one ModelDeployment: children to apply and delete, the new status, events."""
+    mdep = inp.mdep
+    name = mdep.metadata.name
+    old = mdep.status
+    r_inp = rollout_input(inp)
+    decision = decide(r_inp) if r_inp is not None else replace_decision(inp)
+    status = decision.status
+    plan = Plan(events=list(decision.events), requeue_after=decision.requeue_after)
+
+    for rev in decision.revisions:
+        observed = inp.revisions.get(rev.name)
+        rev_hash = hash_of_revision(name, rev.name)
+        plan.apply.append(
+            render_revision(
+                mdep,
+                rev_hash,
+                spec=rev.spec,
+                replicas=rev.replicas,
+                role=rev.role,
+                # The role baked into the pods' env is the one a revision was created for.
+                created_as=observed.created_as if observed else rev.role,
+                settings=inp.settings,
+            )
+        )
+        hpa = render_hpa(mdep, rev_hash) if rev.replicas is None else None
+        if hpa:
+            plan.apply.append(hpa)
+    stable_hash = hash_of_revision(name, decision.stable)
+    canary_hash = hash_of_revision(name, decision.canary) if decision.canary else None
+    plan.apply.extend(render_services(mdep, stable_hash, canary_hash))
+    route = render_httproute(mdep, decision.route_canary_weight, decision.canary is not None)
+    if route:
+        plan.apply.append(route)
+
+    keep = {rev.name for rev in decision.revisions}
+    plan.delete.extend(
+        ChildRef("apps/v1", "Deployment", rev) for rev in sorted(inp.revisions) if rev not in keep
+    )
+    keep_hpas = {rev.name for rev in decision.revisions if rev.replicas is None}
+    plan.delete.extend(
+        ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", hpa)
+        for hpa in sorted(inp.hpas)
+        if hpa not in keep_hpas
+    )
+
+    ready = sum(
+        inp.revisions[r.name].ready_replicas for r in decision.revisions if r.name in inp.revisions
+    )
+    wanted = sum(
+        (
+            r.replicas
+            if r.replicas is not None
+            else (inp.revisions[r.name].replicas if r.name in inp.revisions else 0)
+        )
+        for r in decision.revisions
+    )
+    status.ready = f"{ready}/{wanted}"
+    status.endpoint = endpoint(mdep)
+    status.observed_generation = mdep.metadata.generation
+    reason = decision.reason
+    if inp.policy_error and mdep.spec.rollout is not None:
+        status.message = f"{inp.policy_error}; new revisions replace the old once Ready. " + (
+            status.message or ""
+        )
+        reason = "PolicyNotFound" if "not found" in inp.policy_error else "PolicyInvalid"
     _set_conditions(status, mdep.metadata.generation, inp.now, reason)
     if old.phase != status.phase:
         plan.events.append(
             Event(
                 "Warning" if status.phase == "Degraded" else "Normal",
-                status.phase,
+                status.phase or "Unknown",
                 status.message or "",
             )
         )
@@ -294,22 +344,21 @@ def reconcile(inp: ReconcileInput) -> Plan:
     return plan
 
 
-def _push_history(history: list[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
-    return [entry, *history][:MAX_HISTORY]
-
-
 def _set_conditions(
     status: ModelDeploymentStatus, generation: int, now: datetime, reason: str
 ) -> None:
     """Ready, Progressing and Degraded from the phase, in the metav1.Condition form.
 
-    Ready: the current generation is fully served. Progressing: a change is being rolled out.
+    Ready: the current generation is fully served. Progressing: a change is being rolled out
+    (or baking).
     Degraded: something failed and needs a person (traffic is on the last good revision).
     """
     phase = status.phase
     message = status.message or ""
     values: dict[str, Literal["True", "False"]] = {
-        CONDITION_READY: "True" if phase == "Healthy" else "False",
+        # During a bake the promoted version already serves everything: Ready, and still
+        # Progressing until the bake is over.
+        CONDITION_READY: "True" if phase == "Healthy" or reason == "Baking" else "False",
         CONDITION_PROGRESSING: "True" if phase in ("Progressing", "Paused") else "False",
         CONDITION_DEGRADED: "True" if phase == "Degraded" else "False",
     }

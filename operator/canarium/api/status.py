@@ -70,13 +70,14 @@ class AnalysisStatus(StatusModel):
     """Progress of the analysis of the current canary (or of the promoted revision during bake)."""
 
     intervals: int = Field(0, ge=0, description="Intervals measured so far for this revision.")
-    consecutive_failures: int = Field(
-        0, ge=0, description="Failed intervals in a row (rollback at failureLimit)."
+    failures: int = Field(
+        0, ge=0, description="Failed intervals of this rollout so far (rollback at failureLimit)."
     )
     consecutive_inconclusive: int = Field(
         0, ge=0, description="Inconclusive intervals in a row (pause at inconclusiveLimit)."
     )
     last_run_time: datetime | None = Field(None, description="When the last interval was judged.")
+    last_verdict: Verdict | None = Field(None, description="Verdict of the last interval.")
     measurements: list[Measurement] = Field(
         default_factory=list,
         max_length=MAX_MEASUREMENTS,
@@ -133,6 +134,20 @@ class ModelDeploymentStatus(StatusModel):
     )
     analysis: AnalysisStatus | None = Field(
         None, description="Analysis of the current canary or bake."
+    )
+    previous: RevisionStatus | None = Field(
+        None,
+        description="The revision that served before the last promotion, kept scaled down "
+        "while the promoted one bakes; a failure in that time rolls back to it.",
+    )
+    bake_until: datetime | None = Field(
+        None, description="End of the bake: until then the promoted revision is still analysed."
+    )
+    last_command: str | None = Field(
+        None,
+        max_length=256,
+        description="The last canarium.dev/command annotation value carried out "
+        "(promote, promote-full, abort, retry), so that each is done once.",
     )
     history: list[HistoryEntry] = Field(
         default_factory=list,

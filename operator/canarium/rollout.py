@@ -1,0 +1,757 @@
+"""The rollout state machine. Pure: (spec, policy, status, observed revisions, analysis, now,
+commands) -> a Decision (which revisions serve with how many pods, the traffic weight, the new
+status, events, when to look again).
+
+A change of the model or serving spec makes a new revision, the canary. The policy's steps move
+traffic to it (`setWeight`), wait (`pause: {duration}`) or wait for a person (`pause: {}`);
+analysis judges the canary at every interval while it takes traffic and during the bake after
+promotion. Inconclusive intervals (too little data) hold the rollout and never fail it;
+`failureLimit` failed intervals roll back: traffic to stable at once, the canary scaled to zero,
+phase Degraded, the spec left as the user wrote it. The operator does not retry that revision
+by itself: a new spec, reverting to the stable version, or `retry` moves on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from canarium.api import (
+    AnalysisStatus,
+    HistoryEntry,
+    Measurement,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Outcome,
+    RevisionStatus,
+    RolloutPolicySpec,
+    Verdict,
+)
+from canarium.api.status import MAX_HISTORY
+
+ANNOTATION_COMMAND = "canarium.dev/command"  # "<verb>@<id>": promote, promote-full, abort, retry
+ANNOTATION_PAUSED = "canarium.dev/paused"  # "true": hold the rollout where it is
+COMMANDS = ("promote", "promote-full", "abort", "retry")
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+class JudgementLike(Protocol):
+    """What the analysis hands over (canarium.analysis.Judgement)."""
+
+    @property
+    def verdict(self) -> Verdict: ...
+
+    @property
+    def measurements(self) -> list[Measurement]: ...
+
+    @property
+    def summary(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class AnalysisRun:
+    """One analysis interval that the controller carried out before this reconcile."""
+
+    time: datetime
+    judgement: JudgementLike | None  # None: the first snapshot of a window was taken
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    """What the state machine needs to know of an observed revision."""
+
+    name: str
+    spec: ModelDeploymentSpec | None
+    replicas: int
+    ready_replicas: int
+    ready: bool
+    deadline_exceeded: bool
+
+
+@dataclass
+class RevisionPlan:
+    name: str
+    spec: ModelDeploymentSpec
+    replicas: int | None  # None: left to the HorizontalPodAutoscaler
+    role: str  # "stable" or "canary": the Deployment's role label
+
+
+@dataclass
+class Decision:
+    status: ModelDeploymentStatus
+    revisions: list[RevisionPlan]
+    stable: str
+    canary: str | None
+    route_canary_weight: int  # percent of traffic the router sends to the canary
+    reason: str  # condition reason
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutInput:
+    spec: ModelDeploymentSpec
+    desired: str  # the revision the spec asks for
+    status: ModelDeploymentStatus
+    policy: RolloutPolicySpec
+    revisions: dict[str, RevisionState]
+    now: datetime
+    router: str  # "replicas" or "gatewayAPI"
+    analysis_run: AnalysisRun | None = None
+    command: str | None = None  # the canarium.dev/command annotation's value
+    paused: bool = False
+
+
+def split_replicas(total: int, weight: int, router: str) -> tuple[int, int]:
+    """(stable, canary) pod counts for a canary weight.
+
+    With the replicas router the pod ratio is the traffic split (rounded the way Argo Rollouts'
+    basic canary rounds: the canary up, the stable down by the same share), and the status
+    reports the split the ready pods really deliver. With Gateway API the route sets the split
+    and the stable revision keeps its full size, so an abort needs no scale-up.
+    """
+    if weight <= 0:
+        return total, 0
+    canary = max(1, math.ceil(total * weight / 100))
+    if router == "gatewayAPI":
+        return total, min(canary, total)
+    return max(0, total - math.floor(total * weight / 100)), min(canary, total)
+
+
+def effective_weights(stable_ready: int, canary_ready: int) -> tuple[float, float]:
+    """(stable, canary) percentages that a Service over both revisions' ready pods delivers."""
+    all_ready = stable_ready + canary_ready
+    if all_ready == 0:
+        return 0.0, 0.0
+    canary = round(100.0 * canary_ready / all_ready, 2)
+    return round(100.0 - canary, 2), canary
+
+
+def parse_command(value: str | None) -> str | None:
+    """The verb of a canarium.dev/command annotation value ("promote@1700000000")."""
+    if not value:
+        return None
+    verb = value.split("@", 1)[0].strip()
+    return verb if verb in COMMANDS else None
+
+
+def push_history(
+    status: ModelDeploymentStatus,
+    revision: str,
+    version: str | None,
+    outcome: Outcome,
+    now: datetime,
+    reason: str,
+) -> None:
+    entry = HistoryEntry(
+        revision=revision, model_version=version, outcome=outcome, time=now, reason=reason[:1024]
+    )
+    status.history = [entry, *status.history][:MAX_HISTORY]
+
+
+def analysis_due(inp: RolloutInput) -> bool:
+    """Whether the controller should measure before reconciling: the canary takes traffic (or a
+    promoted revision bakes) and an interval has passed since the last measurement."""
+    analysis = inp.policy.analysis
+    status = inp.status
+    if analysis is None or status.stable is None:
+        return False
+    canary = status.canary
+    rolling = (
+        canary is not None
+        and canary.name == inp.desired
+        and status.phase in ("Progressing", "Paused")
+        and (canary.weight or 0) > 0
+        and (canary.ready_replicas or 0) > 0
+    )
+    baking = status.previous is not None and status.bake_until is not None
+    if not rolling and not baking:
+        return False
+    last = status.analysis.last_run_time if status.analysis else None
+    if last is None:
+        return True  # the first snapshot: the first window starts now
+    wait = analysis.interval_seconds
+    if status.analysis and status.analysis.intervals == 0 and analysis.initial_delay:
+        wait = max(wait, analysis.initial_delay_seconds)
+    return inp.now >= last + timedelta(seconds=wait)
+
+
+def _seconds_until(now: datetime, then: datetime) -> float:
+    return max(0.0, (then - now).total_seconds())
+
+
+class _Machine:
+    """One decision. Attributes are the working state; `run` returns the Decision."""
+
+    def __init__(self, inp: RolloutInput) -> None:
+        self.inp = inp
+        self.status = inp.status.model_copy(deep=True)
+        self.events: list[Event] = []
+        self.requeue: list[float] = []
+        self.total = inp.spec.serving.replicas
+        self.autoscaled = inp.spec.serving.autoscaling is not None
+
+    # --- helpers -------------------------------------------------------------------------
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def after(self, seconds: float) -> None:
+        self.requeue.append(seconds)
+
+    def observed(self, name: str | None) -> RevisionState | None:
+        return self.inp.revisions.get(name) if name else None
+
+    def ready_count(self, name: str | None) -> int:
+        obs = self.observed(name)
+        return obs.ready_replicas if obs else 0
+
+    def step_label(self, index: int) -> str:
+        steps = self.inp.policy.steps
+        if index >= len(steps):
+            return "promotion"
+        step = steps[index]
+        if step.set_weight is not None:
+            what = f"setWeight {step.set_weight}"
+        elif step.pause is not None and step.pause.duration:
+            what = f"pause {step.pause.duration}"
+        else:
+            what = "pause until promoted"
+        return f"step {index + 1}/{len(steps)} ({what})"
+
+    def weight_at(self, index: int) -> int:
+        """The canary weight in force at a step: the last setWeight at or before it."""
+        weight = 0
+        for step in self.inp.policy.steps[: index + 1]:
+            if step.set_weight is not None:
+                weight = step.set_weight
+        return weight
+
+    def decision(
+        self,
+        revisions: list[RevisionPlan],
+        stable: str,
+        canary: str | None,
+        route_weight: int,
+        reason: str,
+    ) -> Decision:
+        return Decision(
+            status=self.status,
+            revisions=revisions,
+            stable=stable,
+            canary=canary,
+            route_canary_weight=route_weight,
+            reason=reason,
+            events=self.events,
+            requeue_after=min(self.requeue) if self.requeue else None,
+        )
+
+    def record_analysis(self) -> None:
+        run = self.inp.analysis_run
+        if run is None:
+            return
+        analysis = self.status.analysis or AnalysisStatus()
+        analysis.last_run_time = run.time
+        if run.judgement is not None:
+            judgement = run.judgement
+            analysis.intervals += 1
+            analysis.last_verdict = judgement.verdict
+            analysis.measurements = list(judgement.measurements)[:20]
+            if judgement.verdict == "Failed":
+                analysis.failures += 1
+                analysis.consecutive_inconclusive = 0
+            elif judgement.verdict == "Inconclusive":
+                analysis.consecutive_inconclusive += 1
+            else:
+                analysis.consecutive_inconclusive = 0
+        self.status.analysis = analysis
+        if self.inp.policy.analysis:
+            self.after(self.inp.policy.analysis.interval_seconds)
+
+    def schedule_analysis(self) -> None:
+        """Look again when the next analysis interval is due."""
+        analysis = self.inp.policy.analysis
+        if analysis is None:
+            return
+        last = self.status.analysis.last_run_time if self.status.analysis else None
+        if last is None:
+            self.after(1.0)  # the first snapshot as soon as the canary has traffic
+        else:
+            due = last + timedelta(seconds=analysis.interval_seconds)
+            self.after(_seconds_until(self.inp.now, due))
+
+    def analysis_failed(self) -> bool:
+        analysis = self.inp.policy.analysis
+        return bool(
+            analysis
+            and self.status.analysis
+            and self.status.analysis.failures >= analysis.failure_limit
+        )
+
+    def failure_summary(self) -> str:
+        measurements = self.status.analysis.measurements if self.status.analysis else []
+        failed = [m for m in measurements if m.verdict == "Failed"]
+        parts = [
+            f"{m.check} {_fmt(m.value)} (limit {m.threshold})"
+            + (f": {m.reason}" if m.reason else "")
+            for m in failed
+        ]
+        limit = self.inp.policy.analysis.failure_limit if self.inp.policy.analysis else 1
+        count = self.status.analysis.failures if self.status.analysis else 0
+        return f"analysis failed {count}/{limit} intervals: " + ("; ".join(parts) or "no detail")
+
+    def revision_status(
+        self, name: str, version: str, replicas: int | None, weight: int, effective: float
+    ) -> RevisionStatus:
+        obs = self.observed(name)
+        return RevisionStatus(
+            name=name,
+            model_version=version,
+            replicas=replicas if replicas is not None else (obs.replicas if obs else None),
+            ready_replicas=obs.ready_replicas if obs else 0,
+            weight=weight,
+            effective_weight=effective,
+        )
+
+    def set_serving_status(
+        self,
+        stable: str,
+        stable_version: str,
+        stable_replicas: int | None,
+        canary: str | None,
+        canary_replicas: int | None,
+        weight: int,
+    ) -> int:
+        """Fill status.stable/canary; returns the route weight for the canary (Gateway API
+        gives the canary weight only once it has a ready pod)."""
+        canary_ready = self.ready_count(canary)
+        stable_ready = self.ready_count(stable)
+        if self.inp.router == "gatewayAPI":
+            route = weight if canary and canary_ready > 0 else 0
+            if stable_ready == 0 and canary_ready > 0:
+                route = 100
+            eff_canary = float(route) if (stable_ready + canary_ready) else 0.0
+            eff_stable = 100.0 - eff_canary if (stable_ready + canary_ready) else 0.0
+        else:
+            route = weight
+            eff_stable, eff_canary = effective_weights(stable_ready, canary_ready)
+        self.status.stable = self.revision_status(
+            stable, stable_version, stable_replicas, 100 - weight, eff_stable
+        )
+        self.status.canary = (
+            self.revision_status(
+                canary, self.inp.spec.model.version, canary_replicas, weight, eff_canary
+            )
+            if canary
+            else None
+        )
+        return route
+
+    # --- the machine ---------------------------------------------------------------------
+    def run(self) -> Decision:
+        inp = self.inp
+        status = self.status
+        verb = None
+        if inp.command and inp.command != inp.status.last_command:
+            verb = parse_command(inp.command)
+            status.last_command = inp.command
+        stable_name = status.stable.name if status.stable else None
+        stable_obs = self.observed(stable_name)
+        stable_spec = (
+            inp.spec if stable_name == inp.desired else (stable_obs.spec if stable_obs else None)
+        )
+        if stable_name is None or stable_spec is None:
+            return self.first_deploy()
+        self.record_analysis()
+        if inp.desired == stable_name:
+            return self.steady(stable_name, stable_spec)
+        return self.rolling(stable_name, stable_spec, verb)
+
+    def first_deploy(self) -> Decision:
+        """No stable revision yet (or it is gone with its spec): the spec's revision is
+        stable at once; there is nothing to compare a canary with."""
+        inp = self.inp
+        name = inp.desired
+        replicas = None if self.autoscaled else self.total
+        self.status.canary = None
+        self.status.previous = None
+        self.status.bake_until = None
+        self.status.analysis = None
+        self.status.current_step = None
+        self.status.step_started_at = None
+        self.set_serving_status(name, inp.spec.model.version, replicas, None, None, 0)
+        obs = self.observed(name)
+        if obs is not None and obs.deadline_exceeded and not obs.ready:
+            self.status.phase = "Degraded"
+            self.status.message = f"revision {name} did not become Ready in time"
+            reason = "ProgressDeadlineExceeded"
+        elif obs is not None and obs.ready:
+            self.status.phase = "Healthy"
+            self.status.message = f"model {inp.spec.model.version} served by {name}"
+            reason = "Available"
+        else:
+            self.status.phase = "Progressing"
+            self.status.message = f"revision {name} {self.ready_count(name)}/{self.total} ready"
+            reason = "ReplicasNotReady"
+        return self.decision(
+            [RevisionPlan(name, inp.spec, replicas, "stable")], name, None, 0, reason
+        )
+
+    def steady(self, stable: str, stable_spec: ModelDeploymentSpec) -> Decision:
+        """The spec asks for the stable revision: no rollout, or a bake after promotion, or a
+        rollout that the user ended by reverting the spec."""
+        inp = self.inp
+        status = self.status
+        replicas = None if self.autoscaled else self.total
+        if status.canary is not None and status.canary.name:
+            if status.phase in ("Progressing", "Paused"):
+                push_history(
+                    status, status.canary.name, status.canary.model_version, "Aborted", inp.now,
+                    "the spec went back to the stable version",
+                )  # fmt: skip
+                self.event(
+                    "Normal", "RolloutAborted",
+                    f"spec reverted to {stable}: canary {status.canary.name} dropped",
+                )  # fmt: skip
+            status.canary = None
+        status.current_step = None
+        status.step_started_at = None
+        status.pause_reason = None
+        plans = [RevisionPlan(stable, stable_spec, replicas, "stable")]
+
+        previous = status.previous
+        if previous is not None and previous.name and status.bake_until is not None:
+            if self.analysis_failed():
+                return self.bake_rollback(stable, stable_spec, previous.name)
+            if inp.now < status.bake_until:
+                prev_obs = self.observed(previous.name)
+                if prev_obs is not None and prev_obs.spec is not None:
+                    plans.append(RevisionPlan(previous.name, prev_obs.spec, 0, "previous"))
+                self.after(_seconds_until(inp.now, status.bake_until))
+                self.schedule_analysis()
+                self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
+                status.phase = "Progressing"
+                status.message = (
+                    f"model {stable_spec.model.version} promoted; baking under analysis until "
+                    f"{status.bake_until.isoformat()} ({previous.name} kept scaled down)"
+                )
+                return self.decision(plans, stable, None, 0, "Baking")
+            self.event(
+                "Normal", "BakeCompleted", f"{stable} passed its bake; {previous.name} removed"
+            )
+            status.previous = None
+            status.bake_until = None
+            status.analysis = None
+        self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
+        obs = self.observed(stable)
+        if obs is not None and obs.ready:
+            status.phase = "Healthy"
+            status.message = f"model {stable_spec.model.version} served by {stable}"
+            reason = "Available"
+        elif obs is not None and obs.deadline_exceeded:
+            status.phase = "Degraded"
+            status.message = f"revision {stable} did not become Ready in time"
+            reason = "ProgressDeadlineExceeded"
+        else:
+            status.phase = "Progressing"
+            status.message = f"revision {stable} {self.ready_count(stable)}/{self.total} ready"
+            reason = "ReplicasNotReady"
+        status.analysis = None if status.previous is None else status.analysis
+        return self.decision(plans, stable, None, 0, reason)
+
+    def rolling(self, stable: str, stable_spec: ModelDeploymentSpec, verb: str | None) -> Decision:
+        inp = self.inp
+        status = self.status
+        canary = inp.desired
+        steps = inp.policy.steps
+        if status.previous is not None:
+            # A new version while the last one bakes: the bake ends, its fallback goes.
+            status.previous = None
+            status.bake_until = None
+        if status.canary is None or status.canary.name != canary:
+            if status.canary is not None and status.canary.name:
+                push_history(
+                    status, status.canary.name, status.canary.model_version, "Replaced", inp.now,
+                    f"superseded by {canary} before it finished",
+                )  # fmt: skip
+            self.start(canary)
+        elif verb == "retry" and status.phase == "Degraded":
+            self.event("Normal", "RolloutRetried", f"retrying {canary} from the first step")
+            self.start(canary)
+        aborted = self.is_rolled_back(canary)
+        if not aborted and verb == "abort":
+            return self.rollback(stable, stable_spec, canary, "Aborted", "aborted by a person")
+        if aborted:
+            return self.hold_rolled_back(stable, stable_spec, canary)
+
+        canary_obs = self.observed(canary)
+        if canary_obs is not None and canary_obs.deadline_exceeded and not canary_obs.ready:
+            return self.rollback(
+                stable, stable_spec, canary, "RolledBack",
+                f"revision {canary} did not become Ready within its progress deadline",
+                reason="ProgressDeadlineExceeded",
+            )  # fmt: skip
+        if self.analysis_failed():
+            return self.rollback(stable, stable_spec, canary, "RolledBack", self.failure_summary())
+
+        index = status.current_step or 0
+        started = status.step_started_at or inp.now
+        if verb == "promote-full":
+            index = len(steps)
+            self.event("Normal", "PromotedFully", "promoted to the end by a person")
+        held = ""
+        while index < len(steps):
+            weight = self.weight_at(index)
+            step = steps[index]
+            stable_replicas, canary_replicas = split_replicas(self.total, weight, inp.router)
+            if step.set_weight is not None:
+                if self.ready_count(canary) < canary_replicas:
+                    held = f"waiting for {canary} to have {canary_replicas} ready pods"
+                    break
+            elif step.pause is not None:
+                if verb == "promote":
+                    verb = None
+                    self.event("Normal", "Promoted", f"{self.step_label(index)} ended by a person")
+                elif step.pause.duration is None:
+                    held = "paused until promoted (kubectl canarium promote)"
+                    break
+                else:
+                    ends = started + timedelta(seconds=step.pause.seconds or 0)
+                    if inp.now < ends:
+                        self.after(_seconds_until(inp.now, ends))
+                        held = f"pausing until {ends.isoformat()}"
+                        break
+                    gate = self.analysis_gate(started)
+                    if gate:
+                        held = gate
+                        break
+            index += 1
+            started = inp.now
+            if index < len(steps):
+                self.event("Normal", "StepStarted", f"{canary}: {self.step_label(index)}")
+        if index >= len(steps):
+            gate = "" if verb == "promote-full" else self.analysis_gate(started, final=True)
+            if not gate:
+                return self.promote(stable, stable_spec, canary)
+            held = gate
+        self.schedule_analysis()
+        status.current_step = index
+        status.step_started_at = started
+        weight = self.weight_at(index)
+        stable_replicas, canary_replicas = split_replicas(self.total, weight, inp.router)
+        route = self.set_serving_status(
+            stable, stable_spec.model.version, stable_replicas, canary, canary_replicas, weight
+        )
+        analysis = status.analysis
+        limit = inp.policy.analysis.inconclusive_limit if inp.policy.analysis else None
+        paused_by_data = bool(limit and analysis and analysis.consecutive_inconclusive >= limit)
+        if inp.paused or paused_by_data or held.startswith("paused until promoted"):
+            status.phase = "Paused"
+            status.pause_reason = (
+                "paused by a person (canarium.dev/paused)"
+                if inp.paused
+                else f"{analysis.consecutive_inconclusive if analysis else 0} inconclusive "
+                f"intervals in a row (inconclusiveLimit {limit}): check the traffic, then promote"
+                if paused_by_data
+                else held
+            )
+            reason = "Paused"
+        else:
+            status.phase = "Progressing"
+            status.pause_reason = None
+            reason = "RolloutInProgress"
+        effective = status.canary.effective_weight if status.canary else 0
+        status.message = (
+            f"canary {canary} (model {inp.spec.model.version}) at {self.step_label(index)}, "
+            f"weight {weight}% (effective {effective}%)"
+            + (f"; {held}" if held else "")
+            + (f"; {status.pause_reason}" if status.phase == "Paused" and not held else "")
+        )
+        plans = [
+            RevisionPlan(stable, stable_spec, stable_replicas, "stable"),
+            RevisionPlan(canary, inp.spec, canary_replicas, "canary"),
+        ]
+        return self.decision(plans, stable, canary, route, reason)
+
+    def analysis_gate(self, step_started: datetime, final: bool = False) -> str:
+        """Why the rollout may not leave a timed step yet ("" when it may): with analysis,
+        the last interval measured during the step must have passed. No data holds."""
+        if self.inp.policy.analysis is None:
+            return ""
+        analysis = self.status.analysis
+        if analysis is None or analysis.last_run_time is None or analysis.last_verdict is None:
+            return "holding for a first analysis interval"
+        if analysis.last_run_time < step_started and not final:
+            return "holding for an analysis interval of this step"
+        if analysis.last_verdict == "Passed":
+            return ""
+        why = next(
+            (m.reason for m in analysis.measurements if m.verdict == "Inconclusive" and m.reason),
+            "",
+        )
+        return f"holding: analysis {analysis.last_verdict.lower()}" + (f" ({why})" if why else "")
+
+    def start(self, canary: str) -> None:
+        status = self.status
+        status.current_step = 0
+        status.step_started_at = self.inp.now
+        status.analysis = None
+        status.pause_reason = None
+        status.phase = "Progressing"
+        self.event(
+            "Normal", "RolloutStarted",
+            f"canary {canary} (model {self.inp.spec.model.version}): {self.step_label(0)}",
+        )  # fmt: skip
+
+    def is_rolled_back(self, canary: str) -> bool:
+        status = self.status
+        return bool(
+            status.phase == "Degraded"
+            and status.history
+            and status.history[0].revision == canary
+            and status.history[0].outcome in ("RolledBack", "Aborted")
+        )
+
+    def rollback(
+        self,
+        stable: str,
+        stable_spec: ModelDeploymentSpec,
+        canary: str,
+        outcome: Outcome,
+        why: str,
+        reason: str | None = None,
+    ) -> Decision:
+        status = self.status
+        push_history(status, canary, self.inp.spec.model.version, outcome, self.inp.now, why)
+        status.phase = "Degraded"
+        self.event(
+            "Warning",
+            "RolledBack" if outcome == "RolledBack" else "Aborted",
+            f"{canary} rolled back, traffic back on {stable}: {why}",
+        )
+        decision = self.hold_rolled_back(stable, stable_spec, canary)
+        decision.reason = reason or ("AnalysisFailed" if outcome == "RolledBack" else "Aborted")
+        return decision
+
+    def hold_rolled_back(
+        self, stable: str, stable_spec: ModelDeploymentSpec, canary: str
+    ) -> Decision:
+        """After a rollback: all traffic on stable, the canary at zero pods (kept, for its logs
+        and a quick retry) until the spec changes or a person says retry."""
+        status = self.status
+        replicas = None if self.autoscaled else self.total
+        # Never leave nothing serving: the canary goes to zero once stable has a ready pod.
+        canary_replicas = (
+            0 if self.ready_count(stable) > 0 else (self.observed(canary) or _none()).replicas
+        )
+        self.set_serving_status(
+            stable, stable_spec.model.version, replicas, canary, canary_replicas, 0
+        )
+        last = status.history[0] if status.history else None
+        status.phase = "Degraded"
+        status.current_step = None
+        status.step_started_at = None
+        status.pause_reason = None
+        status.message = (
+            f"model {self.inp.spec.model.version} ({canary}) was "
+            f"{'rolled back' if last and last.outcome == 'RolledBack' else 'aborted'}: "
+            f"{last.reason if last else ''}. Traffic is on {stable} (model "
+            f"{stable_spec.model.version}). Revert the spec, apply a new version, or "
+            f"`kubectl canarium retry`."
+        )
+        plans = [
+            RevisionPlan(stable, stable_spec, replicas, "stable"),
+            RevisionPlan(canary, self.inp.spec, canary_replicas, "canary"),
+        ]
+        reason = "AnalysisFailed" if last and last.outcome == "RolledBack" else "Aborted"
+        if last and last.reason and "progress deadline" in last.reason:
+            reason = "ProgressDeadlineExceeded"
+        return self.decision(plans, stable, canary, 0, reason)
+
+    def promote(self, stable: str, stable_spec: ModelDeploymentSpec, canary: str) -> Decision:
+        inp = self.inp
+        status = self.status
+        replicas = None if self.autoscaled else self.total
+        push_history(
+            status, canary, inp.spec.model.version, "Promoted", inp.now,
+            f"replaced {stable} (model {stable_spec.model.version})",
+        )  # fmt: skip
+        self.event("Normal", "Promoted", f"{canary} (model {inp.spec.model.version}) is stable")
+        status.canary = None
+        status.current_step = None
+        status.step_started_at = None
+        status.pause_reason = None
+        plans = [RevisionPlan(canary, inp.spec, replicas, "stable")]
+        bake = inp.policy.bake_seconds if inp.policy.bake else 0.0
+        if bake > 0 and inp.policy.analysis is not None:
+            status.previous = RevisionStatus(
+                name=stable, model_version=stable_spec.model.version, replicas=0, weight=0
+            )
+            status.bake_until = inp.now + timedelta(seconds=bake)
+            status.analysis = AnalysisStatus()
+            plans.append(RevisionPlan(stable, stable_spec, 0, "previous"))
+            self.after(bake)
+            status.phase = "Progressing"
+            status.message = (
+                f"model {inp.spec.model.version} promoted; baking for {inp.policy.bake}"
+            )
+            reason = "Baking"
+        else:
+            status.previous = None
+            status.bake_until = None
+            status.analysis = None
+            status.phase = "Healthy"
+            status.message = f"model {inp.spec.model.version} served by {canary}"
+            reason = "Available"
+        self.set_serving_status(canary, inp.spec.model.version, replicas, None, None, 0)
+        return self.decision(plans, canary, None, 0, reason)
+
+    def bake_rollback(
+        self, promoted: str, promoted_spec: ModelDeploymentSpec, previous: str
+    ) -> Decision:
+        """A failure during the bake: back to the previous revision, which scales up again;
+        the promoted one serves until the previous one has ready pods."""
+        status = self.status
+        prev_obs = self.observed(previous)
+        if prev_obs is None or prev_obs.spec is None:
+            status.previous = None
+            status.bake_until = None
+            return self.steady(promoted, promoted_spec)
+        why = self.failure_summary()
+        push_history(status, promoted, promoted_spec.model.version, "RolledBack", self.inp.now, why)
+        self.event(
+            "Warning", "RolledBack", f"{promoted} failed its bake, back to {previous}: {why}"
+        )
+        status.previous = None
+        status.bake_until = None
+        status.stable = RevisionStatus(
+            name=previous, model_version=prev_obs.spec.model.version, replicas=self.total
+        )
+        self.status = status
+        decision = self.hold_rolled_back(previous, prev_obs.spec, promoted)
+        decision.reason = "AnalysisFailed"
+        return decision
+
+
+def _none() -> RevisionState:
+    return RevisionState("", None, 0, 0, False, False)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "no data"
+    return f"{value:.4g}"
+
+
+def decide(inp: RolloutInput) -> Decision:
+    """The rollout decision for one ModelDeployment under a RolloutPolicy."""
+    return _Machine(inp).run()

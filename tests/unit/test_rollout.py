@@ -1,0 +1,506 @@
+"""The rollout state machine, driven through reconcile() with a tiny in-memory cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from canarium.api import Measurement, ModelDeployment, RolloutPolicySpec, Verdict
+from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
+from canarium.rollout import (
+    AnalysisRun,
+    RolloutInput,
+    analysis_due,
+    parse_command,
+    split_replicas,
+)
+
+from tests.unit.operator_fixtures import NOW, SETTINGS, mdep
+
+POLICY = {
+    "steps": [
+        {"setWeight": 25},
+        {"pause": {"duration": "1m"}},
+        {"setWeight": 50},
+        {"pause": {"duration": "1m"}},
+        {"setWeight": 100},
+    ],
+    "analysis": {
+        "interval": "30s",
+        "failureLimit": 2,
+        "minSamples": 10,
+        "checks": {"errorRate": {"max": 0.05}},
+    },
+}
+
+
+@dataclass
+class Judgement:
+    verdict: Verdict
+    measurements: list[Measurement] = field(default_factory=list)
+    summary: str = ""
+
+
+def judgement(verdict: Verdict, value: float | None = 0.0, at: datetime = NOW) -> Judgement:
+    reason = {"Failed": "too many errors", "Inconclusive": "3 requests < minSamples 10"}
+    return Judgement(
+        verdict,
+        [
+            Measurement(
+                check="errorRate",
+                value=value,
+                threshold="<= 0.05",
+                verdict=verdict,
+                reason=reason.get(verdict),
+                time=at,
+            )
+        ],
+    )
+
+
+class Sim:
+    """A ModelDeployment, its Deployments (always fully ready unless told), and the clock."""
+
+    def __init__(self, policy: dict[str, Any] | None = None, replicas: int = 4, **spec: Any):
+        self.policy = RolloutPolicySpec.model_validate(policy or POLICY)
+        self.replicas = replicas
+        self.spec_extra = spec
+        self.version = "1.0.0"
+        self.generation = 1
+        self.now = NOW
+        self.status: dict[str, Any] = {}
+        self.annotations: dict[str, str] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.not_ready: set[str] = set()
+        self.deadline: set[str] = set()
+        self.last: Plan | None = None
+        self.reconcile()
+
+    @property
+    def obj(self) -> ModelDeployment:
+        obj = mdep(
+            self.version, replicas=self.replicas, generation=self.generation, **self.spec_extra
+        )
+        data = obj.model_dump(by_alias=True, mode="json")
+        data["status"] = self.status
+        data["metadata"]["annotations"] = dict(self.annotations)
+        return ModelDeployment.model_validate(data)
+
+    def observed(self) -> dict[str, Any]:
+        out = {}
+        for name, dep in self.deployments.items():
+            replicas = dep["spec"].get("replicas", 1)
+            ready = 0 if name in self.not_ready else replicas
+            body = {
+                **dep,
+                "metadata": {**dep["metadata"], "generation": 1},
+                "status": {
+                    "observedGeneration": 1,
+                    "readyReplicas": ready,
+                    "updatedReplicas": replicas,
+                    "conditions": [
+                        {
+                            "type": "Progressing",
+                            "status": "False",
+                            "reason": "ProgressDeadlineExceeded",
+                        }
+                    ]
+                    if name in self.deadline
+                    else [],
+                },
+            }
+            out[name] = observe_deployment(body)
+        return out
+
+    def input(self, run: AnalysisRun | None = None) -> ReconcileInput:
+        return ReconcileInput(
+            mdep=self.obj,
+            revisions=self.observed(),
+            now=self.now,
+            settings=SETTINGS,
+            policy=self.policy,
+            analysis_run=run,
+        )
+
+    def reconcile(self, run: AnalysisRun | None = None) -> Plan:
+        plan = reconcile(self.input(run))
+        for manifest in plan.apply:
+            if manifest["kind"] == "Deployment":
+                self.deployments[manifest["metadata"]["name"]] = manifest
+        for ref in plan.delete:
+            if ref.kind == "Deployment":
+                self.deployments.pop(ref.name, None)
+        self.status = plan.status
+        self.last = plan
+        return plan
+
+    def settle(self, times: int = 3) -> Plan:
+        for _ in range(times):
+            plan = self.reconcile()
+        return plan
+
+    def release(self, version: str) -> Plan:
+        self.version = version
+        self.generation += 1
+        return self.settle()
+
+    def analyse(self, verdict: Verdict, value: float | None = 0.0) -> Plan:
+        """One analysis interval, then let the cluster catch up with the plan."""
+        plan = self.reconcile(AnalysisRun(self.now, judgement(verdict, value, self.now)))
+        return plan
+
+    def tick(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def replicas_of(self, version: str) -> int:
+        for dep in self.deployments.values():
+            if dep["metadata"]["annotations"]["canarium.dev/model-version"] == version:
+                return int(dep["spec"]["replicas"])
+        raise KeyError(version)
+
+    @property
+    def phase(self) -> str:
+        return str(self.status["phase"])
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status["conditions"] if c["type"] == type_)
+
+    def reasons(self) -> list[str]:
+        assert self.last is not None
+        return [e.reason for e in self.last.events]
+
+    def walk_to_promotion(self) -> None:
+        """Pass every step: analysis passes in each pause."""
+        for _ in range(20):
+            if "canary" not in self.status:
+                return
+            self.tick(31)
+            self.reconcile(AnalysisRun(self.now, judgement("Passed", 0.0, self.now)))
+            self.settle(1)
+        raise AssertionError(f"never promoted: {self.status}")
+
+
+def test_first_deploy_with_a_policy_is_stable_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert "canary" not in sim.status
+    assert sim.replicas_of("1.0.0") == 4
+
+
+def test_a_new_version_starts_a_canary_at_the_first_weight() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 1  # setWeight 25 done (canary ready), now pausing
+    assert sim.status["canary"]["weight"] == 25
+    # 4 pods at 25%: one canary pod, three stable: the replica ratio delivers the weight.
+    assert (sim.replicas_of("1.0.0"), sim.replicas_of("2.0.0")) == (3, 1)
+    assert sim.status["canary"]["effectiveWeight"] == 25.0
+    assert sim.status["stable"]["effectiveWeight"] == 75.0
+    assert sim.condition("Progressing")["status"] == "True"
+    assert sim.condition("Ready")["status"] == "False"
+
+
+def test_set_weight_waits_for_ready_canary_pods() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.add("iris-" + _hash("2.0.0"))
+    sim.release("2.0.0")
+    assert sim.status["currentStep"] == 0
+    assert "waiting for" in sim.status["message"]
+    assert sim.status["canary"]["effectiveWeight"] == 0.0
+    sim.not_ready.clear()
+    sim.settle()
+    assert sim.status["currentStep"] == 1
+
+
+def test_pause_waits_its_duration_then_needs_a_passed_interval() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.last is not None
+    assert sim.last.requeue_after is not None
+    assert sim.last.requeue_after <= 60
+    sim.tick(61)
+    sim.settle()
+    assert sim.status["currentStep"] == 1, "no analysis yet: holds"
+    assert "holding for a first analysis interval" in sim.status["message"]
+    sim.analyse("Passed")
+    assert sim.status["currentStep"] == 2, "setWeight 50: waits for the second canary pod"
+    sim.settle()
+    assert sim.status["currentStep"] == 3  # setWeight 50 done, pausing again
+    assert sim.status["canary"]["weight"] == 50
+    assert (sim.replicas_of("1.0.0"), sim.replicas_of("2.0.0")) == (2, 2)
+
+
+def test_a_good_canary_is_promoted_and_the_old_revision_removed() -> None:
+    sim = Sim()
+    sim.settle()
+    old = next(iter(sim.deployments))
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+    assert old not in sim.deployments
+    assert sim.status["history"][0]["outcome"] == "Promoted"
+    assert sim.condition("Ready")["status"] == "True"
+
+
+def test_failed_intervals_reach_the_failure_limit_and_roll_back() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    sim.analyse("Failed", 0.4)
+    assert sim.phase == "Progressing", "one failure of failureLimit 2"
+    sim.tick(30)
+    sim.analyse("Failed", 0.5)
+    assert sim.phase == "Degraded"
+    assert sim.replicas_of("2.0.0") == 0, "canary scaled to zero at once"
+    assert sim.replicas_of("1.0.0") == 4
+    assert sim.status["stable"]["modelVersion"] == "1.0.0"
+    assert sim.status["canary"]["weight"] == 0
+    degraded = sim.condition("Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "AnalysisFailed"
+    assert "errorRate 0.5 (limit <= 0.05)" in degraded["message"]
+    assert "RolledBack" in sim.reasons()
+    assert sim.status["history"][0]["outcome"] == "RolledBack"
+    # It does not try again by itself.
+    for _ in range(3):
+        sim.tick(600)
+        sim.settle()
+    assert sim.phase == "Degraded"
+    assert sim.replicas_of("2.0.0") == 0
+
+
+def test_retry_starts_the_rolled_back_revision_again() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    assert sim.phase == "Degraded"
+    assert sim.status["history"][0]["outcome"] == "Aborted"
+    assert sim.condition("Degraded")["reason"] == "Aborted"
+    sim.annotations["canarium.dev/command"] = "retry@2"
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert sim.status["canary"]["weight"] == 25
+    assert sim.status["lastCommand"] == "retry@2"
+    # The same annotation value is not carried out twice.
+    sim.tick(5)
+    sim.settle()
+    assert sim.status["currentStep"] == 1
+
+
+def test_pause_without_duration_waits_for_promote() -> None:
+    policy = {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}]}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(3600)
+    sim.settle()
+    assert sim.phase == "Paused"
+    assert "promote" in sim.status["pauseReason"]
+    assert sim.condition("Progressing")["status"] == "True"
+    sim.annotations["canarium.dev/command"] = "promote@1"
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+
+
+def test_promote_full_skips_the_remaining_steps() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "promote-full@x"
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+
+
+def test_inconclusive_holds_never_fails_and_pauses_at_the_limit() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 3}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(61)
+    for _ in range(2):
+        sim.analyse("Inconclusive", None)
+        sim.tick(30)
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 1
+    assert "holding: analysis inconclusive (3 requests < minSamples 10)" in sim.status["message"]
+    sim.analyse("Inconclusive", None)
+    assert sim.phase == "Paused"
+    assert "inconclusive" in sim.status["pauseReason"]
+    assert sim.status["analysis"]["failures"] == 0
+    assert sim.replicas_of("2.0.0") == 1, "still at its weight: neither rolled back nor promoted"
+    # Traffic comes back: a passed interval moves on.
+    sim.tick(30)
+    sim.analyse("Passed")
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 3
+
+
+def test_a_newer_version_replaces_the_canary() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    v2 = "iris-" + _hash("2.0.0")
+    sim.release("3.0.0")
+    assert v2 not in sim.deployments
+    assert sim.status["canary"]["modelVersion"] == "3.0.0"
+    assert sim.status["currentStep"] == 1
+    assert sim.status["history"][0]["outcome"] == "Replaced"
+    assert sim.status["history"][0]["revision"] == v2
+
+
+def test_reverting_to_the_stable_version_ends_the_rollout_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    assert sim.phase == "Healthy"
+    assert "canary" not in sim.status
+    assert len(sim.deployments) == 1
+    assert sim.replicas_of("1.0.0") == 4
+    assert sim.status["history"][0]["outcome"] == "Aborted"
+
+
+def test_a_canary_that_never_gets_ready_is_rolled_back() -> None:
+    sim = Sim()
+    sim.settle()
+    canary = "iris-" + _hash("2.0.0")
+    sim.not_ready.add(canary)
+    sim.deadline.add(canary)
+    sim.release("2.0.0")
+    assert sim.phase == "Degraded"
+    assert sim.condition("Degraded")["reason"] == "ProgressDeadlineExceeded"
+    assert sim.replicas_of("2.0.0") == 0
+
+
+def test_paused_annotation_holds_the_step() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.release("2.0.0")
+    sim.tick(120)
+    sim.analyse("Passed")
+    assert sim.phase == "Paused"
+    del sim.annotations["canarium.dev/paused"]
+    sim.settle()
+    assert sim.phase == "Progressing"
+
+
+def test_bake_keeps_the_previous_revision_and_rolls_back_to_it() -> None:
+    policy = {**POLICY, "bake": "5m"}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+    assert sim.status["previous"]["modelVersion"] == "1.0.0"
+    assert sim.replicas_of("1.0.0") == 0, "kept, scaled down"
+    assert sim.condition("Ready")["status"] == "True"
+    sim.tick(30)
+    sim.analyse("Failed", 0.3)
+    sim.tick(30)
+    sim.analyse("Failed", 0.3)
+    assert sim.phase == "Degraded"
+    assert sim.status["stable"]["modelVersion"] == "1.0.0"
+    sim.settle()
+    assert sim.replicas_of("1.0.0") == 4
+    assert sim.replicas_of("2.0.0") == 0
+    assert sim.status["history"][0]["outcome"] == "RolledBack"
+
+
+def test_a_passed_bake_removes_the_previous_revision() -> None:
+    sim = Sim({**POLICY, "bake": "2m"})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    sim.tick(121)
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert "previous" not in sim.status
+    assert len(sim.deployments) == 1
+
+
+def test_gateway_router_keeps_stable_full_and_weights_the_route() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(traffic=traffic)
+    sim.settle()
+    sim.release("2.0.0")
+    assert (sim.replicas_of("1.0.0"), sim.replicas_of("2.0.0")) == (4, 1)
+    assert sim.last is not None
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 75, "iris-canary": 25}
+    assert sim.status["canary"]["effectiveWeight"] == 25.0
+    # A canary without ready pods gets no weight on the route (no 503s).
+    sim.not_ready.add("iris-" + _hash("3.0.0"))
+    sim.release("3.0.0")
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 100, "iris-canary": 0}
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "router", "expected"),
+    [
+        (4, 10, "replicas", (4, 1)),
+        (4, 25, "replicas", (3, 1)),
+        (4, 50, "replicas", (2, 2)),
+        (4, 100, "replicas", (0, 4)),
+        (3, 10, "replicas", (3, 1)),
+        (10, 10, "replicas", (9, 1)),
+        (4, 0, "replicas", (4, 0)),
+        (4, 10, "gatewayAPI", (4, 1)),
+        (4, 60, "gatewayAPI", (4, 3)),
+    ],
+)
+def test_split_replicas(total: int, weight: int, router: str, expected: tuple[int, int]) -> None:
+    assert split_replicas(total, weight, router) == expected
+
+
+def test_parse_command() -> None:
+    assert parse_command("promote@123") == "promote"
+    assert parse_command("promote-full@x") == "promote-full"
+    assert parse_command("launch@1") is None
+    assert parse_command(None) is None
+
+
+def test_analysis_due_only_while_the_canary_takes_traffic() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+
+    def due() -> bool:
+        inp = sim.input()
+        from canarium.reconcile import rollout_input
+
+        r_inp = rollout_input(inp)
+        assert isinstance(r_inp, RolloutInput)
+        return analysis_due(r_inp)
+
+    assert due(), "first snapshot"
+    sim.reconcile(AnalysisRun(sim.now, None))
+    assert not due()
+    sim.tick(31)
+    assert due()
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    assert not due(), "no analysis of a rolled-back canary"
+
+
+def _hash(version: str) -> str:
+    from canarium.render import revision_hash
+
+    return revision_hash(mdep(version, replicas=4).spec)
