@@ -111,6 +111,30 @@ class Kube:
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return await asyncio.to_thread(self._request_sync, method, path, **kwargs)
 
+    def _get_text_sync(self, path: str, timeout: float) -> str:
+        _method, full_url, headers, _body, _post = self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            header_params={"Accept": "text/plain, */*;q=0.1"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(
+                "GET", full_url, header_params=headers, _request_timeout=timeout
+            )
+            data: bytes = response.read()  # type: ignore[no-untyped-call]
+        except client.ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason), str(exc.body or "")) from None
+        if response.status >= 400:
+            raise KubeError(response.status, str(response.reason), data.decode(errors="replace"))
+        return data.decode("utf-8", errors="replace")
+
+    async def get_text(self, path: str, *, timeout: float = 10.0) -> str:  # noqa: ASYNC109
+        """GET a path that answers plain text, e.g. a pod's /metrics through the API server's
+        pod proxy (`/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/metrics`). Raises KubeError
+        on an HTTP error status."""
+        return await asyncio.to_thread(self._get_text_sync, path, timeout)
+
     # --- verbs -----------------------------------------------------------------------------
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with field manager `canarium`, taking over conflicting fields."""

@@ -1,0 +1,115 @@
+"""The arithmetic of the analysis: quantiles of Prometheus histograms and the population
+stability index (PSI). Pure functions on plain numbers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+PSI_EPSILON = 1e-4
+"""Floor of a bucket's fraction in PSI, so that an empty bucket costs a finite amount (the same
+floor as `canarium_serving.stats.psi`)."""
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """The q-quantile of a cumulative histogram (le -> count, +Inf included), exactly as
+    Prometheus' `histogram_quantile` computes it: linear interpolation within the bucket that
+    holds the rank; the lowest bucket starts at 0 (unless its bound is <= 0, then that bound is
+    the answer); a rank in the +Inf bucket answers the highest finite bound. Non-monotonic
+    counts (scrapes at slightly different times) are made monotonic first.
+
+    None when there is nothing to compute from (no +Inf bucket, or no observations).
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be within [0, 1], not {q}")
+    ordered = sorted(buckets.items())
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
+        return None
+    bounds = [le for le, _ in ordered]
+    counts: list[float] = []
+    for _, count in ordered:
+        counts.append(max(count, counts[-1]) if counts else count)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    index = next(i for i, c in enumerate(counts) if c >= rank)
+    if index == len(counts) - 1:
+        return bounds[-2]
+    if index == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = 0.0 if index == 0 else bounds[index - 1]
+    below = 0.0 if index == 0 else counts[index - 1]
+    in_bucket = counts[index] - below
+    if in_bucket <= 0:
+        return bounds[index]
+    return start + (bounds[index] - start) * (rank - below) / in_bucket
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index of two distributions over the same buckets:
+    `sum((a - e) * ln(a / e))` over buckets, each side normalised to sum 1 (counts or fractions
+    both work) and floored at `epsilon` so empty buckets stay finite. 0 = identical; rule of
+    thumb: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major."""
+    if len(expected) != len(actual):
+        raise ValueError("distributions must have the same buckets")
+    e_total, a_total = float(sum(expected)), float(sum(actual))
+    if e_total <= 0 or a_total <= 0:
+        raise ValueError("distributions must not be empty")
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e2 = max(e / e_total, epsilon)
+        a2 = max(a / a_total, epsilon)
+        total += (a2 - e2) * math.log(a2 / e2)
+    return total
+
+
+def bucket_masses(cumulative: Mapping[float, float]) -> list[float]:
+    """Per-bucket amounts, in `le` order, of a cumulative histogram (negative steps, from
+    rounding or skewed scrapes, become 0)."""
+    out, previous = [], 0.0
+    for _, value in sorted(cumulative.items()):
+        out.append(max(value - previous, 0.0))
+        previous = max(previous, value)
+    return out
+
+
+def _cdf_at(points: Sequence[tuple[float, float]], x: float) -> float:
+    """A cumulative histogram's value at x, by linear interpolation between finite edges.
+    `points` are the finite (le, cumulative) pairs in order and x lies within their range."""
+    for (le0, c0), (le1, c1) in itertools.pairwise(points):
+        if le0 <= x <= le1:
+            return c0 if le1 == le0 else c0 + (c1 - c0) * (x - le0) / (le1 - le0)
+    return points[0][1] if x <= points[0][0] else points[-1][1]
+
+
+def align(
+    first: Mapping[float, float], second: Mapping[float, float]
+) -> tuple[list[float], list[float]] | None:
+    """Two cumulative histograms (counts or fractions, +Inf included) as per-bucket amounts
+    over common buckets, for `psi`.
+
+    Same `le` values: the buckets as they are. Different ones (two model versions with their
+    own reference edges): the common buckets are the union of the edges within the range both
+    histograms cover with finite edges, plus one bucket below and one above it; each side's
+    cumulative value at an edge it lacks is interpolated linearly within its own bucket (as
+    `histogram_quantile` does). Open-ended buckets are never split, so no mass is invented.
+    None when the finite ranges do not overlap (no honest comparison is possible).
+    """
+    if set(first) == set(second):
+        return bucket_masses(first), bucket_masses(second)
+    f_points = sorted((le, c) for le, c in first.items() if math.isfinite(le))
+    s_points = sorted((le, c) for le, c in second.items() if math.isfinite(le))
+    f_total, s_total = first.get(math.inf), second.get(math.inf)
+    if not f_points or not s_points or f_total is None or s_total is None:
+        return None
+    low = max(f_points[0][0], s_points[0][0])
+    high = min(f_points[-1][0], s_points[-1][0])
+    if low > high:
+        return None
+    edges = sorted({le for le, _ in f_points + s_points if low <= le <= high})
+    f_cum = {le: _cdf_at(f_points, le) for le in edges}
+    s_cum = {le: _cdf_at(s_points, le) for le in edges}
+    f_cum[math.inf], s_cum[math.inf] = f_total, s_total
+    return bucket_masses(f_cum), bucket_masses(s_cum)

@@ -1,0 +1,737 @@
+"""The analysis: quantiles, PSI, window deltas, the judge's rules, and both providers' logic
+(the podMetrics provider against a fake API client, the prometheus provider against a fake
+Prometheus HTTP API)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+from canarium.analysis import (
+    AnalysisTarget,
+    PodMetricsProvider,
+    PodSample,
+    PrometheusProvider,
+    RevisionMetrics,
+    combine,
+    delta,
+    histogram_quantile,
+    judge,
+    provider_for,
+    psi,
+    window,
+)
+from canarium.analysis.judge import CUSTOM_NEEDS_PROMETHEUS
+from canarium.analysis.prometheus import fill_template, parse_answer, selector
+from canarium.analysis.stats import align, bucket_masses
+from canarium.api import AnalysisSpec, MetricsProvider
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+INF = math.inf
+
+
+def spec(checks: dict[str, Any], min_samples: int = 50, **extra: Any) -> AnalysisSpec:
+    return AnalysisSpec.model_validate({"minSamples": min_samples, "checks": checks, **extra})
+
+
+def cumulative(counts: list[float], edges: list[float]) -> dict[float, float]:
+    """Per-bucket counts (len(edges) + 1) -> cumulative buckets with +Inf."""
+    out, acc = {}, 0.0
+    for le, c in zip([*edges, INF], counts, strict=True):
+        acc += c
+        out[le] = acc
+    return out
+
+
+def metrics(requests: float = 100, errors: float = 0, **kw: Any) -> RevisionMetrics:
+    kw.setdefault("latency_buckets", cumulative([requests, 0], [0.01]))
+    return RevisionMetrics(requests=requests, errors=errors, pods=1, **kw)
+
+
+def by_check(judgement: Any) -> dict[str, Any]:
+    return {m.check: m for m in judgement.measurements}
+
+
+# ---------------------------------------------------------------------------------------------
+# histogram_quantile
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quantile_interpolates_within_the_bucket_like_prometheus() -> None:
+    buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, INF: 100.0}
+    # rank 99 lies in (0.2, 0.5]: 9 of that bucket's 10 observations -> 0.2 + 0.3 * 0.9
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.47)
+    # rank 50 is the top of the first bucket, which starts at 0
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.05)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.15)
+
+
+def test_quantile_edge_cases() -> None:
+    # A rank in the +Inf bucket answers the highest finite bound.
+    assert histogram_quantile(0.99, {0.1: 10.0, INF: 100.0}) == 0.1
+    # No observations, no +Inf bucket: nothing to say.
+    assert histogram_quantile(0.99, {0.1: 0.0, INF: 0.0}) is None
+    assert histogram_quantile(0.99, {0.1: 5.0, 0.2: 7.0}) is None
+    assert histogram_quantile(0.99, {}) is None
+    # A first bound <= 0 is the answer when the rank falls in the first bucket.
+    assert histogram_quantile(0.5, {-1.0: 10.0, 0.0: 10.0, INF: 10.0}) == -1.0
+    # Non-monotonic counts are made monotonic.
+    assert histogram_quantile(0.5, {0.1: 10.0, 0.2: 8.0, INF: 10.0}) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="quantile"):
+        histogram_quantile(1.5, {INF: 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# PSI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_psi_against_hand_computed_values() -> None:
+    # (0.25 - 0.5) ln(0.25/0.5) + (0.75 - 0.5) ln(0.75/0.5)
+    expected = 0.25 * math.log(2) + 0.25 * math.log(1.5)
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(expected)
+    assert expected == pytest.approx(0.274653, abs=1e-6)
+    # Counts are normalised: the same distributions as counts.
+    assert psi([50, 50], [10, 30]) == pytest.approx(expected)
+    assert psi([1, 2, 3], [1, 2, 3]) == 0.0
+    # An empty bucket is floored at 1e-4: (1e-4 - 0.5) ln(1e-4/0.5) + (1 - 0.5) ln(1/0.5)
+    floored = (1e-4 - 0.5) * math.log(1e-4 / 0.5) + 0.5 * math.log(2)
+    assert psi([0.5, 0.5], [0.0, 1.0]) == pytest.approx(floored)
+    assert psi([0.5, 0.5], [0.0, 1.0]) == psi([0.5, 0.5], [0.0, 1.0], epsilon=1e-4)
+    with pytest.raises(ValueError, match="same buckets"):
+        psi([1.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="empty"):
+        psi([0.0, 0.0], [0.5, 0.5])
+
+
+def test_bucket_masses_and_alignment() -> None:
+    assert bucket_masses({1.0: 2.0, 2.0: 5.0, INF: 6.0}) == [2.0, 3.0, 1.0]
+    same = align({1.0: 2.0, INF: 4.0}, {1.0: 1.0, INF: 2.0})
+    assert same == ([2.0, 2.0], [1.0, 1.0])
+    # Different edges: union within the common finite range [1, 3], interpolated.
+    first = {1.0: 10.0, 3.0: 30.0, INF: 40.0}  # 10 | 20 in (1,3] | 10
+    second = {1.0: 0.0, 2.0: 10.0, 4.0: 20.0, INF: 20.0}
+    masses = align(first, second)
+    assert masses is not None
+    assert masses[0] == pytest.approx([10.0, 10.0, 10.0, 10.0])  # le 1, 2, 3, +Inf
+    # second at 3 = 10 + 10 * (3 - 2) / (4 - 2) = 15
+    assert masses[1] == pytest.approx([0.0, 10.0, 5.0, 5.0])
+    assert align({1.0: 1.0, INF: 2.0}, {5.0: 1.0, INF: 2.0}) is None  # no overlap
+
+
+# ---------------------------------------------------------------------------------------------
+# Deltas and windows
+# ---------------------------------------------------------------------------------------------
+
+
+def test_delta_of_counters_and_histograms() -> None:
+    before = RevisionMetrics(
+        requests=100,
+        errors=5,
+        latency_buckets={0.1: 90.0, INF: 100.0},
+        prediction_classes={("label", "0"): 60.0, ("label", "1"): 40.0},
+        input_feature_buckets={"x": {1.0: 10.0, INF: 100.0}},
+        reference_input_ratios={"x": {1.0: 0.5, INF: 1.0}},
+        pods=1,
+    )
+    after = RevisionMetrics(
+        requests=150,
+        errors=6,
+        latency_buckets={0.1: 130.0, INF: 150.0},
+        prediction_classes={("label", "0"): 70.0, ("label", "1"): 70.0, ("label", "2"): 5.0},
+        input_feature_buckets={"x": {1.0: 30.0, INF: 150.0}},
+        reference_input_ratios={"x": {1.0: 0.4, INF: 1.0}},
+        pods=1,
+    )
+    d = delta(after, before)
+    assert (d.requests, d.errors) == (50, 1)
+    assert d.latency_buckets == {0.1: 40.0, INF: 50.0}
+    assert d.prediction_classes == {("label", "0"): 10, ("label", "1"): 30, ("label", "2"): 5}
+    assert d.input_feature_buckets == {"x": {1.0: 20.0, INF: 50.0}}
+    assert d.reference_input_ratios == after.reference_input_ratios  # gauges, not deltas
+    assert delta(after, None) == after
+
+
+def test_delta_counts_a_reset_counter_from_zero() -> None:
+    before = RevisionMetrics(
+        requests=100, errors=10, latency_buckets={0.1: 100.0, INF: 100.0}, pods=1
+    )
+    after = RevisionMetrics(requests=30, errors=1, latency_buckets={0.1: 20.0, INF: 30.0}, pods=1)
+    d = delta(after, before)
+    assert (d.requests, d.errors) == (30, 1)
+    assert d.latency_buckets == {0.1: 20.0, INF: 30.0}
+    # One class counter reset (went down): that one counts from zero, never negative.
+    d2 = delta(
+        RevisionMetrics(prediction_classes={("o", "a"): 3.0, ("o", "b"): 50.0}),
+        RevisionMetrics(prediction_classes={("o", "a"): 10.0, ("o", "b"): 40.0}),
+    )
+    assert d2.prediction_classes == {("o", "a"): 3.0, ("o", "b"): 10.0}
+
+
+def sample(pod: str, requests: float, errors: float = 0, start: float = 1000.0) -> PodSample:
+    return PodSample(
+        pod,
+        RevisionMetrics(
+            requests=requests,
+            errors=errors,
+            latency_buckets={0.1: requests, INF: requests},
+            pods=1,
+        ),
+        start_time=start,
+    )
+
+
+def test_window_with_pods_coming_going_and_restarting() -> None:
+    before = {"a": sample("a", 100, 1), "b": sample("b", 200, 2), "c": sample("c", 50)}
+    after = {
+        "a": sample("a", 130, 1),  # +30
+        # b is gone: its increments since the last scrape are lost, nothing negative
+        "c": sample("c", 80, 0, start=2000.0),  # restarted and already past its old count: 80
+        "d": sample("d", 7, 7),  # new pod: from zero
+    }
+    w = window(after, before)
+    assert w.requests == 30 + 80 + 7
+    assert w.errors == 0 + 0 + 7
+    assert w.pods == 3
+    assert w.latency_buckets == {0.1: 117.0, INF: 117.0}
+    assert window({}, before).requests == 0
+    assert combine([]).pods == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge
+# ---------------------------------------------------------------------------------------------
+
+
+def test_passes_within_all_thresholds() -> None:
+    a = spec({"errorRate": {"max": 0.05}, "latencyP99": {"maxMs": 50}})
+    j = judge(a, metrics(requests=100, errors=4), None, NOW)
+    assert j.verdict == "Passed", j.summary
+    m = by_check(j)
+    assert m["samples"].verdict == "Passed"
+    assert m["samples"].threshold == ">= 50"
+    assert m["errorRate"].value == pytest.approx(0.04)
+    assert m["errorRate"].threshold == "<= 0.05"
+    assert m["latencyP99"].threshold == "<= 50 ms"
+    assert m["latencyP99"].value == pytest.approx(9.9)  # 0.99 * 10 ms, first bucket from 0
+    assert all(x.time == NOW for x in j.measurements)
+    assert j.summary.startswith("Passed")
+
+
+def test_error_rate_fails_above_max_and_counts_4xx() -> None:
+    a = spec({"errorRate": {"max": 0.01}})
+    j = judge(a, metrics(requests=200, errors=20), None, NOW)
+    assert j.verdict == "Failed"
+    m = by_check(j)["errorRate"]
+    assert (m.verdict, m.value, m.threshold) == ("Failed", 0.1, "<= 0.01")
+    assert "0.1 > 0.01" in m.reason
+    assert "errorRate" in j.summary
+    # Exactly at the limit passes.
+    assert judge(a, metrics(requests=100, errors=1), None, NOW).verdict == "Passed"
+
+
+def test_too_few_samples_is_inconclusive_never_failed() -> None:
+    a = spec({"errorRate": {"max": 0.01}, "latencyP99": {"maxMs": 1}}, min_samples=50)
+    slow = cumulative([0, 12], [0.001])
+    j = judge(a, metrics(requests=12, errors=12, latency_buckets=slow), None, NOW)
+    assert j.verdict == "Inconclusive"
+    m = by_check(j)
+    assert m["samples"].reason == "12 requests < minSamples 50"
+    assert m["samples"].value == 12
+    assert m["errorRate"].verdict == "Inconclusive"
+    assert m["errorRate"].value == 1.0  # still reported
+    assert "12 requests < minSamples 50" in m["errorRate"].reason
+    assert "12 requests < minSamples 50" in j.summary
+
+
+@pytest.mark.parametrize("canary", [None, RevisionMetrics()])
+def test_no_data_is_inconclusive(canary: RevisionMetrics | None) -> None:
+    a = spec({"errorRate": {"max": 0.01}, "predictionDrift": {}})
+    j = judge(a, canary, None, NOW)
+    assert j.verdict == "Inconclusive"
+    assert all(m.verdict == "Inconclusive" for m in j.measurements)
+    assert "no canary metrics" in j.summary
+
+
+def test_latency_check() -> None:
+    a = spec({"latencyP99": {"maxMs": 400}})
+    buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, INF: 100.0}  # p99 = 470 ms
+    j = judge(a, metrics(latency_buckets=buckets), None, NOW)
+    m = by_check(j)["latencyP99"]
+    assert (m.verdict, m.value) == ("Failed", pytest.approx(470.0))
+    assert (
+        judge(
+            spec({"latencyP99": {"maxMs": 470}}), metrics(latency_buckets=buckets), None, NOW
+        ).verdict
+        == "Passed"
+    )
+    # p99 above the highest bucket: failed when that bucket is already above the limit ...
+    top = {10.0: 90.0, INF: 100.0}
+    m = by_check(judge(a, metrics(latency_buckets=top), None, NOW))["latencyP99"]
+    assert (m.verdict, m.value) == ("Failed", 10000.0)
+    # ... and unknowable when it is not.
+    big = spec({"latencyP99": {"maxMs": 20000}})
+    m = by_check(judge(big, metrics(latency_buckets=top), None, NOW))["latencyP99"]
+    assert m.verdict == "Inconclusive"
+    # No histogram: inconclusive.
+    m = by_check(judge(a, metrics(latency_buckets={}), None, NOW))["latencyP99"]
+    assert m.verdict == "Inconclusive"
+
+
+def classes(counts: dict[str, float], output: str = "label") -> dict[tuple[str, str], float]:
+    return {(output, c): n for c, n in counts.items()}
+
+
+def test_prediction_drift_of_classifiers() -> None:
+    a = spec({"predictionDrift": {"maxPSI": 0.2}})
+    stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
+    same = metrics(prediction_classes=classes({"0": 25, "1": 25}))
+    shifted = metrics(prediction_classes=classes({"0": 25, "1": 75}))
+    assert judge(a, same, stable, NOW).verdict == "Passed"
+    j = judge(a, shifted, stable, NOW)
+    m = by_check(j)["predictionDrift"]
+    assert m.verdict == "Failed"
+    assert m.value == pytest.approx(0.274653, abs=1e-6)
+    assert m.threshold == "<= 0.2"
+    # A class only the canary predicts counts against it (floored at epsilon for stable).
+    new_class = metrics(prediction_classes=classes({"0": 50, "1": 40, "2": 10}))
+    value = by_check(judge(a, new_class, stable, NOW))["predictionDrift"].value
+    expected = psi([50, 50, 0], [50, 40, 10])
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_prediction_drift_needs_enough_stable_samples() -> None:
+    a = spec({"predictionDrift": {}}, min_samples=50)
+    canary = metrics(prediction_classes=classes({"0": 100}))
+    few = RevisionMetrics(requests=10, prediction_classes=classes({"1": 10}))
+    m = by_check(judge(a, canary, few, NOW))["predictionDrift"]
+    assert m.verdict == "Inconclusive"
+    assert "stable has 10 requests < minSamples 50" in m.reason
+    assert by_check(judge(a, canary, None, NOW))["predictionDrift"].verdict == "Inconclusive"
+    # No prediction metrics at all: inconclusive.
+    m = by_check(judge(a, metrics(), metrics(), NOW))["predictionDrift"]
+    assert m.verdict == "Inconclusive"
+
+
+def test_prediction_drift_of_regressors_with_different_edges() -> None:
+    a = spec({"predictionDrift": {"maxPSI": 0.1}})
+    stable = metrics(prediction_value_buckets={"variable": cumulative([25, 25, 25, 25], [0, 1, 2])})
+    # Same distribution, other edges (uniform within [0, 2]): interpolation keeps it equal.
+    canary = metrics(
+        prediction_value_buckets={
+            "variable": cumulative([25, 12.5, 25, 12.5, 25], [0, 0.5, 1.5, 2])
+        }
+    )
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    assert m.verdict == "Passed"
+    assert m.value == pytest.approx(0.0, abs=1e-9)
+    moved = metrics(prediction_value_buckets={"variable": cumulative([0, 0, 10, 90], [0, 1, 2])})
+    assert judge(a, moved, stable, NOW).verdict == "Failed"
+    apart = metrics(prediction_value_buckets={"variable": cumulative([50, 50], [100])})
+    m = by_check(judge(a, apart, stable, NOW))["predictionDrift"]
+    assert m.verdict == "Inconclusive"
+    assert "do not overlap" in m.reason
+
+
+def test_data_drift_against_reference() -> None:
+    a = spec({"dataDrift": {"maxPSI": 0.2}})
+    ref = {"x": cumulative([0.5, 0.5], [1.0]), "y": cumulative([0.5, 0.5], [3.0])}
+    live_ok = {"x": cumulative([50, 50], [1.0]), "y": cumulative([45, 55], [3.0])}
+    live_bad = {"x": cumulative([50, 50], [1.0]), "y": cumulative([25, 75], [3.0])}
+    ok = metrics(reference_input_ratios=ref, input_feature_buckets=live_ok)
+    bad = metrics(reference_input_ratios=ref, input_feature_buckets=live_bad)
+    assert judge(a, ok, None, NOW).verdict == "Passed"
+    m = by_check(judge(a, bad, None, NOW))["dataDrift"]
+    assert m.verdict == "Failed"
+    assert m.value == pytest.approx(0.274653, abs=1e-6)
+    assert "'y'" in m.reason
+    no_ref = by_check(judge(a, metrics(), None, NOW))["dataDrift"]
+    assert no_ref.verdict == "Inconclusive"
+    assert "reference" in no_ref.reason
+
+
+def test_custom_checks() -> None:
+    prom = {"prometheus": {"address": "http://prometheus:9090"}}
+    a = spec(
+        {
+            "custom": [
+                {"name": "accuracy", "query": "q1", "min": 0.9},
+                {"name": "queue", "query": "q2", "min": 0, "max": 10},
+                {"name": "empty", "query": "q3", "max": 1},
+            ]
+        },
+        provider=prom,
+    )
+    canary = metrics()
+    j = judge(a, canary, None, NOW, {"accuracy": 0.95, "queue": 3.0, "empty": None})
+    m = by_check(j)
+    assert m["accuracy"].verdict == "Passed"
+    assert m["accuracy"].threshold == ">= 0.9"
+    assert m["queue"].threshold == ">= 0 and <= 10"
+    assert m["empty"].verdict == "Inconclusive"
+    assert j.verdict == "Inconclusive"
+    j = judge(a, canary, None, NOW, {"accuracy": 0.5, "queue": 3.0})
+    assert j.verdict == "Failed"  # a failure wins over an inconclusive check
+    assert by_check(j)["accuracy"].reason == "0.5 < min 0.9"
+    assert by_check(judge(a, canary, None, NOW, {"queue": 11.0}))["queue"].verdict == "Failed"
+    # podMetrics cannot run PromQL.
+    pod = spec({"custom": [{"name": "accuracy", "query": "q", "min": 0.9}]})
+    m = by_check(judge(pod, canary, None, NOW))["accuracy"]
+    assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_NEEDS_PROMETHEUS)
+
+
+def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:
+    a = spec({"errorRate": {"max": 0.01}, "predictionDrift": {}, "dataDrift": {}})
+    j = judge(a, metrics(requests=100, errors=50), None, NOW)
+    assert j.verdict == "Failed"
+    for m in j.measurements:
+        assert m.value is None or math.isfinite(m.value)
+        m.to_dict()  # valid status
+
+
+# ---------------------------------------------------------------------------------------------
+# The podMetrics provider against a fake API client
+# ---------------------------------------------------------------------------------------------
+
+TARGET = AnalysisTarget(
+    namespace="ml",
+    deployment="iris",
+    canary_revision_hash="c4n",
+    stable_revision_hash="s7b",
+    canary_revision_name="iris-c4n",
+    stable_revision_name="iris-s7b",
+    interval_seconds=30,
+)
+
+
+def exposition(revision: str, ok: int, bad: int, start: float = 1000.0) -> str:
+    labels = (
+        'model="iris",version="1",deployment="iris",namespace="ml",'
+        f'revision="{revision}",role="canary"'
+    )
+    lines = [
+        "# TYPE canarium_requests counter",
+        f'canarium_requests_total{{{labels},code="200"}} {ok}',
+        f'canarium_requests_total{{{labels},code="400"}} {bad}',
+        "# TYPE canarium_request_duration_seconds histogram",
+        f'canarium_request_duration_seconds_bucket{{{labels},le="0.01"}} {ok + bad}',
+        f'canarium_request_duration_seconds_bucket{{{labels},le="+Inf"}} {ok + bad}',
+        f"canarium_request_duration_seconds_count{{{labels}}} {ok + bad}",
+        f"canarium_request_duration_seconds_sum{{{labels}}} 0.1",
+        "# TYPE canarium_model_ready gauge",
+        f"canarium_model_ready{{{labels}}} 1",
+        # A series of another revision must be ignored.
+        'canarium_model_ready{deployment="iris",namespace="ml",revision="other"} 1',
+        "# TYPE process_start_time_seconds gauge",
+        f"process_start_time_seconds {start}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.pods: dict[str, list[dict[str, Any]]] = {"c4n": [], "s7b": []}
+        self.texts: dict[str, str | Exception] = {}
+        self.paths: list[str] = []
+
+    def pod(self, rev: str, name: str, ready: bool = True) -> None:
+        status = "True" if ready else "False"
+        self.pods[rev].append(
+            {
+                "metadata": {"name": name, "uid": f"uid-{name}"},
+                "status": {"conditions": [{"type": "Ready", "status": status}]},
+            }
+        )
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert method == "GET"
+        assert path == "/api/v1/namespaces/ml/pods"
+        selector = kwargs["query"]["labelSelector"]
+        rev = selector.split("canarium.dev/revision=")[1]
+        assert selector.startswith("canarium.dev/deployment=iris,")
+        return {"items": self.pods[rev]}
+
+    async def get_text(self, path: str, *, timeout: float = 10.0) -> str:  # noqa: ASYNC109
+        self.paths.append(path)
+        pod = path.split("/pods/")[1].split(":", maxsplit=1)[0]
+        text = self.texts[pod]
+        if isinstance(text, Exception):
+            raise text
+        return text
+
+
+def test_pod_metrics_provider_windows() -> None:
+    kube = FakeKube()
+    kube.pod("c4n", "c1")
+    kube.pod("c4n", "c2")
+    kube.pod("s7b", "s1")
+    kube.texts = {
+        "c1": exposition("iris-c4n", 10, 1),
+        "c2": exposition("iris-c4n", 5, 0),
+        "s1": exposition("iris-s7b", 100, 0),
+    }
+    provider = PodMetricsProvider(kube)
+
+    async def scenario() -> None:
+        first = await provider.measure(TARGET)
+        assert (first.canary, first.stable, first.errors) == (None, None, [])
+        assert "/api/v1/namespaces/ml/pods/c1:8080/proxy/metrics" in kube.paths
+        kube.texts["c1"] = exposition("iris-c4n", 40, 3)  # +30 ok, +2 bad
+        kube.texts["c2"] = RuntimeError("connection refused")  # scrape fails: reported
+        kube.texts["s1"] = exposition("iris-s7b", 160, 0)
+        second = await provider.measure(TARGET)
+        assert second.canary is not None
+        assert second.stable is not None
+        assert (second.canary.requests, second.canary.errors) == (32, 2)
+        assert second.canary.pods == 1
+        assert second.stable.requests == 60
+        assert any("c2" in e and "connection refused" in e for e in second.errors)
+        # c2 comes back: it kept its old sample, so it counts from there, not from zero.
+        kube.texts["c2"] = exposition("iris-c4n", 9, 0)
+        kube.pod("c4n", "c3")  # a new pod counts from zero
+        kube.texts["c3"] = exposition("iris-c4n", 4, 4)
+        third = await provider.measure(TARGET)
+        assert third.canary is not None
+        assert (third.canary.requests, third.canary.errors) == (4 + 8, 4)
+        assert third.errors == []
+        # A pod whose metrics carry other labels is reported, not counted.
+        kube.texts["c3"] = exposition("iris-zzz", 400, 0)
+        fourth = await provider.measure(TARGET)
+        assert fourth.canary is not None
+        assert fourth.canary.requests == 0
+        assert any("no canarium series" in e for e in fourth.errors)
+        # forget, then baseline: the next measure has data at once.
+        provider.forget("iris-c4n")
+        assert (await provider.measure(TARGET)).canary is None
+        await provider.baseline(TARGET)
+        kube.texts["c1"] = exposition("iris-c4n", 41, 3)
+        fifth = await provider.measure(TARGET)
+        assert fifth.canary is not None
+        assert fifth.canary.requests == 1
+        assert await provider.custom_values(spec({"errorRate": {"max": 1}}), TARGET) == {}
+
+    asyncio.run(scenario())
+
+
+def test_pod_metrics_provider_not_ready_pods_and_list_errors() -> None:
+    kube = FakeKube()
+    kube.pod("c4n", "c1", ready=False)
+    kube.texts = {"c1": exposition("iris-c4n", 10, 0)}
+    provider = PodMetricsProvider(kube)
+    target = AnalysisTarget("ml", "iris", "c4n", None, "iris-c4n", None, 30)
+
+    async def scenario() -> None:
+        await provider.baseline(target)
+        result = await provider.measure(target)
+        assert kube.paths == []  # not Ready: not scraped
+        assert result.canary is not None
+        assert result.canary.pods == 0
+        assert result.stable is None
+
+        async def broken(method: str, path: str, **kwargs: Any) -> Any:
+            raise RuntimeError("403 Forbidden")
+
+        kube.request = broken  # type: ignore[method-assign]
+        result = await provider.measure(target)
+        assert result.canary is None
+        assert any("403" in e for e in result.errors)
+
+    asyncio.run(scenario())
+
+
+def test_provider_for() -> None:
+    kube = FakeKube()
+    pod_spec = MetricsProvider.model_validate({"podMetrics": {}})
+    first = provider_for(pod_spec, kube)
+    assert isinstance(first, PodMetricsProvider)
+    assert provider_for(pod_spec, kube) is first  # the baselines live in one instance
+    prom = provider_for(
+        MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}}), kube
+    )
+    assert isinstance(prom, PrometheusProvider)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prometheus provider against a fake Prometheus HTTP API
+# ---------------------------------------------------------------------------------------------
+
+
+def vector(*items: tuple[dict[str, str], float | str]) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [{"metric": m, "value": [1.0, str(v)]} for m, v in items],
+        },
+    }
+
+
+def fake_answer(query: str) -> tuple[int, dict[str, Any]]:
+    if "boom" in query:
+        return 500, {"oops": 1}
+    if "bad(" in query:
+        return 400, {"status": "error", "errorType": "bad_data", "error": "parse error"}
+    if "custom_one" in query:
+        return 200, vector(({}, 0.97))
+    if "custom_scalar" in query:
+        return 200, {"status": "success", "data": {"resultType": "scalar", "result": [1, "5"]}}
+    if "custom_many" in query:
+        return 200, vector(({"a": "1"}, 1), ({"a": "2"}, 2))
+    if "custom_nan" in query:
+        return 200, vector(({}, "NaN"))
+    if 'revision="iris-s7b"' in query and "canarium_requests_total" in query:
+        return 200, vector(({"code": "200"}, 300))
+    if 'revision="iris-c4n"' not in query:
+        return 200, vector()
+    if "canarium_requests_total" in query:
+        return 200, vector(({"code": "200"}, 90), ({"code": "400"}, 6), ({"code": "503"}, 4))
+    if "canarium_request_duration_seconds_bucket" in query:
+        return 200, vector(({"le": "0.1"}, 99), ({"le": "+Inf"}, 100))
+    if "canarium_prediction_class_total" in query:
+        return 200, vector(({"output": "label", "class": "1"}, 100))
+    if "canarium_input_feature_value_bucket" in query:
+        return 200, vector(({"feature": "x", "le": "1"}, 40), ({"feature": "x", "le": "+Inf"}, 100))
+    if "canarium_reference_input_feature_ratio" in query:
+        return 200, vector(({"feature": "x", "le": "1"}, 0.5), ({"feature": "x", "le": "+Inf"}, 1))
+    if "canarium_model_ready" in query:
+        return 200, vector(({}, 2))
+    return 200, vector()
+
+
+class FakePrometheus:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.url = ""
+        self.fail_all = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        query = request.query["query"]
+        self.queries.append(query)
+        self.headers.append(dict(request.headers))
+        status, body = (500, {}) if self.fail_all else fake_answer(query)
+        return web.json_response(body, status=status)
+
+
+@pytest.fixture
+def prometheus_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, FakePrometheus]]:
+    loop = asyncio.new_event_loop()
+    fake = FakePrometheus()
+    app = web.Application()
+    app.router.add_get("/api/v1/query", fake.handle)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    yield loop, fake
+    loop.run_until_complete(runner.cleanup())
+    loop.close()
+
+
+def prom_spec(url: str) -> MetricsProvider:
+    return MetricsProvider.model_validate(
+        {
+            "prometheus": {
+                "address": url + "/",
+                "headers": [{"name": "X-Scope-OrgID", "value": "t1"}],
+            }
+        }
+    )
+
+
+def test_prometheus_provider_measures(
+    prometheus_loop: tuple[asyncio.AbstractEventLoop, FakePrometheus],
+) -> None:
+    loop, fake = prometheus_loop
+    provider = provider_for(prom_spec(fake.url), FakeKube())
+    result = loop.run_until_complete(provider.measure(TARGET))
+    assert result.errors == []
+    canary, stable = result.canary, result.stable
+    assert canary is not None
+    assert stable is not None
+    assert (canary.requests, canary.errors, canary.pods) == (100, 10, 2)
+    assert canary.latency_buckets == {0.1: 99.0, INF: 100.0}
+    assert canary.prediction_classes == {("label", "1"): 100.0}
+    assert canary.input_feature_buckets == {"x": {1.0: 40.0, INF: 100.0}}
+    assert canary.reference_input_ratios == {"x": {1.0: 0.5, INF: 1.0}}
+    assert stable.requests == 300
+    sel = '{namespace="ml",deployment="iris",revision="iris-c4n"}'
+    assert f"sum by (code) (increase(canarium_requests_total{sel}[30s]))" in fake.queries
+    assert f"sum by (le) (increase(canarium_request_duration_seconds_bucket{sel}[30s]))" in (
+        fake.queries
+    )
+    assert all(h.get("X-Scope-OrgID") == "t1" for h in fake.headers)
+    j = judge(spec({"errorRate": {"max": 0.05}}), canary, stable, NOW)
+    assert j.verdict == "Failed"
+
+
+def test_prometheus_provider_errors_and_no_data(
+    prometheus_loop: tuple[asyncio.AbstractEventLoop, FakePrometheus],
+) -> None:
+    loop, fake = prometheus_loop
+    provider = PrometheusProvider(prom_spec(fake.url).prometheus)  # type: ignore[arg-type]
+    nothing = AnalysisTarget("ml", "iris", "n0", None, "iris-none", None, 60)
+    result = loop.run_until_complete(provider.measure(nothing))
+    assert (result.canary, result.stable, result.errors) == (None, None, [])
+    fake.fail_all = True
+    result = loop.run_until_complete(provider.measure(TARGET))
+    assert result.canary is None
+    assert result.stable is None
+    assert any("HTTP 500" in e for e in result.errors)
+    fake.fail_all = False
+    # Nothing listening: reported, not raised.
+    gone = PrometheusProvider(prom_spec("http://127.0.0.1:9").prometheus, timeout=2)  # type: ignore[arg-type]
+    result = loop.run_until_complete(gone.measure(TARGET))
+    assert result.canary is None
+    assert result.errors
+
+
+def test_prometheus_custom_values(
+    prometheus_loop: tuple[asyncio.AbstractEventLoop, FakePrometheus],
+) -> None:
+    loop, fake = prometheus_loop
+    provider = PrometheusProvider(prom_spec(fake.url).prometheus)  # type: ignore[arg-type]
+    checks = [
+        {"name": "one", "query": 'custom_one{revision="{{revision}}",role="{{role}}"}', "min": 0},
+        {"name": "scalar", "query": "custom_scalar", "max": 10},
+        {"name": "many", "query": "custom_many", "max": 10},
+        {"name": "nan", "query": "custom_nan", "max": 10},
+        {"name": "empty", "query": "custom_empty", "max": 10},
+        {"name": "bad", "query": "bad(", "max": 10},
+        {"name": "boom", "query": "boom", "max": 10},
+    ]
+    analysis = spec({"custom": checks}, provider={"prometheus": {"address": fake.url}})
+    values = loop.run_until_complete(provider.custom_values(analysis, TARGET))
+    assert values == {
+        "one": 0.97,
+        "scalar": 5.0,
+        "many": None,
+        "nan": None,
+        "empty": None,
+        "bad": None,
+        "boom": None,
+    }
+    assert 'custom_one{revision="iris-c4n",role="canary"}' in fake.queries
+    j = judge(analysis, metrics(), None, NOW, values)
+    assert j.verdict == "Inconclusive"  # no data is never failure
+
+
+def test_prometheus_helpers() -> None:
+    q = "x{namespace='{{namespace}}',deployment='{{deployment}}'} {{ revision }}"
+    assert fill_template(q, namespace="n", deployment="d", revision="r", role="canary") == (
+        "x{namespace='n',deployment='d'} {{ revision }}"
+    )
+    assert selector("n", 'a"b', "r") == '{namespace="n",deployment="a\\"b",revision="r"}'
+    assert parse_answer(vector(({"le": "+Inf"}, "+Inf"))) == [({"le": "+Inf"}, INF)]
+    with pytest.raises(Exception, match="bad_data"):
+        parse_answer({"status": "error", "errorType": "bad_data", "error": "x"})
+    with pytest.raises(Exception, match="matrix"):
+        parse_answer({"status": "success", "data": {"resultType": "matrix", "result": []}})
