@@ -41,6 +41,12 @@ BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 DEFAULT_VALUE_EDGES: Final = (
     -1000.0, -100.0, -10.0, -1.0, -0.1, 0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0,
 )  # fmt: skip
+# Status codes whose request counters exist (at 0) from the start. Prometheus' increase() cannot
+# see the first increments of a series that appears only when they happen, which would hide a
+# canary's first errors from the analysis (the stable code 200 would be counted, its 5xx/4xx
+# not): initialise the counters of every code /infer answers (Prometheus' "initialise your
+# counters" advice). Other codes still appear when first used.
+INITIAL_CODES: Final = (200, 400, 404, 405, 413, 500, 503)
 _SMALL_BATCH: Final = 4  # below this, Python's bisect beats numpy's per-call overhead
 FLUSH_ROWS: Final = 512  # queued rows binned together (bounded memory, amortised numpy calls)
 
@@ -169,7 +175,7 @@ class ServingMetrics(Collector):
     def __init__(self, labels: Labels) -> None:
         self.labels = labels
         self._lv = labels.values()
-        self.requests: dict[int, int] = {}
+        self.requests: dict[int, int] = dict.fromkeys(INITIAL_CODES, 0)
         self.latency = _Histogram(LATENCY_BUCKETS)
         self.batch = _Histogram(BATCH_BUCKETS)
         self.ready = False

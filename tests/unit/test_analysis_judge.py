@@ -607,6 +607,7 @@ def fake_answer(query: str) -> tuple[int, dict[str, Any]]:
 class FakePrometheus:
     def __init__(self) -> None:
         self.queries: list[str] = []
+        self.times: list[str] = []
         self.headers: list[dict[str, str]] = []
         self.url = ""
         self.fail_all = False
@@ -614,6 +615,7 @@ class FakePrometheus:
     async def handle(self, request: web.Request) -> web.Response:
         query = request.query["query"]
         self.queries.append(query)
+        self.times.append(request.query.get("time", ""))
         self.headers.append(dict(request.headers))
         status, body = (500, {}) if self.fail_all else fake_answer(query)
         return web.json_response(body, status=status)
@@ -669,6 +671,8 @@ def test_prometheus_provider_measures(
         fake.queries
     )
     assert all(h.get("X-Scope-OrgID") == "t1" for h in fake.headers)
+    assert len(set(fake.times)) == 1  # every query evaluated at the same instant
+    assert fake.times[0]
     j = judge(spec({"errorRate": {"max": 0.05}}), canary, stable, NOW)
     assert j.verdict == "Failed"
 

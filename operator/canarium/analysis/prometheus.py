@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 import aiohttp
@@ -191,10 +192,11 @@ class PrometheusProvider:
     async def measure(self, target: AnalysisTarget) -> WindowResult:
         errors: list[str] = []
         window = window_of(target.interval_seconds)
+        at = time.time()  # one evaluation time for every query: consistent extrapolation
         async with self._session() as session:
             canary, stable = await asyncio.gather(
-                self._revision(session, target, target.canary_revision_name, window, errors),
-                self._revision(session, target, target.stable_revision_name, window, errors),
+                self._revision(session, target, target.canary_revision_name, window, at, errors),
+                self._revision(session, target, target.stable_revision_name, window, at, errors),
             )
         return WindowResult(canary=canary, stable=stable, errors=errors)
 
@@ -237,11 +239,16 @@ class PrometheusProvider:
             headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
         )
 
-    async def query(self, session: aiohttp.ClientSession, promql: str) -> Vector:
-        """Run one instant query; PrometheusError on any failure."""
+    async def query(
+        self, session: aiohttp.ClientSession, promql: str, at: float | None = None
+    ) -> Vector:
+        """Run one instant query (at time `at`, default now); PrometheusError on any failure."""
         url = f"{self.address}/api/v1/query"
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
-            async with session.get(url, params={"query": promql}) as response:
+            async with session.get(url, params=params) as response:
                 body = await response.text()
                 try:
                     answer = await response.json(content_type=None)
@@ -261,13 +268,14 @@ class PrometheusProvider:
         target: AnalysisTarget,
         revision: str | None,
         window: str,
+        at: float,
         errors: list[str],
     ) -> RevisionMetrics | None:
         if not revision:
             return None
         queries = revision_queries(selector(target.namespace, target.deployment, revision), window)
         answers = await asyncio.gather(
-            *(self.query(session, q) for q in queries.values()), return_exceptions=True
+            *(self.query(session, q, at) for q in queries.values()), return_exceptions=True
         )
         results: dict[str, Vector] = {}
         for (name, _), answer in zip(queries.items(), answers, strict=True):
