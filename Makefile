@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup lint format typecheck unit e2e test crds cluster-up cluster-down kubeconfig kubectl \
+.PHONY: help setup lint format typecheck unit e2e test test-deps crds cluster-up cluster-down kubeconfig kubectl \
         control-plane demo bench bench-serving bench-operator clean
 
 help: ## list the targets
@@ -54,10 +54,13 @@ deploy: ## install the operator into the current kubectl context (kubectl apply 
 unit: setup ## unit and model-server tests (no cluster)
 	$(BIN)/pytest tests/unit tests/serving
 
-e2e: setup control-plane ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
+test-deps: ## system packages the e2e tests need (Prometheus, from Debian), if missing
+	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+
+e2e: setup control-plane test-deps ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
 	$(BIN)/pytest tests/e2e
 
-test: setup control-plane ## everything: lint, type checks, unit, serving and e2e tests
+test: setup control-plane test-deps ## everything: lint, type checks, unit, serving and e2e tests
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/pytest
 

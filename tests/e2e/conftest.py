@@ -4,8 +4,9 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -16,7 +17,12 @@ from tests.e2e.cluster import (
     start_local_cluster,
     stop_local_cluster,
 )
+from tests.e2e.gomod import module_dir, versions
+from tests.e2e.load import LoadGenerator
+from tests.e2e.models import E2EModels, build_e2e_models
 from tests.e2e.operator import OperatorProcess, apply_crds
+from tests.e2e.pods import ServingPods
+from tests.e2e.prometheus import Prometheus, find_prometheus
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,3 +76,78 @@ def operator(
     proc.stop()
     log = proc.log()
     assert "Traceback" not in log, f"the operator logged a traceback:\n{log[-5000:]}"
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> E2EModels:
+    """good_v1, good_v2, drifted and broken iris models (tests/e2e/models.py), packaged in a
+    tmp folder: `.uri` (file:///...) and `.sha256` go into spec.model."""
+    return build_e2e_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def serving_pods(
+    cluster: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServingPods]:
+    """Real model servers for the serving pods of the test's namespace, at the pods' IPs."""
+    pods = ServingPods(cluster, namespace, tmp_path_factory.mktemp("pods")).start()
+    yield pods
+    pods.stop()
+
+
+@pytest.fixture
+def load(cluster: Cluster, namespace: str) -> Iterator[Callable[..., LoadGenerator]]:
+    """A factory of LoadGenerators for the test's namespace: load(name, data, **options)
+    (not started); every one is stopped at the end of the test."""
+    made: list[LoadGenerator] = []
+
+    def make(name: str, data: Any, **options: Any) -> LoadGenerator:
+        generator = LoadGenerator(cluster, namespace, name, data, **options)
+        made.append(generator)
+        return generator
+
+    yield make
+    for generator in made:
+        generator.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus for the session (kubernetes_sd through the cluster's kubeconfig,
+    1 s scrapes); `prometheus.watch(namespace)` makes it scrape a test's serving pods."""
+    if find_prometheus() is None:
+        pytest.fail("prometheus is not installed: run `make test-deps` (Debian package prometheus)")
+    prom = Prometheus(cluster.kubeconfig, tmp_path_factory.mktemp("prometheus")).start()
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(cluster: Cluster) -> None:
+    """The Gateway API standard-channel CRDs: the cluster's own if it has HTTPRoute, else the
+    pinned release's (GATEWAY_API_VERSION, from the Go module proxy). They stay installed
+    (removing them would delete the HTTPRoutes of anyone else using the cluster)."""
+    present = cluster.kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", check=False)
+    if present.returncode == 0:
+        return
+    version = versions()["GATEWAY_API_VERSION"]
+    try:
+        root = module_dir(f"sigs.k8s.io/gateway-api@{version}")
+    except RuntimeError as e:
+        pytest.skip(f"no Gateway API CRDs in the cluster and none to install: {e}")
+    # The CRDs only: the channel's ValidatingAdmissionPolicy (vap_safeupgrades) would refuse a
+    # later install of other Gateway API versions or channels on this cluster.
+    plurals = [
+        f.stem.split("_", 1)[1]
+        for f in sorted((root / "config" / "crd" / "standard").glob("gateway.networking.k8s.io_*"))
+        if not f.stem.endswith("_vap_safeupgrades")
+    ]
+    crd_dir = root / "config" / "crd" / "standard"
+    files = [str(crd_dir / f"gateway.networking.k8s.io_{p}.yaml") for p in plurals]
+    cluster.kubectl("apply", "--server-side", *(a for f in files for a in ("-f", f)))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{p}.gateway.networking.k8s.io" for p in plurals),
+    )
