@@ -150,7 +150,9 @@ class MetricsProvider(SpecModel):
 
 
 class ErrorRateCheck(SpecModel):
-    """Fail when the canary's share of failed requests (HTTP 5xx and model errors) is above max."""
+    """Fail when the canary's share of failed requests is above max. Every answer that is not
+    2xx counts: server errors (5xx) and requests the model rejects (4xx), so a canary whose model
+    refuses inputs that the stable one accepts fails."""
 
     max: float = Field(
         ge=0.0,
@@ -229,7 +231,8 @@ class AnalysisChecks(SpecModel):
     model_config = ConfigDict(json_schema_extra=validations(RULE_SOME_CHECK))
 
     error_rate: ErrorRateCheck | None = Field(
-        None, description="Maximum fraction of failed requests."
+        None,
+        description="Maximum fraction of failed requests: every non-2xx answer, 4xx included.",
     )
     latency_p99: LatencyCheck | None = Field(None, description="Maximum 99th percentile latency.")
     prediction_drift: DriftCheck | None = Field(
