@@ -4,6 +4,7 @@ the simulated pods' IPs (ServingPods), traffic routed like a Service or an HTTPR
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -174,3 +175,55 @@ def test_httproute_weights_headers_and_mirrors(
     assert len(headered.mirrored) == 40
     assert {r.service for r in headered.mirrored} == {NAME}
     assert {r.status for r in headered.mirrored} == {200}
+
+
+def test_drifted_and_broken_models_misbehave_as_described(
+    cluster: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    models: E2EModels,
+    serving_pods: ServingPods,
+    load: Callable[..., LoadGenerator],
+) -> None:
+    cluster.apply(
+        [
+            model_deployment("drifted", models.drifted, replicas=1),
+            model_deployment("broken", models.broken, replicas=1),
+        ],
+        namespace,
+    )
+    for name in ("drifted", "broken"):
+        cluster.kubectl(
+            "wait", "--for=condition=Ready", f"mdep/{name}", "-n", namespace, "--timeout=60s"
+        )
+    serving_pods.wait_serving(count=2, timeout=30)
+
+    drifted = load("drifted", models.x, rate=100, max_requests=60, max_rows=4, duration=30)
+    broken = load("broken", models.x, rate=100, max_requests=20, duration=30)
+    drifted.start()
+    broken.run()
+    drifted.wait()
+
+    assert drifted.statuses() == {200: 60}
+    rows = [i for r in drifted.results for i in r.rows]
+    labels = [v for r in drifted.results for v in r.labels or ()]
+    assert labels == models.drifted.predict(models.x[rows])
+    v1 = models.good_v1.predict(models.x[rows])
+    disagree = sum(a != b for a, b in zip(labels, v1, strict=True))
+    assert disagree / len(labels) > 0.2, disagree
+    assert broken.statuses() == {400: 20}
+    assert "shape" in broken.results[0].error
+
+    # pause/resume: nothing is sent while paused.
+    gen = load("drifted", models.x, rate=50, duration=30)
+    gen.start()
+    time.sleep(0.5)
+    gen.pause()
+    time.sleep(0.3)  # requests in flight finish
+    paused_at = gen.mark()
+    time.sleep(1.0)
+    assert not gen.results_since(paused_at)
+    gen.resume()
+    time.sleep(0.5)
+    gen.stop()
+    assert gen.results_since(paused_at)
