@@ -63,8 +63,9 @@ def start_operator(kubeconfig: str) -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     log = (STATE / "operator.log").open("w")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "canarium"), "run", "--metrics-address", "127.0.0.1",
-         "--metrics-port", "18080", "--liveness", "http://127.0.0.1:18081/healthz"],
+        [str(VENV_BIN / "canarium"), "run", "--namespace", NAMESPACE,
+         "--metrics-address", "127.0.0.1", "--metrics-port", "18080",
+         "--liveness", "http://127.0.0.1:18081/healthz"],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "KUBECONFIG": kubeconfig},

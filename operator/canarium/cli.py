@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from canarium import __version__
 
@@ -21,6 +24,8 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.pod_scrape:
+        os.environ["CANARIUM_POD_SCRAPE"] = args.pod_scrape
     if not args.verbose:  # kopf logs every handled event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
@@ -48,6 +53,111 @@ def _crds(args: argparse.Namespace) -> int:
     if args.stdout:
         argv.append("--stdout")
     return crdgen.main(argv)
+
+
+def _client_and_namespace(args: argparse.Namespace) -> tuple[Any, str]:
+    from kubernetes import config
+
+    from canarium.kube import Kube
+
+    kube = Kube.from_environment()
+    namespace = args.namespace
+    if not namespace:
+        try:
+            _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+            namespace = active.get("context", {}).get("namespace") or "default"
+        except config.ConfigException:
+            namespace = "default"
+    return kube, namespace
+
+
+def _mdep_ref(namespace: str, name: str) -> Any:
+    from canarium.kube import ObjectRef
+
+    return ObjectRef("canarium.dev/v1alpha1", "ModelDeployment", namespace, name)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from canarium.api import ModelDeployment, RolloutPolicySpec
+    from canarium.kube import KubeError, ObjectRef
+    from canarium.statusview import render_status
+
+    kube, namespace = _client_and_namespace(args)
+
+    async def view() -> str | None:
+        obj = await kube.get(_mdep_ref(namespace, args.name))
+        if obj is None:
+            return None
+        mdep = ModelDeployment.model_validate(obj)
+        policy = None
+        rollout = mdep.spec.rollout
+        if rollout and rollout.policy:
+            policy = rollout.policy
+        elif rollout and rollout.policy_ref:
+            ref = ObjectRef(
+                "canarium.dev/v1alpha1", "RolloutPolicy", namespace, rollout.policy_ref.name
+            )
+            body = await kube.get(ref)
+            if body:
+                try:
+                    policy = RolloutPolicySpec.model_validate(body.get("spec") or {})
+                except ValidationError:
+                    policy = None
+        return render_status(obj, policy)
+
+    try:
+        while True:
+            text = asyncio.run(view())
+            if text is None:
+                print(f"modeldeployment {args.name!r} not found in {namespace}", file=sys.stderr)
+                return 1
+            if args.watch:
+                print("\033[2J\033[H" + text, flush=True)
+                time.sleep(args.interval)
+            else:
+                print(text)
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    except KubeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    """promote, abort, retry: a one-shot command the operator carries out once; pause and
+    resume: the canarium.dev/paused annotation. The spec is never touched."""
+    from canarium.kube import KubeError, resource_path
+    from canarium.rollout import ANNOTATION_COMMAND, ANNOTATION_PAUSED
+
+    kube, namespace = _client_and_namespace(args)
+    verb = args.verb
+    if verb == "promote" and args.full:
+        verb = "promote-full"
+    annotations: dict[str, str | None]
+    if verb == "pause":
+        annotations = {ANNOTATION_PAUSED: "true"}
+    elif verb == "resume":
+        annotations = {ANNOTATION_PAUSED: None}
+    else:
+        annotations = {ANNOTATION_COMMAND: f"{verb}@{time.time_ns()}"}
+    path = resource_path("canarium.dev/v1alpha1", "ModelDeployment", namespace, args.name)
+    try:
+        asyncio.run(
+            kube.request(
+                "PATCH",
+                path,
+                body={"metadata": {"annotations": annotations}},
+                content_type="application/merge-patch+json",
+            )
+        )
+    except KubeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"modeldeployment.canarium.dev/{args.name} {verb} requested")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8081/healthz",
         help="kopf liveness endpoint URL (default http://0.0.0.0:8081/healthz)",
     )
+    run.add_argument(
+        "--pod-scrape",
+        choices=["pod-ip", "api-proxy"],
+        help="how the podMetrics analysis reaches serving pods (env CANARIUM_POD_SCRAPE; "
+        "default: pod-ip inside a cluster, api-proxy from outside)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_run)
 
@@ -94,6 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if the files are stale")
     crds.add_argument("--stdout", action="store_true", help="print the CRDs instead")
     crds.set_defaults(func=_crds)
+
+    def target(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("name", help="the ModelDeployment")
+        sub.add_argument("-n", "--namespace", help="its namespace (default: the context's)")
+
+    status = commands.add_parser("status", help="show a ModelDeployment's rollout")
+    target(status)
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=2.0, help="refresh period (seconds)")
+    status.set_defaults(func=_status)
+    helps = {
+        "promote": "end the current pause or step (with --full: skip all remaining steps)",
+        "abort": "roll the canary back now: traffic to stable, canary scaled to zero",
+        "retry": "start a rolled-back or aborted rollout again from the first step",
+        "pause": "hold the rollout at its current step (analysis keeps running)",
+        "resume": "let a paused rollout go on",
+    }
+    for verb, text in helps.items():
+        sub = commands.add_parser(verb, help=text, description=text)
+        target(sub)
+        if verb == "promote":
+            sub.add_argument("--full", action="store_true", help="promote to the end at once")
+        sub.set_defaults(func=_command, verb=verb)
     return parser
 
 

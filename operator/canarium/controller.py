@@ -17,16 +17,25 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.api import ModelDeployment, RolloutPolicySpec
+from canarium.analysis import AnalysisTarget, judge, provider_for
+from canarium.api import MetricsProvider, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
-from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
-from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER
+from canarium.reconcile import (
+    Plan,
+    ReconcileInput,
+    observe_deployment,
+    reconcile,
+    rollout_input,
+)
+from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, hash_of_revision
+from canarium.rollout import AnalysisRun, analysis_due
 from canarium.settings import Settings
 
 log = logging.getLogger("canarium.controller")
@@ -141,6 +150,7 @@ class Controller:
         self._failures: dict[Key, int] = defaultdict(int)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
+        self._analysed: dict[Key, set[str]] = defaultdict(set)
 
     # --- watch events ------------------------------------------------------------------------
     def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -295,6 +305,11 @@ class Controller:
         except ValidationError as exc:
             return None, f"RolloutPolicy {rollout.policy_ref.name!r} is invalid: {exc}"
 
+    @staticmethod
+    def _provider_specs(inp: ReconcileInput) -> list[MetricsProvider]:
+        analysis = inp.policy.analysis if inp.policy else None
+        return [analysis.provider] if analysis else []
+
     def build_input(self, key: Key) -> ReconcileInput | None:
         body = self.mdeps.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -316,13 +331,62 @@ class Controller:
             policy_error=policy_error,
         )
 
+    async def analyse(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
+        """Measure and judge one analysis interval when one is due (the state machine decides
+        when, purely); the run goes into the reconcile input."""
+        r_inp = rollout_input(inp)
+        analysis = inp.policy.analysis if inp.policy else None
+        if r_inp is None or analysis is None or not analysis_due(r_inp):
+            return inp
+        status = inp.mdep.status
+        name = inp.mdep.metadata.name
+        if status.stable is None or not status.stable.name:
+            return inp  # analysis_due checked it; for the type checker
+        stable: str | None
+        if status.canary is not None and status.canary.name == r_inp.desired:
+            canary, stable = status.canary.name, status.stable.name
+        else:  # the bake of a promoted revision, compared with the one it replaced
+            canary = status.stable.name
+            stable = status.previous.name if status.previous and status.previous.name else None
+        target = AnalysisTarget(
+            namespace=key[0],
+            deployment=name,
+            canary_revision_hash=hash_of_revision(name, canary),
+            stable_revision_hash=hash_of_revision(name, stable) if stable else None,
+            canary_revision_name=canary,
+            stable_revision_name=stable,
+            interval_seconds=analysis.interval_seconds,
+        )
+        provider = provider_for(analysis.provider, self.kube, self.settings.pod_scrape)
+        self._analysed[key].add(canary)
+        now = self.clock()
+        if status.analysis is None or status.analysis.last_run_time is None:
+            await provider.baseline(target)  # the first window starts now
+            return replace(inp, now=now, analysis_run=AnalysisRun(now, None))
+        result = await provider.measure(target)
+        custom = await provider.custom_values(analysis, target)
+        judgement = judge(analysis, result.canary, result.stable, now, custom)
+        if result.errors:
+            log.warning("analysis of %s/%s: %s", key[0], name, "; ".join(result.errors))
+        metrics.ANALYSIS_RUNS.labels(key[0], name, judgement.verdict).inc()
+        log.info("analysis of %s/%s: %s", key[0], name, judgement.summary)
+        return replace(inp, now=now, analysis_run=AnalysisRun(now, judgement))
+
     async def reconcile_key(self, key: Key) -> None:
         started = time.perf_counter()
         inp = self.build_input(key)
         if inp is None:
             return
+        inp = await self.analyse(key, inp)
         plan = reconcile(inp)
         await self.execute(key, plan)
+        if not plan.status.get("canary") and not plan.status.get("previous"):
+            # No analysis goes on: drop what the provider kept (pod-metrics baselines).
+            for revision in self._analysed.pop(key, set()):
+                for provider_spec in self._provider_specs(inp):
+                    provider_for(provider_spec, self.kube, self.settings.pod_scrape).forget(
+                        revision
+                    )
         metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
 
@@ -346,12 +410,19 @@ class Controller:
 
         patch = merge_patch(body.get("status") or {}, plan.status)
         if patch is not None:
-            updated = await self.kube.patch_status(
-                ObjectRef(*MDEP, *key), patch, body["metadata"]["resourceVersion"]
-            )
+            try:
+                updated = await self.kube.patch_status(
+                    ObjectRef(*MDEP, *key), patch, body["metadata"]["resourceVersion"]
+                )
+            except KubeError as exc:
+                if exc.status == 404:  # deleted meanwhile: its children go with it
+                    return
+                raise
             self.mdeps[key] = _slim(updated)
-        metrics.observe_phase(key, plan.status.get("phase"))
+        metrics.observe_status(key, plan.status)
         for event in plan.events:
+            if event.reason in ("RolledBack", "Aborted"):
+                metrics.ROLLBACKS.labels(namespace, key[1], event.reason).inc()
             try:
                 await self.kube.event(body, event.type, event.reason, event.message)
             except KubeError as exc:  # an event is not worth a retry of the whole reconcile

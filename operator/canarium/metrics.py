@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,8 +21,20 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+ROLLBACKS = Counter(
+    "canarium_rollbacks_total",
+    "Canaries rolled back by analysis, a progress deadline or a person, by ModelDeployment.",
+    ["namespace", "modeldeployment", "reason"],
+)
+ANALYSIS_RUNS = Counter(
+    "canarium_analysis_runs_total",
+    "Analysis intervals judged, by verdict.",
+    ["namespace", "modeldeployment", "verdict"],
+)
+
 PHASES = ("Pending", "Progressing", "Paused", "Healthy", "Degraded")
 _phases: dict[tuple[str, str], str] = {}
+_statuses: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def observe_phase(key: tuple[str, str], phase: str | None) -> None:
@@ -29,8 +42,15 @@ def observe_phase(key: tuple[str, str], phase: str | None) -> None:
         _phases[key] = phase
 
 
+def observe_status(key: tuple[str, str], status: dict[str, Any]) -> None:
+    """Keep the latest status for the per-ModelDeployment gauges (read at scrape time)."""
+    observe_phase(key, status.get("phase"))
+    _statuses[key] = status
+
+
 def forget(key: tuple[str, str]) -> None:
     _phases.pop(key, None)
+    _statuses.pop(key, None)
 
 
 class _PhaseCollector(Collector):
@@ -46,4 +66,48 @@ class _PhaseCollector(Collector):
         yield family
 
 
+class _RolloutCollector(Collector):
+    """Per-ModelDeployment rollout gauges, built at scrape time from the latest statuses:
+    phase, asked and effective weights, current step, and the latest analysis measurements."""
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["namespace", "modeldeployment"]
+        phase = GaugeMetricFamily(
+            "canarium_rollout_phase", "1 for the ModelDeployment's current phase.",
+            labels=[*labels, "phase"],
+        )  # fmt: skip
+        weight = GaugeMetricFamily(
+            "canarium_rollout_weight_percent",
+            "Traffic percentage per revision role: asked (weight) and delivered (effective).",
+            labels=[*labels, "role", "revision", "kind"],
+        )
+        step = GaugeMetricFamily(
+            "canarium_rollout_step", "Index of the current rollout step (0-based).", labels=labels
+        )
+        measurement = GaugeMetricFamily(
+            "canarium_analysis_measurement",
+            "Latest value of each analysis check.",
+            labels=[*labels, "check", "verdict"],
+        )
+        for (namespace, name), status in list(_statuses.items()):
+            base = [namespace, name]
+            for p in PHASES:
+                phase.add_metric([*base, p], 1.0 if status.get("phase") == p else 0.0)
+            for role in ("stable", "canary"):
+                rev = status.get(role)
+                if rev:
+                    revision = str(rev.get("name", ""))
+                    weight.add_metric([*base, role, revision, "asked"], rev.get("weight") or 0)
+                    weight.add_metric(
+                        [*base, role, revision, "effective"], rev.get("effectiveWeight") or 0
+                    )
+            if status.get("currentStep") is not None:
+                step.add_metric(base, status["currentStep"])
+            for m in (status.get("analysis") or {}).get("measurements", []):
+                if m.get("value") is not None:
+                    measurement.add_metric([*base, m["check"], m["verdict"]], m["value"])
+        yield from (phase, weight, step, measurement)
+
+
 REGISTRY.register(_PhaseCollector())
+REGISTRY.register(_RolloutCollector())

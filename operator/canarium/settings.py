@@ -20,6 +20,9 @@ class Settings:
     progress_deadline_seconds: int = 600
     # Scrape or query timeout of one analysis measurement.
     metrics_timeout_seconds: float = 5.0
+    # How the podMetrics provider reaches the serving pods: "pod-ip" (inside the cluster) or
+    # "api-proxy" (through the API server, for an operator run from outside the cluster).
+    pod_scrape: str = "api-proxy"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -28,4 +31,6 @@ class Settings:
             progress_deadline_seconds=int(
                 os.environ.get("CANARIUM_PROGRESS_DEADLINE_SECONDS", "600")
             ),
+            pod_scrape=os.environ.get("CANARIUM_POD_SCRAPE")
+            or ("pod-ip" if os.environ.get("KUBERNETES_SERVICE_HOST") else "api-proxy"),
         )

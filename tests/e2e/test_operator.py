@@ -58,6 +58,20 @@ def wait_healthy_with(cluster: Cluster, namespace: str, version: str) -> dict[st
     return wait_until(check, timeout=60, what=f"Healthy with model {version}")
 
 
+def wait_quiet(cluster: Cluster, namespace: str, seconds: float = 3.0) -> dict[str, Any]:
+    """The ModelDeployment once nothing has written to it for `seconds`."""
+    last = mdep(cluster, namespace)
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 60
+    while time.monotonic() - quiet_since < seconds:
+        assert time.monotonic() < deadline, "the ModelDeployment never settled"
+        time.sleep(0.3)
+        now = mdep(cluster, namespace)
+        if now["metadata"]["resourceVersion"] != last["metadata"]["resourceVersion"]:
+            last, quiet_since = now, time.monotonic()
+    return last
+
+
 def test_example_becomes_ready_with_owned_children(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -226,13 +240,20 @@ def test_operator_restart_mid_change_converges(
 
     # Crash again right after a change is picked up; the end state is the same.
     cluster.apply(iris("3.0.0", replicas=2), namespace)
-    wait_until(lambda: len(revisions(cluster, namespace)) == 2, timeout=30, what="new revision")
+    wait_until(
+        lambda: any(
+            d.metadata.annotations.get("canarium.dev/model-version") == "3.0.0"
+            for d in revisions(cluster, namespace).values()
+        ),
+        timeout=30,
+        what="the 3.0.0 revision created",
+    )
     operator.restart()
     obj = wait_healthy_with(cluster, namespace, "3.0.0")
     assert [h["modelVersion"] for h in obj["status"]["history"]] == ["2.0.0", "1.0.0"]
 
     # A restart with nothing to do changes nothing: same status, same resourceVersion.
-    settled = mdep(cluster, namespace)
+    settled = wait_quiet(cluster, namespace)
     operator.restart()
     time.sleep(3)
     again = mdep(cluster, namespace)

@@ -58,7 +58,9 @@ _pod_providers: weakref.WeakKeyDictionary[PodsClient, PodMetricsProvider] = (
 )
 
 
-def provider_for(spec: MetricsProvider, kube: PodsClient) -> Provider:
+def provider_for(
+    spec: MetricsProvider, kube: PodsClient, pod_scrape: str = "api-proxy"
+) -> Provider:
     """The provider for a policy's `analysis.provider`.
 
     podMetrics: one shared `PodMetricsProvider` per Kube client (it keeps the per-pod
@@ -69,7 +71,7 @@ def provider_for(spec: MetricsProvider, kube: PodsClient) -> Provider:
         return PrometheusProvider(spec.prometheus)
     provider = _pod_providers.get(kube)
     if provider is None:
-        provider = _pod_providers[kube] = PodMetricsProvider(kube)
+        provider = _pod_providers[kube] = PodMetricsProvider(kube, via=pod_scrape)
     return provider
 
 

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import aiohttp
 from canarium_serving import contract
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -148,7 +149,9 @@ def _pod_key(pod: dict[str, Any]) -> str:
 
 
 class PodMetricsProvider:
-    """Measure revisions by scraping their Ready pods through the API server's pod proxy.
+    """Measure revisions by scraping their Ready pods' /metrics: at the pod IP (`via="pod-ip"`,
+    what an operator inside the cluster does, like Prometheus; no RBAC needed) or through the
+    API server's pod proxy (`via="api-proxy"`, for an operator run from outside the cluster).
 
     One instance serves every ModelDeployment (it bounds the concurrent scrapes and keeps the
     per-pod baselines); `provider_for` hands out one per Kube client.
@@ -161,8 +164,13 @@ class PodMetricsProvider:
         scrape_timeout: float = 5.0,
         concurrency: int = 16,
         port: int = contract.HTTP_PORT,
+        via: str = "api-proxy",
     ) -> None:
+        if via not in ("pod-ip", "api-proxy"):
+            raise ValueError(f"pod metrics via {via!r}: expected pod-ip or api-proxy")
         self.kube = kube
+        self.via = via
+        self._session: aiohttp.ClientSession | None = None
         self.scrape_timeout = scrape_timeout
         self.port = port
         self._limit = asyncio.Semaphore(concurrency)
@@ -255,15 +263,10 @@ class PodMetricsProvider:
         self, target: AnalysisTarget, revision_name: str, pod: dict[str, Any], errors: list[str]
     ) -> PodSample | None:
         name = str((pod.get("metadata") or {}).get("name"))
-        path = (
-            f"/api/v1/namespaces/{target.namespace}/pods/"
-            f"{urllib.parse.quote(name)}:{self.port}/proxy{contract.METRICS_PATH}"
-        )
         try:
             async with self._limit:
                 text = await asyncio.wait_for(
-                    self.kube.get_text(path, timeout=self.scrape_timeout),
-                    self.scrape_timeout + 1.0,
+                    self._fetch(target.namespace, pod, name), self.scrape_timeout + 1.0
                 )
             sample = parse_metrics(
                 text,
@@ -284,6 +287,29 @@ class PodMetricsProvider:
                 f"{target.deployment}, namespace={target.namespace}, revision={revision_name}"
             )
         return sample
+
+    async def _fetch(self, namespace: str, pod: dict[str, Any], name: str) -> str:
+        if self.via == "api-proxy":
+            path = (
+                f"/api/v1/namespaces/{namespace}/pods/"
+                f"{urllib.parse.quote(name)}:{self.port}/proxy{contract.METRICS_PATH}"
+            )
+            return await self.kube.get_text(path, timeout=self.scrape_timeout)
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            raise RuntimeError("no pod IP")
+        host = f"[{ip}]" if ":" in ip else ip
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.scrape_timeout)
+            )
+        async with self._session.get(
+            f"http://{host}:{self.port}{contract.METRICS_PATH}"
+        ) as response:
+            body = await response.text()
+            if response.status >= 400:
+                raise RuntimeError(f"HTTP {response.status}: {body[:200]}")
+            return body
 
 
 def pod_samples_window(after: Iterable[PodSample], before: Iterable[PodSample]) -> RevisionMetrics:
