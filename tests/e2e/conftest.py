@@ -96,12 +96,16 @@ def serving_pods(
 
 
 @pytest.fixture
-def load(cluster: Cluster, namespace: str) -> Iterator[Callable[..., LoadGenerator]]:
+def load(
+    cluster: Cluster, namespace: str, serving_pods: ServingPods
+) -> Iterator[Callable[..., LoadGenerator]]:
     """A factory of LoadGenerators for the test's namespace: load(name, data, **options)
-    (not started); every one is stopped at the end of the test."""
+    (not started); every one is stopped at the end of the test. Endpoints must pass the
+    readiness probe of their real server (ServingPods.probe_ready), as with a kubelet."""
     made: list[LoadGenerator] = []
 
     def make(name: str, data: Any, **options: Any) -> LoadGenerator:
+        options.setdefault("probe", serving_pods.probe_ready)
         generator = LoadGenerator(cluster, namespace, name, data, **options)
         made.append(generator)
         return generator

@@ -217,6 +217,7 @@ class LoadGenerator:
         timeout: float = 5.0,
         seed: int = 0,
         selector_fallback: bool = True,
+        probe: Callable[[str], bool] | None = None,
         route: str | None = None,
     ) -> None:
         if router not in ("replicas", "gatewayAPI"):
@@ -240,6 +241,9 @@ class LoadGenerator:
         self._discovery = client.DiscoveryV1Api(api)
         self._core = client.CoreV1Api(api)
         self.selector_fallback = selector_fallback
+        # The readiness probe of simulated pods (ServingPods.probe_ready): an endpoint whose
+        # server is not ready gets no traffic, as with a real kubelet.
+        self.probe = probe
         self._custom = client.CustomObjectsApi(api)
         self._routing = Routing()
         self._routed = threading.Event()  # set after the first successful refresh
@@ -429,6 +433,9 @@ class LoadGenerator:
                 if selected and all(ipaddress.ip_address(e.ip).is_loopback for e in selected):
                     endpoints[service] = selected
                     sources[service] = "selector"
+        if self.probe is not None:
+            probe = self.probe
+            endpoints = {s: [e for e in eps if probe(e.ip)] for s, eps in endpoints.items()}
         return endpoints, sources
 
     def _choose_rule(self, routing: Routing) -> Rule | None:

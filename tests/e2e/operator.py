@@ -52,7 +52,12 @@ class OperatorProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**self.cluster.env(), "CANARIUM_SERVING_IMAGE": "canarium-serving:e2e"},
+            # The operator plays the in-cluster one: it reaches pods at their IPs.
+            env={
+                **self.cluster.env(),
+                "CANARIUM_SERVING_IMAGE": "canarium-serving:e2e",
+                "CANARIUM_POD_SCRAPE": "pod-ip",
+            },
             cwd=REPO,
         )
         deadline = time.monotonic() + 30

@@ -131,6 +131,9 @@ class ServingPods:
         )
         self._lock = threading.RLock()
         self._procs: dict[str, PodProcess] = {}  # by pod uid
+        self._probed: set[str] = set()  # pod uids whose server passed its readiness probe
+        self._prestop: dict[str, float] = {}  # pod uid -> preStop sleep seconds
+        self._draining: dict[str, tuple[PodProcess, float]] = {}  # uid -> (process, SIGTERM at)
         self.stopped: dict[str, PodProcess] = {}  # by pod name
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -147,8 +150,9 @@ class ServingPods:
         if self._thread.is_alive():
             self._thread.join(10)
         with self._lock:
-            procs = list(self._procs.values())
+            procs = [*self._procs.values(), *(p for p, _ in self._draining.values())]
             self._procs.clear()
+            self._draining.clear()
         _stop_processes(procs)
         for p in procs:
             self.stopped[p.pod] = p
@@ -160,6 +164,21 @@ class ServingPods:
         self.stop()
 
     # --- queries -----------------------------------------------------------------------------
+    def probe_ready(self, ip: str) -> bool:
+        """The readiness probe the kubelet would run for the pod at `ip` (kwok marks pods
+        Ready without running one): its server process answers /v2/health/ready with 200.
+        Once ready, a process stays ready until it stops (no re-probe on every refresh)."""
+        with self._lock:
+            proc = next((p for p in self._procs.values() if p.ip == ip), None)
+        if proc is None or not proc.running():
+            return False
+        if proc.uid in self._probed:
+            return True
+        if proc.ready():
+            self._probed.add(proc.uid)
+            return True
+        return False
+
     def processes(self) -> dict[str, PodProcess]:
         """The current processes, by pod name."""
         with self._lock:
@@ -245,19 +264,28 @@ class ServingPods:
                 if any(e.name == ENV_MODEL_URI for e in container.env or []):
                     wanted[pod.metadata.uid] = (pod, container)
                     break
+        now = time.monotonic()
         with self._lock:
             gone = [
                 p
                 for uid, p in self._procs.items()
                 if uid not in wanted or wanted[uid][0].status.pod_ip != p.ip
             ]
-        # Stop first: a new pod may have been given the IP of one that went. A process leaves
-        # `processes()` once it has exited.
-        _stop_processes(gone)
-        with self._lock:
+            # Like a kubelet: a terminating pod's preStop hook (a sleep) runs before SIGTERM,
+            # while the endpoints already leave it out, so in-flight traffic drains.
             for p in gone:
                 del self._procs[p.uid]
+                self._draining[p.uid] = (p, now + self._prestop.pop(p.uid, 0.0))
+            wanted_ips = {pod.status.pod_ip for pod, _ in wanted.values()}
+            due = [
+                p
+                for p, deadline in self._draining.values()
+                if deadline <= now or p.ip in wanted_ips  # a new pod got its IP: make room
+            ]
+            for p in due:
+                del self._draining[p.uid]
                 self.stopped[p.pod] = p
+        _stop_processes(due)
         for uid, (pod, container) in wanted.items():
             with self._lock:
                 if uid in self._procs:
@@ -268,6 +296,9 @@ class ServingPods:
 
     def _start(self, pod: Any, container: Any) -> PodProcess:
         name = pod.metadata.name
+        pre_stop = container.lifecycle.pre_stop if container.lifecycle else None
+        if pre_stop is not None and pre_stop.sleep is not None:
+            self._prestop[pod.metadata.uid] = float(pre_stop.sleep.seconds)
         ip = pod.status.pod_ip
         pod_dir = self.log_dir / name
         pod_dir.mkdir(parents=True, exist_ok=True)
