@@ -530,7 +530,7 @@ class _Machine:
                         self.after(_seconds_until(inp.now, ends))
                         held = f"pausing until {ends.isoformat()}"
                         break
-                    gate = self.analysis_gate(started)
+                    gate = self.analysis_gate(started, weight)
                     if gate:
                         held = gate
                         break
@@ -539,10 +539,8 @@ class _Machine:
             if index < len(steps):
                 self.event("Normal", "StepStarted", f"{canary}: {self.step_label(index)}")
         if index >= len(steps):
-            gate = "" if verb == "promote-full" else self.analysis_gate(started, final=True)
-            if not gate:
-                return self.promote(stable, stable_spec, canary)
-            held = gate
+            # Every timed step was gated on analysis; the last setWeight ends the rollout.
+            return self.promote(stable, stable_spec, canary)
         self.schedule_analysis()
         status.current_step = index
         status.step_started_at = started
@@ -582,17 +580,28 @@ class _Machine:
         ]
         return self.decision(plans, stable, canary, route, reason)
 
-    def analysis_gate(self, step_started: datetime, final: bool = False) -> str:
+    def analysis_gate(self, step_started: datetime, weight: int) -> str:
         """Why the rollout may not leave a timed step yet ("" when it may): with analysis,
-        the last interval measured during the step must have passed. No data holds."""
+        the last interval measured during the step must have passed. No data holds.
+
+        At weight 100 the stable revision takes no traffic, so comparisons with it cannot be
+        made: there, enough canary samples and no failed check are enough."""
         if self.inp.policy.analysis is None:
             return ""
         analysis = self.status.analysis
         if analysis is None or analysis.last_run_time is None or analysis.last_verdict is None:
             return "holding for a first analysis interval"
-        if analysis.last_run_time < step_started and not final:
+        if analysis.last_run_time < step_started:
             return "holding for an analysis interval of this step"
         if analysis.last_verdict == "Passed":
+            return ""
+        samples = next((m for m in analysis.measurements if m.check == "samples"), None)
+        if (
+            weight >= 100
+            and analysis.last_verdict == "Inconclusive"
+            and samples is not None
+            and samples.verdict == "Passed"
+        ):
             return ""
         why = next(
             (m.reason for m in analysis.measurements if m.verdict == "Inconclusive" and m.reason),

@@ -504,3 +504,40 @@ def _hash(version: str) -> str:
     from canarium.render import revision_hash
 
     return revision_hash(mdep(version, replicas=4).spec)
+
+
+def test_at_weight_100_stable_comparisons_do_not_hold_the_rollout() -> None:
+    policy = {**POLICY, "steps": [{"setWeight": 100}, {"pause": {"duration": "30s"}}]}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(31)
+    no_stable = Judgement(
+        "Inconclusive",
+        [
+            Measurement(check="samples", value=200, threshold=">= 10", verdict="Passed", time=NOW),
+            Measurement(
+                check="predictionDrift",
+                threshold="<= 0.2",
+                verdict="Inconclusive",
+                reason="stable has 0 requests < minSamples 10",
+                time=NOW,
+            ),
+        ],
+    )
+    sim.reconcile(AnalysisRun(sim.now, no_stable))
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+
+
+def test_too_few_samples_at_weight_100_still_hold() -> None:
+    policy = {**POLICY, "steps": [{"setWeight": 100}, {"pause": {"duration": "30s"}}]}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(31)
+    sim.analyse("Inconclusive", None)
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert "canary" in sim.status
