@@ -48,6 +48,7 @@ CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),  # only where the Gateway API is installed
 )
 MAX_BACKOFF = 300.0
 

@@ -37,7 +37,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     # Only the children the operator made are watched (server-side label selectors).
-    for plural in ("deployments", "services", "horizontalpodautoscalers"):
+    for plural in ("deployments", "services", "horizontalpodautoscalers", "httproutes"):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
     controller = Controller(
@@ -84,4 +84,9 @@ def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
 def hpa_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_child(event["type"], dict(event["object"]))
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
+def httproute_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_child(event["type"], dict(event["object"]))
