@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup lint format typecheck unit e2e test test-deps crds cluster-up cluster-down kubeconfig kubectl \
-        control-plane demo bench bench-serving bench-operator clean
+        control-plane demo bench bench-serving bench-operator bench-rollback clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ e2e: setup control-plane test-deps ## e2e tests against the local control plane 
 
 test: setup control-plane test-deps ## everything: lint, type checks, unit, serving and e2e tests
 	$(MAKE) --no-print-directory lint typecheck
-	$(BIN)/pytest
+	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
 
 demo: setup control-plane ## local cluster + operator + the iris example
 	$(BIN)/python hack/demo.py
@@ -70,5 +70,13 @@ demo: setup control-plane ## local cluster + operator + the iris example
 clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
+bench: bench-serving bench-operator bench-rollback ## every benchmark, printed as figures and ratios
+
 bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process (iris, digits)
 	$(BIN)/python tests/bench/bench_serving.py --no-batching
+
+bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, peak RSS, idle CPU
+	$(BIN)/python -m tests.bench.bench_operator --count 1000
+
+bench-rollback: setup control-plane ## broken canary to all traffic on stable, in analysis intervals
+	$(BIN)/python -m tests.bench.bench_rollback --runs 3

@@ -7,6 +7,7 @@ The operator runs as a background process of this machine against the local clus
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,25 +99,98 @@ def main() -> int:
     pid = start_operator(kubeconfig)
     print(f"operator PID {pid}, log {STATE / 'operator.log'}")
 
-    say("The iris model, trained with scikit-learn and packaged as ONNX")
-    models = REPO / "build" / "models"
-    subprocess.run([str(VENV_BIN / "python"), str(REPO / "examples" / "train_models.py"),
-                    "--out", str(models)], check=True)  # fmt: skip
-    onnx = models / "iris" / "v1" / "model.onnx"
+    say("Models trained with scikit-learn, packaged as ONNX with reference statistics")
+    sys.path.insert(0, str(REPO))
+    from tests.e2e.cluster import Cluster
+    from tests.e2e.load import LoadGenerator
+    from tests.e2e.models import build_e2e_models, model_deployment
+    from tests.e2e.pods import ServingPods
+
+    models = build_e2e_models(REPO / "build" / "demo-models")
+    for model in (models.good_v1, models.good_v2, models.broken):
+        print(f"  {model.name:<8} {model.uri}")
     namespace = kubectl("create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml",
                         show=False)  # fmt: skip
     kubectl("apply", "-f", "-", stdin=namespace)
-    configmap = kubectl(
-        "create", "configmap", "iris-model", "-n", NAMESPACE, f"--from-file=model.onnx={onnx}",
-        "--dry-run=client", "-o", "yaml", show=False,
-    )  # fmt: skip
-    kubectl("apply", "--server-side", "-f", "-", stdin=configmap)
 
-    say("Apply the RolloutPolicy and the iris ModelDeployment")
-    kubectl("apply", "-n", NAMESPACE, "-f", str(REPO / "manifests" / "examples"))
+    cluster = Cluster(Path(kubeconfig), kubectl.base[0], local=True)
+    # kwok simulates the pods; a real model server runs for each at the pod's IP, with the
+    # env of the operator's pod template, and traffic goes where the Service sends it.
+    pods = ServingPods(cluster, NAMESPACE, STATE / "pods").start()
+    policy = {
+        "steps": [
+            {"setWeight": 10},
+            {"pause": {"duration": "10s"}},
+            {"setWeight": 50},
+            {"pause": {"duration": "10s"}},
+            {"setWeight": 100},
+        ],
+        "analysis": {
+            "interval": "5s",
+            "failureLimit": 2,
+            "minSamples": 20,
+            "checks": {
+                "errorRate": {"max": 0.02},
+                "latencyP99": {"maxMs": 500},
+                "predictionDrift": {"maxPSI": 0.25},
+            },
+        },
+    }
+
+    def apply(model: object, version: str) -> None:
+        manifest = model_deployment(
+            "iris",
+            model,
+            version=version,
+            replicas=4,
+            rollout={"policy": policy},
+        )
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifest))
+
+    def status_of() -> dict[str, object]:
+        got = json.loads(kubectl("get", "mdep", "iris", "-n", NAMESPACE, "-o", "json", show=False))
+        return dict(got.get("status") or {})
+
+    def canarium_status() -> None:
+        print("$ kubectl canarium status iris", flush=True)
+        subprocess.run([str(VENV_BIN / "kubectl-canarium"), "status", "iris", "-n", NAMESPACE],
+                       env={**os.environ, "KUBECONFIG": kubeconfig}, check=True)  # fmt: skip
+
+    def wait_for(check: object, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not check(status_of()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out; status: {status_of()}")
+            time.sleep(1)
+
+    say("iris 1.0.0 (logistic regression) under a canary policy: 10% → 50% → 100%")
+    apply(models.good_v1, "1.0.0")
     kubectl("wait", "--for=condition=Ready", "mdep/iris", "-n", NAMESPACE, "--timeout=120s")
+    pods.wait_serving(count=4, timeout=60)
+    load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=40, duration=600,
+                         probe=pods.probe_ready)  # fmt: skip
+    load.start()
     kubectl("get", "mdep", "-n", NAMESPACE)
-    kubectl("get", "deployments,services", "-n", NAMESPACE)
+
+    say("A good new version, 2.0.0 (random forest): analysed at each step, then promoted")
+    apply(models.good_v2, "2.0.0")
+    wait_for(lambda s: (s.get("canary") or {}).get("weight") == 50)
+    canarium_status()
+    wait_for(lambda s: s.get("phase") == "Healthy")
+    canarium_status()
+
+    say("A bad version, 3.0.0, whose model rejects the live inputs: rolled back automatically")
+    apply(models.broken, "3.0.0")
+    wait_for(lambda s: s.get("phase") == "Degraded")
+    canarium_status()
+    kubectl("get", "mdep", "-n", NAMESPACE)
+    kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=iris",
+            "--sort-by=.eventTime")  # fmt: skip
+    ok = sum(1 for r in load.results if r.status == 200)
+    print(f"\nload: {len(load.results)} requests, {ok} answered 200; the spec still says 3.0.0"
+          " (GitOps: Git stays the source of truth until a person reverts it)")  # fmt: skip
+    load.stop()
+    pods.stop()
 
     print(
         f"\nThe cluster and the operator keep running:\n"

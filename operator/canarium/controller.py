@@ -273,20 +273,29 @@ class Controller:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except KubeError as exc:
+                if exc.namespace_terminating:
+                    log.debug("%s/%s: its namespace is being deleted", *key)
+                    self._failures.pop(key, None)
+                    continue
+                self._retry(key, exc)
             except Exception as exc:
-                failures = self._failures[key] = self._failures[key] + 1
-                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 10))
-                if isinstance(exc, KubeError) and exc.status == 409:
-                    log.debug("conflict on %s/%s, retrying: %s", *key, exc)
-                    delay = 0.2
-                else:
-                    log.exception("reconcile of %s/%s failed; retry in %.1fs", *key, delay)
-                    metrics.RECONCILE_ERRORS.labels("ModelDeployment").inc()
-                self.enqueue_after(key, delay)
+                self._retry(key, exc)
             finally:
                 self._active.discard(key)
                 if key in self._queued:
                     self._queue.put_nowait(key)
+
+    def _retry(self, key: Key, exc: Exception) -> None:
+        failures = self._failures[key] = self._failures[key] + 1
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 10))
+        if isinstance(exc, KubeError) and exc.status == 409:
+            log.debug("conflict on %s/%s, retrying: %s", *key, exc)
+            delay = 0.2
+        else:
+            log.error("reconcile of %s/%s failed; retry in %.1fs", *key, delay, exc_info=exc)
+            metrics.RECONCILE_ERRORS.labels("ModelDeployment").inc()
+        self.enqueue_after(key, delay)
 
     # --- reconcile ---------------------------------------------------------------------------
     def _policy_for(self, mdep: ModelDeployment) -> tuple[RolloutPolicySpec | None, str | None]:
@@ -427,6 +436,7 @@ class Controller:
             try:
                 await self.kube.event(body, event.type, event.reason, event.message)
             except KubeError as exc:  # an event is not worth a retry of the whole reconcile
-                log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
+                if not exc.namespace_terminating:
+                    log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
         if plan.requeue_after is not None:
             self.enqueue_after(key, plan.requeue_after)

@@ -34,6 +34,12 @@ PLURALS: dict[tuple[str, str], str] = {
 
 
 class KubeError(Exception):
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted: nothing new can be made there, and GC will remove
+        what is left. Not worth a retry."""
+        return self.status == 403 and "is being terminated" in self.body
+
     def __init__(self, status: int, reason: str, body: str) -> None:
         self.status = status
         self.reason = reason

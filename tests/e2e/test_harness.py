@@ -90,10 +90,11 @@ def test_serving_pods_traffic_and_prometheus(
     assert {s["metric"]["pod"]: int(float(s["value"][1])) for s in per_pod} == dict(by_pod)
     prometheus.unwatch(namespace)
 
-    # Deleting the ModelDeployment deletes its pods, which stops their processes.
+    # Deleting the ModelDeployment deletes its pods, which stops their processes (after the
+    # pod template's preStop sleep, as a kubelet would).
     cluster.kubectl("delete", "mdep", NAME, "-n", namespace)
     wait_until(lambda: not serving_pods.processes(), timeout=30, what="processes stopped")
-    assert all(not p.running() for p in procs)
+    wait_until(lambda: all(not p.running() for p in procs), timeout=30, what="servers exited")
     assert "Traceback" not in serving_pods.logs(procs[0].pod)
 
 
