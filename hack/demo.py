@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "hack" / "cluster.sh"
@@ -64,7 +65,8 @@ def start_operator(kubeconfig: str) -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     log = (STATE / "operator.log").open("w")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "canarium"), "run", "--namespace", NAMESPACE,
+        # It plays the in-cluster operator: it reaches serving pods at their IPs.
+        [str(VENV_BIN / "canarium"), "run", "--namespace", NAMESPACE, "--pod-scrape", "pod-ip",
          "--metrics-address", "127.0.0.1", "--metrics-port", "18080",
          "--liveness", "http://127.0.0.1:18081/healthz"],
         stdout=log,
@@ -102,21 +104,38 @@ def main() -> int:
     say("Models trained with scikit-learn, packaged as ONNX with reference statistics")
     sys.path.insert(0, str(REPO))
     from tests.e2e.cluster import Cluster
-    from tests.e2e.load import LoadGenerator
-    from tests.e2e.models import build_e2e_models, model_deployment
+    from tests.e2e.models import build_e2e_models
     from tests.e2e.pods import ServingPods
 
     models = build_e2e_models(REPO / "build" / "demo-models")
     for model in (models.good_v1, models.good_v2, models.broken):
         print(f"  {model.name:<8} {model.uri}")
-    namespace = kubectl("create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml",
-                        show=False)  # fmt: skip
-    kubectl("apply", "-f", "-", stdin=namespace)
+    # A fresh namespace each run: the demo tells the same story every time.
+    kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
+    kubectl("create", "namespace", NAMESPACE)
 
     cluster = Cluster(Path(kubeconfig), kubectl.base[0], local=True)
     # kwok simulates the pods; a real model server runs for each at the pod's IP, with the
     # env of the operator's pod template, and traffic goes where the Service sends it.
     pods = ServingPods(cluster, NAMESPACE, STATE / "pods").start()
+    try:
+        story(kubectl, kubeconfig, cluster, models, pods)
+    finally:
+        pods.stop()  # the model servers are this process's children; the cluster stays
+    print(
+        f"\nThe cluster and the operator keep running:\n"
+        f"  export KUBECONFIG={kubeconfig}\n"
+        f"  kubectl get mdep -n {NAMESPACE}\n"
+        f"`make cluster-down` stops both."
+    )
+    return 0
+
+
+def story(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, pods: Any) -> None:
+    """A good canary promoted, then a broken one rolled back."""
+    from tests.e2e.load import LoadGenerator
+    from tests.e2e.models import model_deployment
+
     policy = {
         "steps": [
             {"setWeight": 10},
@@ -184,21 +203,12 @@ def main() -> int:
     wait_for(lambda s: s.get("phase") == "Degraded")
     canarium_status()
     kubectl("get", "mdep", "-n", NAMESPACE)
-    kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=iris",
+    kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=ModelDeployment,involvedObject.name=iris",
             "--sort-by=.eventTime")  # fmt: skip
     ok = sum(1 for r in load.results if r.status == 200)
     print(f"\nload: {len(load.results)} requests, {ok} answered 200; the spec still says 3.0.0"
           " (GitOps: Git stays the source of truth until a person reverts it)")  # fmt: skip
     load.stop()
-    pods.stop()
-
-    print(
-        f"\nThe cluster and the operator keep running:\n"
-        f"  export KUBECONFIG={kubeconfig}\n"
-        f"  kubectl get mdep -n {NAMESPACE}\n"
-        f"`make cluster-down` stops both."
-    )
-    return 0
 
 
 if __name__ == "__main__":

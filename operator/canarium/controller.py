@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -230,6 +231,13 @@ class Controller:
     async def start(self) -> None:
         """Prime the child caches from a LIST (so the first reconcile after a restart sees
         every existing revision), then start the workers."""
+        # API calls run in threads (the kubernetes client blocks): room for every worker's
+        # concurrent applies, instead of asyncio's default of a few threads.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(
+                max_workers=max(16, 4 * self.worker_count), thread_name_prefix="kube"
+            )
+        )
         for api_version, kind in CHILD_KINDS:
             scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
             for ns in scopes:

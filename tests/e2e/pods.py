@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -86,6 +87,17 @@ class PodProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies, so a
+    crashed test or demo never leaves servers holding pod IPs. Only a plain system call runs
+    between fork and exec (no import, no lock), which is what makes preexec_fn safe here."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_processes(procs: Iterable[PodProcess], grace: float = 5.0) -> None:
@@ -316,6 +328,7 @@ class ServingPods:
             proc = subprocess.Popen(
                 [str(CANARIUM_SERVE)],
                 env={**base, **env},
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (see _die_with_parent)
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=pod_dir,
