@@ -203,7 +203,8 @@ def story(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, pods: An
     wait_for(lambda s: s.get("phase") == "Degraded")
     canarium_status()
     kubectl("get", "mdep", "-n", NAMESPACE)
-    kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=ModelDeployment,involvedObject.name=iris",
+    kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
+            "involvedObject.kind=ModelDeployment,involvedObject.name=iris",
             "--sort-by=.eventTime")  # fmt: skip
     ok = sum(1 for r in load.results if r.status == 200)
     print(f"\nload: {len(load.results)} requests, {ok} answered 200; the spec still says 3.0.0"
