@@ -48,6 +48,9 @@ kubectl: ## print the path of the matching kubectl
 
 .PHONY: deploy
 KUBECTL ?= kubectl
+crds: setup ## regenerate crds/ from the pydantic models
+	$(BIN)/canarium crds --out crds
+
 deploy: ## install the operator into the current kubectl context (kubectl apply -k manifests/install)
 	$(KUBECTL) apply -k manifests/install
 

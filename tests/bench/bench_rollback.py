@@ -62,7 +62,6 @@ def one_run(
             "wait", "--for=condition=Ready", f"mdep/{NAME}", "-n", namespace, "--timeout=60s"
         )
         pods.wait_serving(count=4, timeout=60)
-        stable_ips = {p.ip for p in pods.processes().values()}
         load = LoadGenerator(
             cluster, namespace, NAME, models.x, rate=80, duration=300, probe=pods.probe_ready
         )
@@ -81,13 +80,15 @@ def one_run(
         wait_until(degraded, timeout=interval * (failure_limit + 4) + 60, what="rollback")
         time.sleep(3)  # the last in-flight requests
         results = list(load.results)
-        to_canary = [r for r in results if r.ip and r.ip not in stable_ips]
+        canary = cluster.get_json("mdep", NAME, "-n", namespace)["status"]["canary"]["name"]
+        revision_at = {ip: p.revision for ip, p in pods.by_ip().items()}
+        to_canary = [r for r in results if revision_at.get(r.ip) == canary]
         if not to_canary:
             raise AssertionError("the canary never got traffic")
         first, last = min(r.t for r in to_canary), max(r.t for r in to_canary)
         after = [r for r in results if r.t > last]
         assert after
-        assert all(r.ip in stable_ips for r in after)
+        assert all(revision_at.get(r.ip) != canary for r in after)
         seconds = last - first
         return {
             "seconds": round(seconds, 2),
