@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from typing import Any
+
+from canarium.api import RolloutPolicySpec
+from canarium.statusview import render_status
+
+POLICY = RolloutPolicySpec.model_validate(
+    {
+        "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+        "analysis": {"failureLimit": 2, "checks": {"errorRate": {"max": 0.01}}},
+    }
+)
+
+
+def obj(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "canarium.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": "ml"},
+        "spec": {"model": {"uri": "https://m.example.org/iris.onnx", "version": "2.0.0"}},
+        "status": status,
+    }
+
+
+def test_paused_rollout_shows_steps_weights_and_analysis() -> None:
+    text = render_status(
+        obj(
+            {
+                "phase": "Paused",
+                "pauseReason": "paused until promoted (kubectl canarium promote)",
+                "currentStep": 1,
+                "stable": {"name": "iris-a", "modelVersion": "1.0.0", "replicas": 4,
+                           "readyReplicas": 4, "weight": 90, "effectiveWeight": 80.0},
+                "canary": {"name": "iris-b", "modelVersion": "2.0.0", "replicas": 1,
+                           "readyReplicas": 1, "weight": 10, "effectiveWeight": 20.0},
+                "analysis": {
+                    "intervals": 3,
+                    "failures": 0,
+                    "lastVerdict": "Passed",
+                    "measurements": [
+                        {"check": "errorRate", "value": 0.002, "threshold": "<= 0.01",
+                         "verdict": "Passed", "time": "2026-11-23T12:00:00Z"},
+                    ],
+                },
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "Paused",
+                     "message": "", "lastTransitionTime": "2026-11-23T12:00:00Z"},
+                ],
+            }
+        ),
+        POLICY,
+    )  # fmt: skip
+    assert "Phase:      Paused" in text
+    assert "Paused:     paused until promoted" in text
+    assert "iris-a  model 1.0.0  4/4 ready  weight 90%  effective 80.00%" in text
+    assert "iris-b  model 2.0.0  1/1 ready  weight 10%  effective 20.00%" in text
+    assert "✔ 1. setWeight 10" in text
+    assert "⏸ 2. pause (until promoted)" in text
+    assert "· 3. setWeight 100" in text
+    assert "failures 0/2" in text
+    assert "errorRate" in text
+    assert "0.002" in text
+    assert "Passed" in text
+    assert "Ready=False (Paused)" in text
+
+
+def test_degraded_shows_the_failed_check_and_history() -> None:
+    text = render_status(
+        obj(
+            {
+                "phase": "Degraded",
+                "message": "rolled back: errorRate 0.4 (limit <= 0.01)",
+                "stable": {"name": "iris-a", "modelVersion": "1.0.0", "replicas": 4,
+                           "readyReplicas": 4, "weight": 100, "effectiveWeight": 100.0},
+                "history": [{"revision": "iris-b", "modelVersion": "2.0.0",
+                             "outcome": "RolledBack", "time": "2026-11-23T12:00:00Z",
+                             "reason": "errorRate 0.4 (limit <= 0.01)"}],
+            }
+        ),
+        None,
+    )  # fmt: skip
+    assert "Degraded  rolled back: errorRate 0.4 (limit <= 0.01)" in text
+    assert "RolledBack iris-b (model 2.0.0)" in text
+    assert "Steps:" not in text
