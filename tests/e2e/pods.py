@@ -197,9 +197,11 @@ class ServingPods:
             return {p.pod: p for p in self._procs.values()}
 
     def by_ip(self) -> dict[str, PodProcess]:
-        """Pod IP -> process, current and stopped (the current one wins on a reused IP)."""
+        """Pod IP -> process, current, draining and stopped (the current one wins on a reused
+        IP)."""
         with self._lock:
             out = {p.ip: p for p in self.stopped.values()}
+            out.update({p.ip: p for p, _ in self._draining.values()})
             out.update({p.ip: p for p in self._procs.values()})
             return out
 
