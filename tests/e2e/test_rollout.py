@@ -128,6 +128,13 @@ def revisions_of(serving_pods: ServingPods, results: list[Any]) -> set[str]:
     return {running.get(r.ip, f"not a running pod: {r.ip}") for r in results}
 
 
+def revisions_routed(traffic: LoadGenerator, serving_pods: ServingPods) -> set[str]:
+    """The revisions of the endpoints the load generator currently routes to."""
+    revision_at = {ip: p.revision for ip, p in serving_pods.by_ip().items()}
+    routing = traffic.routing()
+    return {revision_at.get(e.ip, e.ip) for eps in routing.endpoints.values() for e in eps}
+
+
 def events(cluster: Cluster, namespace: str) -> list[str]:
     items = cluster.get_json(
         "events", "-n", namespace, "--field-selector", f"involvedObject.name={NAME}"
@@ -168,6 +175,11 @@ def test_good_version_goes_10_50_100_and_is_promoted(
     # The old revision is gone and every request now goes to 2.0.0 pods, all answered.
     wait_until(
         lambda: len(serving_pods.select(revision=old)) == 0, timeout=30, what="old pods gone"
+    )
+    wait_until(
+        lambda: revisions_routed(traffic, serving_pods) == {final["stable"]["name"]},
+        timeout=10,
+        what="the load generator routes to the new revision only",
     )
     mark = traffic.mark()
     time.sleep(2)
@@ -211,6 +223,11 @@ def test_a_version_that_rejects_live_inputs_is_rolled_back(
     )
     wait_until(
         lambda: not serving_pods.select(revision=canary_dep), timeout=30, what="no canary pod"
+    )
+    wait_until(
+        lambda: revisions_routed(traffic, serving_pods) == {stable},
+        timeout=10,
+        what="the load generator routes to stable only",
     )
     mark = traffic.mark()
     time.sleep(2)
