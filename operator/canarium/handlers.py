@@ -37,7 +37,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     # Only the children the operator made are watched (server-side label selectors).
-    for plural in ("deployments", "services", "horizontalpodautoscalers", "httproutes"):
+    for _group, _version, plural in CHILDREN:
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
     controller = Controller(
@@ -72,21 +72,18 @@ def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
     _controller(memo).on_policy(event["type"], dict(event["object"]))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+# The children the operator makes: every event of one goes to its ModelDeployment.
+CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("gateway.networking.k8s.io", "v1", "httproutes"),  # where the Gateway API is installed
+)
+
+
+def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_child(event["type"], dict(event["object"]))
 
 
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).on_child(event["type"], dict(event["object"]))
-
-
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
-def hpa_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).on_child(event["type"], dict(event["object"]))
-
-
-@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
-def httproute_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).on_child(event["type"], dict(event["object"]))
+for _group, _version, _plural in CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_plural}-event")(child_event)

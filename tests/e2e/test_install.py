@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import yaml
 from kubernetes import client
 
 from tests.e2e.cluster import REPO, Cluster, wait_until
+from tests.e2e.gomod import module_dir, versions
 
 INSTALL = REPO / "manifests" / "install"
 MONITORING = REPO / "manifests" / "monitoring"
@@ -91,19 +91,6 @@ def test_install_manifests_pass_server_dry_run(cluster: Cluster, namespace: str)
     assert "canarium-operator-psa serverside-applied (server dry run)" in out, out
 
 
-def _go() -> str | None:
-    return shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
-
-
-def _versions() -> dict[str, str]:
-    text = (REPO / "hack" / "versions.env").read_text()
-    return dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
-    )
-
-
 @pytest.fixture
 def monitoring_crds(cluster: Cluster) -> Iterator[None]:
     """The Prometheus Operator CRDs the monitoring manifests need: the cluster's own if it has
@@ -113,24 +100,9 @@ def monitoring_crds(cluster: Cluster) -> Iterator[None]:
     if present.returncode == 0:
         yield
         return
-    go = _go()
-    if go is None:
-        pytest.skip("no monitoring.coreos.com CRDs in the cluster and no Go to fetch them")
-    version = _versions()["PROMETHEUS_OPERATOR_VERSION"]
+    version = versions()["PROMETHEUS_OPERATOR_VERSION"]
     module = f"github.com/prometheus-operator/prometheus-operator@{version}"
-    proc = subprocess.run(
-        [go, "mod", "download", "-json", module],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path.home(),
-        env={**os.environ, "GOFLAGS": "-mod=mod"},
-    )
-    info = json.loads(proc.stdout or "{}")
-    if proc.returncode != 0 or "Dir" not in info:
-        pytest.skip(f"cannot download {module}: {info.get('Error') or proc.stderr}")
-    crd_dir = Path(info["Dir"]) / "example" / "prometheus-operator-crd"
+    crd_dir = module_dir(module) / "example" / "prometheus-operator-crd"
     files = [str(crd_dir / f"monitoring.coreos.com_{plural}.yaml") for plural in MONITORING_CRDS]
     cluster.kubectl("apply", "--server-side", *(a for f in files for a in ("-f", f)))
     cluster.kubectl(
