@@ -19,7 +19,6 @@ from canarium.api import (
     CONDITION_READY,
     Condition,
     ModelDeployment,
-    ModelDeploymentSpec,
     ModelDeploymentStatus,
     RevisionStatus,
     RolloutPolicySpec,
@@ -43,8 +42,8 @@ from canarium.rollout import (
     AnalysisRun,
     Decision,
     Event,
+    RevisionObservation,
     RevisionPlan,
-    RevisionState,
     RolloutInput,
     decide,
     effective_weights,
@@ -69,29 +68,6 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds; None: wait for the next watch event
-
-
-@dataclass(frozen=True)
-class RevisionObservation:
-    """What the operator sees of one revision's Deployment."""
-
-    name: str
-    rev_hash: str
-    spec: ModelDeploymentSpec | None  # the spec it was rendered from
-    created_as: str
-    replicas: int  # spec.replicas
-    ready_replicas: int
-    updated_replicas: int
-    up_to_date: bool  # the Deployment controller has seen the latest generation
-    deadline_exceeded: bool  # progressDeadlineSeconds passed without progress
-
-    @property
-    def ready(self) -> bool:
-        return (
-            self.up_to_date
-            and self.ready_replicas >= self.replicas > 0
-            and (self.updated_replicas >= self.replicas)
-        )
 
 
 def observe_deployment(body: dict[str, Any]) -> RevisionObservation:
@@ -142,17 +118,7 @@ def rollout_input(inp: ReconcileInput) -> RolloutInput | None:
         desired=revision_name(mdep.metadata.name, revision_hash(mdep.spec)),
         status=mdep.status,
         policy=inp.policy,
-        revisions={
-            name: RevisionState(
-                name=obs.name,
-                spec=obs.spec,
-                replicas=obs.replicas,
-                ready_replicas=obs.ready_replicas,
-                ready=obs.ready,
-                deadline_exceeded=obs.deadline_exceeded,
-            )
-            for name, obs in inp.revisions.items()
-        },
+        revisions=inp.revisions,
         now=inp.now,
         router=mdep.spec.traffic.router,
         analysis_run=inp.analysis_run,

@@ -67,15 +67,26 @@ class AnalysisRun:
 
 
 @dataclass(frozen=True)
-class RevisionState:
-    """What the state machine needs to know of an observed revision."""
+class RevisionObservation:
+    """What the operator sees of one revision's Deployment."""
 
     name: str
-    spec: ModelDeploymentSpec | None
-    replicas: int
+    rev_hash: str
+    spec: ModelDeploymentSpec | None  # the spec it was rendered from
+    created_as: str
+    replicas: int  # spec.replicas
     ready_replicas: int
-    ready: bool
-    deadline_exceeded: bool
+    updated_replicas: int
+    up_to_date: bool  # the Deployment controller has seen the latest generation
+    deadline_exceeded: bool  # progressDeadlineSeconds passed without progress
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.up_to_date
+            and self.ready_replicas >= self.replicas > 0
+            and (self.updated_replicas >= self.replicas)
+        )
 
 
 @dataclass
@@ -104,7 +115,7 @@ class RolloutInput:
     desired: str  # the revision the spec asks for
     status: ModelDeploymentStatus
     policy: RolloutPolicySpec
-    revisions: dict[str, RevisionState]
+    revisions: dict[str, RevisionObservation]
     now: datetime
     router: str  # "replicas" or "gatewayAPI"
     analysis_run: AnalysisRun | None = None
@@ -208,7 +219,7 @@ class _Machine:
     def after(self, seconds: float) -> None:
         self.requeue.append(seconds)
 
-    def observed(self, name: str | None) -> RevisionState | None:
+    def observed(self, name: str | None) -> RevisionObservation | None:
         return self.inp.revisions.get(name) if name else None
 
     def ready_count(self, name: str | None) -> int:
@@ -751,8 +762,8 @@ class _Machine:
         return decision
 
 
-def _none() -> RevisionState:
-    return RevisionState("", None, 0, 0, False, False)
+def _none() -> RevisionObservation:
+    return RevisionObservation("", "", None, "", 0, 0, 0, False, False)
 
 
 def _fmt(value: float | None) -> str:

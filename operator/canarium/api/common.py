@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "canarium.dev"
@@ -192,6 +192,20 @@ class SpecModel(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The object as the API server would store it (camelCase, unset optionals omitted)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ApiObject(SpecModel):
+    """Base of a whole API object as the API server returns it: unknown top-level keys are
+    ignored, and a null or absent status is the status' defaults."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerate_null_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("status") is None:
+            data = {k: v for k, v in data.items() if k != "status"}
+        return data
 
 
 class StatusModel(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from canarium_serving import contract
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -14,6 +14,7 @@ from canarium.api.common import (
     INT64,
     LABEL_VALUE_PATTERN,
     LIST_SET,
+    ApiObject,
     DnsLabel,
     DnsSubdomain,
     ObjectMeta,
@@ -415,15 +416,13 @@ class ModelDeploymentSpec(SpecModel):
     )
 
 
-class ModelDeployment(SpecModel):
+class ModelDeployment(ApiObject):
     """A model served behind a stable endpoint, with canary rollouts of new versions.
 
     `ModelDeployment.model_validate(obj)` parses a whole object as the API server returns it:
     metadata is read leniently, unknown top-level keys are ignored, status may be absent, and
     spec defaults are applied as the API server applies them.
     """
-
-    model_config = ConfigDict(extra="ignore", frozen=False)
 
     KIND: ClassVar[str] = "ModelDeployment"
     PLURAL: ClassVar[str] = "modeldeployments"
@@ -435,10 +434,3 @@ class ModelDeployment(SpecModel):
     status: ModelDeploymentStatus = Field(
         default_factory=ModelDeploymentStatus, description="Observed state."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tolerate_null_status(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("status") is None:
-            data = {k: v for k, v in data.items() if k != "status"}
-        return data

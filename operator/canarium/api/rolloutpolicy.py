@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -10,6 +10,7 @@ from canarium.api.common import (
     API_VERSION,
     HTTP_HEADER_NAME_PATTERN,
     INT64,
+    ApiObject,
     Condition,
     DnsLabel,
     Duration,
@@ -386,11 +387,9 @@ class RolloutPolicyStatus(StatusModel):
 PolicyKind = Literal["RolloutPolicy"]
 
 
-class RolloutPolicy(SpecModel):
+class RolloutPolicy(ApiObject):
     """A reusable rollout strategy, referenced by ModelDeployments through
     spec.rollout.policyRef. Parse a raw object from the API server with `model_validate`."""
-
-    model_config = ConfigDict(extra="ignore", frozen=False)
 
     KIND: ClassVar[str] = "RolloutPolicy"
     PLURAL: ClassVar[str] = "rolloutpolicies"
@@ -402,10 +401,3 @@ class RolloutPolicy(SpecModel):
     status: RolloutPolicyStatus = Field(
         default_factory=RolloutPolicyStatus, description="Observed state."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tolerate_null_status(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("status") is None:
-            data = {k: v for k, v in data.items() if k != "status"}
-        return data
