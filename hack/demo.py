@@ -186,7 +186,7 @@ def story(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, pods: An
     apply(models.good_v1, "1.0.0")
     kubectl("wait", "--for=condition=Ready", "mdep/iris", "-n", NAMESPACE, "--timeout=120s")
     pods.wait_serving(count=4, timeout=60)
-    load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=40, duration=600,
+    load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=100, duration=600,
                          probe=pods.probe_ready)  # fmt: skip
     load.start()
     kubectl("get", "mdep", "-n", NAMESPACE)

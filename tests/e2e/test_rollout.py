@@ -25,9 +25,9 @@ KUBECTL_CANARIUM = Path(sys.executable).parent / "kubectl-canarium"
 def policy(
     *,
     steps: list[dict[str, Any]] | None = None,
-    interval: str = "3s",
+    interval: str = "4s",
     failure_limit: int = 1,
-    min_samples: int = 15,
+    min_samples: int = 40,
     checks: dict[str, Any] | None = None,
     provider: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -151,7 +151,8 @@ def test_good_version_goes_10_50_100_and_is_promoted(
     load: Callable[..., LoadGenerator],
 ) -> None:
     old = start_v1(cluster, namespace, models, serving_pods, policy())
-    traffic = load(NAME, models.x, rate=60, duration=120)
+    # At 10% (one canary pod of five) drift needs 60 canary predictions per 4 s interval.
+    traffic = load(NAME, models.x, rate=120, duration=120)
     traffic.start()
     time.sleep(1)
     deploy(cluster, namespace, models.good_v2, "2.0.0", policy())
@@ -186,7 +187,8 @@ def test_good_version_goes_10_50_100_and_is_promoted(
     after = traffic.results_since(mark)
     assert after, "traffic kept flowing"
     assert revisions_of(serving_pods, after) == {final["stable"]["name"]}
-    assert set(traffic.statuses()) == {200}, traffic.statuses()
+    failed = [(r.t, r.ip, r.status, r.error) for r in traffic.results if r.status != 200]
+    assert not failed, failed[:10]
 
 
 def test_a_version_that_rejects_live_inputs_is_rolled_back(
@@ -341,7 +343,8 @@ def test_pause_waits_for_promote_abort_rolls_back_retry_starts_again(
     )
     assert [h["outcome"] for h in final["history"][:2]] == ["Promoted", "Aborted"]
     assert "Promoted" in canary_cli(cluster, namespace, "status")
-    assert set(traffic.statuses()) == {200}
+    failed = [(r.t, r.ip, r.status, r.error) for r in traffic.results if r.status != 200]
+    assert not failed, failed[:10]
 
 
 def test_gateway_api_router_writes_exact_weights(

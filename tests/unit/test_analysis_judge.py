@@ -321,17 +321,19 @@ def test_prediction_drift_needs_enough_stable_samples() -> None:
 
 def test_prediction_drift_of_regressors_with_different_edges() -> None:
     a = spec({"predictionDrift": {"maxPSI": 0.1}})
-    stable = metrics(prediction_value_buckets={"variable": cumulative([25, 25, 25, 25], [0, 1, 2])})
+    stable = metrics(
+        prediction_value_buckets={"variable": cumulative([250, 250, 250, 250], [0, 1, 2])}
+    )
     # Same distribution, other edges (uniform within [0, 2]): interpolation keeps it equal.
     canary = metrics(
         prediction_value_buckets={
-            "variable": cumulative([25, 12.5, 25, 12.5, 25], [0, 0.5, 1.5, 2])
+            "variable": cumulative([250, 125, 250, 125, 250], [0, 0.5, 1.5, 2])
         }
     )
     m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
     assert m.verdict == "Passed"
     assert m.value == pytest.approx(0.0, abs=1e-9)
-    moved = metrics(prediction_value_buckets={"variable": cumulative([0, 0, 10, 90], [0, 1, 2])})
+    moved = metrics(prediction_value_buckets={"variable": cumulative([0, 0, 100, 900], [0, 1, 2])})
     assert judge(a, moved, stable, NOW).verdict == "Failed"
     apart = metrics(prediction_value_buckets={"variable": cumulative([50, 50], [100])})
     m = by_check(judge(a, apart, stable, NOW))["predictionDrift"]
@@ -739,3 +741,18 @@ def test_prometheus_helpers() -> None:
         parse_answer({"status": "error", "errorType": "bad_data", "error": "x"})
     with pytest.raises(Exception, match="matrix"):
         parse_answer({"status": "success", "data": {"resultType": "matrix", "result": []}})
+
+
+def test_drift_on_too_few_observations_is_inconclusive_not_failed() -> None:
+    """Two samples of one distribution with few observations per bin often show a PSI over
+    0.25: that noise must hold a rollout, never roll a good version back."""
+    a = spec({"predictionDrift": {"maxPSI": 0.25}})
+    stable = metrics(requests=200, prediction_classes=classes({"0": 70, "1": 65, "2": 65}))
+    skewed_but_tiny = metrics(requests=17, prediction_classes=classes({"0": 2, "1": 12, "2": 3}))
+    m = by_check(judge(a, skewed_but_tiny, stable, NOW))["predictionDrift"]
+    assert m.verdict == "Inconclusive"
+    assert "17 canary predictions of 'label' < 60 for a reliable PSI over 3 bins" in (
+        m.reason or ""
+    )
+    enough = metrics(requests=90, prediction_classes=classes({"0": 10, "1": 70, "2": 10}))
+    assert by_check(judge(a, enough, stable, NOW))["predictionDrift"].verdict == "Failed"

@@ -100,6 +100,22 @@ def check_latency(canary: RevisionMetrics, limit_ms: float) -> _Result:
     return _at_most(p99 * 1000.0, limit_ms, "p99 ms")
 
 
+# PSI over few observations is mostly noise, and biased upwards: two samples of the same
+# distribution with ~10 per bin routinely exceed 0.25. A drift check judges only with at least
+# this many observations per bin on each side; fewer is Inconclusive (it holds, never fails).
+MIN_PER_BIN = 20
+
+
+def _too_few(what: str, count: float, bins: int) -> str | None:
+    need = MIN_PER_BIN * max(bins, 1)
+    if count < need:
+        return (
+            f"{_num(count)} {what} < {need} for a reliable PSI over {bins} bins "
+            f"({MIN_PER_BIN} per bin)"
+        )
+    return None
+
+
 def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float, str] | str | None:
     """Largest PSI over classifier outputs: (psi, output); None if there are no classifier
     outputs; a reason string when they cannot be compared."""
@@ -119,6 +135,10 @@ def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float,
         if sum(actual) <= 0 or sum(expected) <= 0:
             who = "canary" if sum(actual) <= 0 else "stable"
             return f"no predictions of output {output!r} from {who}"
+        for who, counts in (("canary", actual), ("stable", expected)):
+            too_few = _too_few(f"{who} predictions of {output!r}", sum(counts), len(classes))
+            if too_few:
+                return too_few
         value = psi(expected, actual)
         if worst is None or value > worst[0]:
             worst = (value, output)
@@ -139,6 +159,11 @@ def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float,
         aligned = align(s_hist, c_hist)
         if aligned is None:
             return f"the versions' histograms of output {output!r} do not overlap"
+        bins = len(aligned[0])
+        for who, hist in (("canary", c_hist), ("stable", s_hist)):
+            too_few = _too_few(f"{who} predictions of {output!r}", hist[math.inf], bins)
+            if too_few:
+                return too_few
         value = psi(*aligned)
         if worst is None or value > worst[0]:
             worst = (value, output)
@@ -170,6 +195,7 @@ def check_data_drift(canary: RevisionMetrics, limit: float) -> _Result:
     if not canary.reference_input_ratios:
         return _inconclusive("the model has no reference input statistics")
     worst: tuple[float, str] | None = None
+    too_few: str | None = None
     for feature in sorted(canary.reference_input_ratios):
         live = canary.input_feature_buckets.get(feature, {})
         if live.get(math.inf, 0.0) <= 0:
@@ -177,11 +203,14 @@ def check_data_drift(canary: RevisionMetrics, limit: float) -> _Result:
         aligned = align(canary.reference_input_ratios[feature], live)
         if aligned is None:
             return _inconclusive(f"feature {feature!r}: live and reference buckets differ")
+        too_few = _too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
+        if too_few:
+            continue
         value = psi(*aligned)
         if worst is None or value > worst[0]:
             worst = (value, feature)
     if worst is None:
-        return _inconclusive("no live input observations")
+        return _inconclusive(too_few or "no live input observations")
     value, feature = worst
     return _at_most(value, limit, f"largest PSI, feature {feature!r}, vs reference")
 
