@@ -56,6 +56,7 @@ class Endpoint:
     service: str
     ip: str
     port: int
+    pod_uid: str = ""  # the pod behind it (kwok may hand a deleted pod's IP to a new one)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ def endpoints_by_selector(service: Any, pods: Iterable[Any]) -> list[Endpoint]:
                     if p.name == target:
                         port = p.container_port
         if port is not None:
-            out.append(Endpoint(service.metadata.name, pod.status.pod_ip, port))
+            out.append(
+                Endpoint(service.metadata.name, pod.status.pod_ip, port, pod.metadata.uid or "")
+            )
     return sorted(out, key=lambda e: e.ip)
 
 
@@ -217,7 +220,7 @@ class LoadGenerator:
         timeout: float = 5.0,
         seed: int = 0,
         selector_fallback: bool = True,
-        probe: Callable[[str], bool] | None = None,
+        probe: Callable[[str, str], bool] | None = None,
         route: str | None = None,
     ) -> None:
         if router not in ("replicas", "gatewayAPI"):
@@ -414,7 +417,8 @@ class LoadGenerator:
                 if ready is False:  # nil means ready (EndpointConditions)
                     continue
                 for ip in ep.addresses or []:
-                    item = Endpoint(service, ip, port)
+                    target = ep.target_ref.uid if ep.target_ref and ep.target_ref.uid else ""
+                    item = Endpoint(service, ip, port, target)
                     if item not in endpoints[service]:
                         endpoints[service].append(item)
         missing = wanted - listed
@@ -435,7 +439,9 @@ class LoadGenerator:
                     sources[service] = "selector"
         if self.probe is not None:
             probe = self.probe
-            endpoints = {s: [e for e in eps if probe(e.ip)] for s, eps in endpoints.items()}
+            endpoints = {
+                s: [e for e in eps if probe(e.ip, e.pod_uid)] for s, eps in endpoints.items()
+            }
         return endpoints, sources
 
     def _choose_rule(self, routing: Routing) -> Rule | None:

@@ -176,12 +176,20 @@ class ServingPods:
         self.stop()
 
     # --- queries -----------------------------------------------------------------------------
-    def probe_ready(self, ip: str) -> bool:
+    def probe_ready(self, ip: str, pod_uid: str = "") -> bool:
         """The readiness probe the kubelet would run for the pod at `ip` (kwok marks pods
         Ready without running one): its server process answers /v2/health/ready with 200.
-        Once ready, a process stays ready until it stops (no re-probe on every refresh)."""
+        With `pod_uid`, only that pod's process counts (kwok may give a deleted pod's IP to a
+        new pod at once). Once ready, a process stays ready until it stops."""
         with self._lock:
-            proc = next((p for p in self._procs.values() if p.ip == ip), None)
+            proc = next(
+                (
+                    p
+                    for p in self._procs.values()
+                    if p.ip == ip and (not pod_uid or p.uid == pod_uid)
+                ),
+                None,
+            )
         if proc is None or not proc.running():
             return False
         if proc.uid in self._probed:

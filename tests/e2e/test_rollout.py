@@ -333,7 +333,16 @@ def test_pause_waits_for_promote_abort_rolls_back_retry_starts_again(
     assert aborted["canary"]["weight"] == 0
 
     canary_cli(cluster, namespace, "retry")
-    wait_status(cluster, namespace, lambda s: s.get("phase") == "Paused", "paused again")
+    again = wait_status(cluster, namespace, lambda s: s.get("phase") == "Paused", "paused again")
+    # kwok marks a pod Ready at once; a kubelet would wait for the readiness probe. Promote only
+    # once the canary's real server is ready, as the operator would see it on a real node.
+    canary = again["canary"]["name"]
+    serving_pods.wait_serving(revision=canary, count=1, timeout=30)
+    wait_until(
+        lambda: canary in revisions_routed(traffic, serving_pods),
+        timeout=10,
+        what="traffic reaching the canary",
+    )
     canary_cli(cluster, namespace, "promote")
     final = wait_status(
         cluster,
