@@ -48,6 +48,7 @@ from canarium.rollout import (
     decide,
     effective_weights,
     push_history,
+    serving_phase,
 )
 from canarium.settings import Settings
 
@@ -191,15 +192,18 @@ def replace_decision(inp: ReconcileInput) -> Decision:
     status.bake_until = None
     status.analysis = None
 
-    newest = canary_obs if canary_name else stable_obs
-    if newest is not None and newest.deadline_exceeded and not newest.ready:
+    if canary_name is None:
+        reason = serving_phase(
+            status, stable_name, stable_spec.model.version, stable_obs, status.stable.replicas
+        )
+    elif canary_obs is not None and canary_obs.deadline_exceeded:
         status.phase = "Degraded"
         reason = "ProgressDeadlineExceeded"
         status.message = (
-            f"revision {newest.name} did not become Ready within "
-            f"{inp.settings.progress_deadline_seconds}s"
-        ) + (f"; traffic stays on {stable_name}" if canary_name else "")
-    elif canary_name:
+            f"revision {canary_name} did not become Ready within "
+            f"{inp.settings.progress_deadline_seconds}s; traffic stays on {stable_name}"
+        )
+    else:
         status.phase = "Progressing"
         reason = "NewRevisionNotReady"
         status.message = (
@@ -207,14 +211,6 @@ def replace_decision(inp: ReconcileInput) -> Decision:
             f"{canary_ready}/{status.canary.replicas if status.canary else 0} ready; "
             f"{stable_name} keeps serving"
         )
-    elif stable_obs is not None and stable_obs.ready:
-        status.phase = "Healthy"
-        reason = "Available"
-        status.message = f"model {stable_spec.model.version} served by {stable_name}"
-    else:
-        status.phase = "Progressing"
-        reason = "ReplicasNotReady"
-        status.message = f"revision {stable_name} {stable_ready}/{status.stable.replicas} ready"
 
     plans = [RevisionPlan(stable_name, stable_spec, replicas, "stable")]
     if canary_name:

@@ -170,6 +170,30 @@ def push_history(
     status.history = [entry, *status.history][:MAX_HISTORY]
 
 
+def serving_phase(
+    status: ModelDeploymentStatus,
+    name: str,
+    version: str,
+    observed: RevisionObservation | None,
+    desired_pods: int | None,
+) -> str:
+    """Phase and message when one revision serves everything; returns the condition reason."""
+    if observed is not None and observed.ready:
+        status.phase = "Healthy"
+        status.message = f"model {version} served by {name}"
+        return "Available"
+    if observed is not None and observed.deadline_exceeded:
+        status.phase = "Degraded"
+        status.message = f"revision {name} did not become Ready within its progress deadline"
+        return "ProgressDeadlineExceeded"
+    ready = observed.ready_replicas if observed else 0
+    status.phase = "Progressing"
+    status.message = (
+        f"revision {name} {ready}/{desired_pods if desired_pods is not None else '?'} ready"
+    )
+    return "ReplicasNotReady"
+
+
 def analysis_due(inp: RolloutInput) -> bool:
     """Whether the controller should measure before reconciling: the canary takes traffic (or a
     promoted revision bakes) and an interval has passed since the last measurement."""
@@ -400,19 +424,9 @@ class _Machine:
         self.status.current_step = None
         self.status.step_started_at = None
         self.set_serving_status(name, inp.spec.model.version, replicas, None, None, 0)
-        obs = self.observed(name)
-        if obs is not None and obs.deadline_exceeded and not obs.ready:
-            self.status.phase = "Degraded"
-            self.status.message = f"revision {name} did not become Ready in time"
-            reason = "ProgressDeadlineExceeded"
-        elif obs is not None and obs.ready:
-            self.status.phase = "Healthy"
-            self.status.message = f"model {inp.spec.model.version} served by {name}"
-            reason = "Available"
-        else:
-            self.status.phase = "Progressing"
-            self.status.message = f"revision {name} {self.ready_count(name)}/{self.total} ready"
-            reason = "ReplicasNotReady"
+        reason = serving_phase(
+            self.status, name, inp.spec.model.version, self.observed(name), self.total
+        )
         return self.decision(
             [RevisionPlan(name, inp.spec, replicas, "stable")], name, None, 0, reason
         )
@@ -463,19 +477,9 @@ class _Machine:
             status.bake_until = None
             status.analysis = None
         self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
-        obs = self.observed(stable)
-        if obs is not None and obs.ready:
-            status.phase = "Healthy"
-            status.message = f"model {stable_spec.model.version} served by {stable}"
-            reason = "Available"
-        elif obs is not None and obs.deadline_exceeded:
-            status.phase = "Degraded"
-            status.message = f"revision {stable} did not become Ready in time"
-            reason = "ProgressDeadlineExceeded"
-        else:
-            status.phase = "Progressing"
-            status.message = f"revision {stable} {self.ready_count(stable)}/{self.total} ready"
-            reason = "ReplicasNotReady"
+        reason = serving_phase(
+            status, stable, stable_spec.model.version, self.observed(stable), self.total
+        )
         status.analysis = None if status.previous is None else status.analysis
         return self.decision(plans, stable, None, 0, reason)
 
@@ -670,9 +674,9 @@ class _Machine:
         status = self.status
         replicas = None if self.autoscaled else self.total
         # Never leave nothing serving: the canary goes to zero once stable has a ready pod.
-        canary_replicas = (
-            0 if self.ready_count(stable) > 0 else (self.observed(canary) or _none()).replicas
-        )
+        canary_obs = self.observed(canary)
+        keep = canary_obs.replicas if canary_obs else 0
+        canary_replicas = 0 if self.ready_count(stable) > 0 else keep
         self.set_serving_status(
             stable, stable_spec.model.version, replicas, canary, canary_replicas, 0
         )
@@ -753,17 +757,9 @@ class _Machine:
         )
         status.previous = None
         status.bake_until = None
-        status.stable = RevisionStatus(
-            name=previous, model_version=prev_obs.spec.model.version, replicas=self.total
-        )
-        self.status = status
         decision = self.hold_rolled_back(previous, prev_obs.spec, promoted)
         decision.reason = "AnalysisFailed"
         return decision
-
-
-def _none() -> RevisionObservation:
-    return RevisionObservation("", "", None, "", 0, 0, 0, False, False)
 
 
 def _fmt(value: float | None) -> str:
