@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a real Kubernetes control plane from Go modules into a cache outside the repository:
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, kwokctl.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd,
+# kwok, kwokctl.
 # Only the first run on a machine pays; later runs find the binaries and return at once.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
 bin="$cache/bin/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
-want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl)
+want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok kwokctl)
 
 missing=()
 for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
@@ -23,7 +24,7 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 log() { echo "[build-control-plane] $*" >&2; }
 
 build_kubernetes() {
-  log "kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
+  log "kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy)"
   local mod="$work/k8s"
   mkdir -p "$mod" && cd "$mod"
   go mod init canarium.local/k8sbuild >/dev/null 2>&1
@@ -41,7 +42,8 @@ build_kubernetes() {
     ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
   local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+              k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+              k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
   for p in "${pkgs[@]}"; do go get "$p@$KUBERNETES_VERSION" >/dev/null; done
   go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin/" "${pkgs[@]}"
 }
@@ -63,7 +65,7 @@ build_kwok() {
 start=$(date +%s)
 for b in "${missing[@]}"; do
   case $b in
-    kube-*|kubectl) [ -n "${done_k8s:-}" ] || { build_kubernetes; done_k8s=1; } ;;
+    kube-*|kubectl|kubelet) [ -n "${done_k8s:-}" ] || { build_kubernetes; done_k8s=1; } ;;
     etcd) build_etcd ;;
     kwok|kwokctl) [ -n "${done_kwok:-}" ] || { build_kwok; done_kwok=1; } ;;
   esac
