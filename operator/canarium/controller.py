@@ -28,6 +28,7 @@ from canarium import metrics
 from canarium.analysis import AnalysisTarget, judge, provider_for
 from canarium.api import MetricsProvider, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
+from canarium.pods import pod_failure
 from canarium.reconcile import (
     Plan,
     ReconcileInput,
@@ -35,7 +36,13 @@ from canarium.reconcile import (
     reconcile,
     rollout_input,
 )
-from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, hash_of_revision
+from canarium.render import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_REVISION,
+    MANAGER,
+    hash_of_revision,
+)
 from canarium.rollout import AnalysisRun, analysis_due
 from canarium.settings import Settings
 
@@ -69,6 +76,24 @@ def _slim(body: dict[str, Any]) -> dict[str, Any]:
         if entry.get("manager") != MANAGER and entry.get("subresource", "") in ("", "scale")
     ]
     return body
+
+
+def _slim_pod(body: dict[str, Any]) -> dict[str, Any]:
+    """What the controller keeps of a serving pod: what says whether it starts."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "labels", "resourceVersion", "deletionTimestamp")
+            if key in meta
+        },
+        "status": {
+            key: copy.deepcopy(status[key])
+            for key in ("phase", "conditions", "containerStatuses")
+            if key in status
+        },
+    }
 
 
 def _owns_any(fields: dict[str, Any], manifest: Any) -> bool:
@@ -153,6 +178,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         self._analysed: dict[Key, set[str]] = defaultdict(set)
+        # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
+        # start (their container statuses).
+        self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
 
     # --- watch events ------------------------------------------------------------------------
     def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -186,6 +214,39 @@ class Controller:
             by_owner[meta["name"]] = _slim(body)
         if notify:
             self.enqueue(key)
+
+    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A serving pod changed. Its ModelDeployment is reconciled only when what the pod
+        says about failing to start changes (readiness reaches it through the Deployment)."""
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) != MANAGER or LABEL_DEPLOYMENT not in labels:
+            return
+        key = (meta["namespace"], labels[LABEL_DEPLOYMENT])
+        by_owner = self.pods[key]
+        cached = by_owner.get(meta["name"])
+        if event_type == "DELETED":
+            by_owner.pop(meta["name"], None)
+            if not by_owner:
+                self.pods.pop(key, None)
+            changed = cached is not None and pod_failure(cached) is not None
+        else:
+            if cached is not None and _resource_version(cached) > _resource_version(body):
+                return
+            slim = _slim_pod(body)
+            by_owner[meta["name"]] = slim
+            before = pod_failure(cached) if cached is not None else None
+            changed = pod_failure(slim) != before
+        if changed and key in self.mdeps:
+            self.enqueue(key)
+
+    def pods_of(self, key: Key, rev_hash: str) -> list[dict[str, Any]]:
+        """The cached pods of one revision of a ModelDeployment."""
+        return [
+            pod
+            for pod in self.pods.get(key, {}).values()
+            if (pod["metadata"].get("labels") or {}).get(LABEL_REVISION) == rev_hash
+        ]
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -226,6 +287,7 @@ class Controller:
         self._failures.pop(key, None)
         for kind in self.children.values():
             kind.pop(key, None)
+        self.pods.pop(key, None)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -238,8 +300,8 @@ class Controller:
                 max_workers=max(16, 4 * self.worker_count), thread_name_prefix="kube"
             )
         )
+        scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
         for api_version, kind in CHILD_KINDS:
-            scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
             for ns in scopes:
                 try:
                     items = await self.kube.list(
@@ -257,6 +319,15 @@ class Controller:
                     if LABEL_DEPLOYMENT in labels:
                         owner = (meta["namespace"], labels[LABEL_DEPLOYMENT])
                         self.children[kind][owner].setdefault(meta["name"], _slim(item))
+        # The serving pods too, so that the first reconcile after a restart sees why a
+        # revision does not start.
+        for ns in scopes:
+            for item in await self.kube.list(
+                "v1", "Pod", ns, labels=f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_DEPLOYMENT}"
+            ):
+                meta = item["metadata"]
+                owner = (meta["namespace"], (meta.get("labels") or {})[LABEL_DEPLOYMENT])
+                self.pods[owner].setdefault(meta["name"], _slim_pod(item))
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"canarium-worker-{i}")
             for i in range(self.worker_count)
@@ -335,7 +406,10 @@ class Controller:
         mdep = ModelDeployment.model_validate(body)
         policy, policy_error = self._policy_for(mdep)
         revisions = {
-            name: observe_deployment(dep)
+            name: observe_deployment(
+                dep,
+                self.pods_of(key, (dep["metadata"].get("labels") or {}).get(LABEL_REVISION, "")),
+            )
             for name, dep in self.children["Deployment"].get(key, {}).items()
         }
         hpas = frozenset(self.children["HorizontalPodAutoscaler"].get(key, {}))

@@ -37,7 +37,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     # Only the children the operator made are watched (server-side label selectors).
-    for _group, _version, plural in CHILDREN:
+    for _group, _version, plural in (*CHILDREN, POD):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
     controller = Controller(
@@ -87,3 +87,12 @@ def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 for _group, _version, _plural in CHILDREN:
     kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_plural}-event")(child_event)
+
+
+# The serving pods (they carry the revision's labels): why a revision does not start.
+POD = ("", "v1", "pods")
+
+
+@kopf.on.event(*POD, labels=MANAGED, id="pods-event")
+def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).on_pod(event["type"], dict(event["object"]))

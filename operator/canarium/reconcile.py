@@ -7,6 +7,7 @@ records the events. Running it twice on the same input gives the same plan.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from canarium.api import (
     RevisionStatus,
     RolloutPolicySpec,
 )
+from canarium.pods import revision_failures
 from canarium.render import (
     ANNOTATION_CREATED_AS,
     LABEL_REVISION,
@@ -71,8 +73,11 @@ class Plan:
     requeue_after: float | None = None  # seconds; None: wait for the next watch event
 
 
-def observe_deployment(body: dict[str, Any]) -> RevisionObservation:
-    """Summarise a revision Deployment as the API server returns it."""
+def observe_deployment(
+    body: dict[str, Any], pods: Iterable[dict[str, Any]] = ()
+) -> RevisionObservation:
+    """Summarise a revision Deployment and its pods (those with its revision label) as the
+    API server returns them."""
     meta = body.get("metadata", {})
     spec = body.get("spec", {})
     status = body.get("status") or {}
@@ -83,6 +88,7 @@ def observe_deployment(body: dict[str, Any]) -> RevisionObservation:
         and c.get("reason") == "ProgressDeadlineExceeded"
         for c in conditions
     )
+    failure, failing = revision_failures(pods)
     return RevisionObservation(
         name=meta.get("name", ""),
         rev_hash=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
@@ -93,13 +99,15 @@ def observe_deployment(body: dict[str, Any]) -> RevisionObservation:
         updated_replicas=int(status.get("updatedReplicas", 0)),
         up_to_date=int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 1)),
         deadline_exceeded=deadline,
+        failure=failure,
+        failing_pods=failing,
     )
 
 
 @dataclass(frozen=True)
 class ReconcileInput:
     mdep: ModelDeployment
-    revisions: dict[str, RevisionObservation]  # observed revision Deployments by name
+    revisions: dict[str, RevisionObservation]  # observed revision Deployments (and pods) by name
     now: datetime
     settings: Settings
     hpas: frozenset[str] = frozenset()  # observed HorizontalPodAutoscaler names
@@ -196,6 +204,13 @@ def replace_decision(inp: ReconcileInput) -> Decision:
         reason = serving_phase(
             status, stable_name, stable_spec.model.version, stable_obs, status.stable.replicas
         )
+    elif canary_obs is not None and canary_obs.failed and canary_obs.failure is not None:
+        # Its pods do not start: said at once, not after the progress deadline. It is kept (and
+        # its Deployment keeps trying), so a fix elsewhere (a corrected ConfigMap, a pushed
+        # image) lets it replace the old revision; a new spec replaces it.
+        status.phase = "Degraded"
+        reason = canary_obs.failure.cause
+        status.message = f"{canary_obs.failure_message()}; traffic stays on {stable_name}"
     elif canary_obs is not None and canary_obs.deadline_exceeded:
         status.phase = "Degraded"
         reason = "ProgressDeadlineExceeded"
@@ -211,6 +226,8 @@ def replace_decision(inp: ReconcileInput) -> Decision:
             f"{canary_ready}/{status.canary.replicas if status.canary else 0} ready; "
             f"{stable_name} keeps serving"
         )
+        if canary_obs is not None and canary_obs.failure is not None:
+            status.message += f"; {canary_obs.failure.describe()}"
 
     plans = [RevisionPlan(stable_name, stable_spec, replicas, "stable")]
     if canary_name:

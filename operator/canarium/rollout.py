@@ -7,8 +7,10 @@ traffic to it (`setWeight`), wait (`pause: {duration}`) or wait for a person (`p
 analysis judges the canary at every interval while it takes traffic and during the bake after
 promotion. Inconclusive intervals (too little data) hold the rollout and never fail it;
 `failureLimit` failed intervals roll back: traffic to stable at once, the canary scaled to zero,
-phase Degraded, the spec left as the user wrote it. The operator does not retry that revision
-by itself: a new spec, reverting to the stable version, or `retry` moves on.
+phase Degraded, the spec left as the user wrote it. A canary whose pods fail to start (the
+model does not load, the image cannot be pulled: `PodFailure`, from canarium.pods) is rolled
+back the same way at once, without waiting for the progress deadline. The operator does not
+retry that revision by itself: a new spec, reverting to the stable version, or `retry` moves on.
 """
 
 from __future__ import annotations
@@ -66,9 +68,80 @@ class AnalysisRun:
     judgement: JudgementLike | None  # None: the first snapshot of a window was taken
 
 
+# Why a serving pod does not start, as the kubelet reports it (a container's waiting reason).
+# Each of these needs a person (or a fix elsewhere) and repeats until then. Not included:
+# ErrImagePull (a single failed pull; it turns into ImagePullBackOff when it lasts) and a
+# container that crashed once (kubelet restarts it at once; CrashLoopBackOff means it crashed
+# again). Pods that cannot be scheduled are left to the progress deadline (a cluster
+# autoscaler may still add a node).
+FailureReason = Literal[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+]
+# Typed causes of a revision that cannot serve (condition reasons and history causes).
+CAUSE_MODEL_LOAD_FAILED = "ModelLoadFailed"  # the server reported that the model did not load
+CAUSE_REVISION_FAILED = "RevisionFailed"  # the pods do not start for another reason
+# How canarium-serve starts its termination message (serving_image/canarium_serving/app.py);
+# only dropped from what is shown, never read to decide anything.
+SERVER_LOAD_FAILURE_PREFIX = "model not loaded: "
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """What one failing serving pod says. Messages are redacted and truncated already: they
+    go to status and events as they are."""
+
+    pod: str
+    container: str
+    reason: FailureReason
+    restart_count: int
+    # The container's last termination (a crash loop): exit code, the runtime's reason
+    # (Error, OOMKilled...) and the termination message the model server wrote.
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    termination_message: str | None = None
+    waiting_message: str | None = None  # the kubelet's detail (image pull, config errors)
+
+    @property
+    def cause(self) -> str:
+        """ModelLoadFailed when the server wrote why the model did not load (it writes its
+        termination log for that only); RevisionFailed for any other reason."""
+        if self.reason == "CrashLoopBackOff" and self.termination_message:
+            return CAUSE_MODEL_LOAD_FAILED
+        return CAUSE_REVISION_FAILED
+
+    def describe(self) -> str:
+        """One line for status and events."""
+        if self.reason == "CrashLoopBackOff":
+            facts = [f"exit code {self.exit_code}"] if self.exit_code is not None else []
+            if self.terminated_reason and self.terminated_reason != "Error":
+                facts.append(self.terminated_reason)  # OOMKilled, ContainerCannotRun...
+            restarts = self.restart_count
+            facts.append(f"{restarts} restart{'' if restarts == 1 else 's'}")
+            if self.termination_message:
+                why = self.termination_message.removeprefix(SERVER_LOAD_FAILURE_PREFIX)
+                return f"model failed to load in pod {self.pod} ({', '.join(facts)}): {why}"
+            return (
+                f"pod {self.pod} keeps crashing ({', '.join(facts)}); "
+                f"see `kubectl logs --previous {self.pod}`"
+            )
+        what = {
+            "ImagePullBackOff": "cannot pull its image",
+            "InvalidImageName": "has an invalid image name",
+            "ErrImageNeverPull": "cannot pull its image (imagePullPolicy Never)",
+        }.get(self.reason, "cannot start its container")
+        detail = f": {self.waiting_message}" if self.waiting_message else ""
+        return f"pod {self.pod} {what} ({self.reason}){detail}"
+
+
 @dataclass(frozen=True)
 class RevisionObservation:
-    """What the operator sees of one revision's Deployment."""
+    """What the operator sees of one revision's Deployment and of its pods."""
 
     name: str
     rev_hash: str
@@ -79,6 +152,9 @@ class RevisionObservation:
     updated_replicas: int
     up_to_date: bool  # the Deployment controller has seen the latest generation
     deadline_exceeded: bool  # progressDeadlineSeconds passed without progress
+    # The first (by name) of the revision's pods that fail to start, and how many fail.
+    failure: PodFailure | None = None
+    failing_pods: int = 0
 
     @property
     def ready(self) -> bool:
@@ -87,6 +163,19 @@ class RevisionObservation:
             and self.ready_replicas >= self.replicas > 0
             and (self.updated_replicas >= self.replicas)
         )
+
+    @property
+    def failed(self) -> bool:
+        """Its pods fail to start and none is ready: the revision cannot serve. One failing
+        pod beside ready ones (a node's trouble) is left to the progress deadline."""
+        return self.failure is not None and self.ready_replicas == 0
+
+    def failure_message(self) -> str:
+        if self.failure is None:
+            return ""
+        others = self.failing_pods - 1
+        more = f" (and {others} more failing pod{'s' if others > 1 else ''})" if others else ""
+        return f"revision {self.name}: {self.failure.describe()}{more}"
 
 
 @dataclass
@@ -163,9 +252,15 @@ def push_history(
     outcome: Outcome,
     now: datetime,
     reason: str,
+    cause: str | None = None,
 ) -> None:
     entry = HistoryEntry(
-        revision=revision, model_version=version, outcome=outcome, time=now, reason=reason[:1024]
+        revision=revision,
+        model_version=version,
+        outcome=outcome,
+        time=now,
+        reason=reason[:1024],
+        cause=cause,
     )
     status.history = [entry, *status.history][:MAX_HISTORY]
 
@@ -177,11 +272,18 @@ def serving_phase(
     observed: RevisionObservation | None,
     desired_pods: int | None,
 ) -> str:
-    """Phase and message when one revision serves everything; returns the condition reason."""
+    """Phase and message when one revision serves everything; returns the condition reason.
+
+    Pods that fail to start make it Degraded at once, for as long as they fail: the phase
+    follows the pods, so a fix (a new image, a corrected ConfigMap) makes it Healthy again."""
     if observed is not None and observed.ready:
         status.phase = "Healthy"
         status.message = f"model {version} served by {name}"
         return "Available"
+    if observed is not None and observed.failed and observed.failure is not None:
+        status.phase = "Degraded"
+        status.message = observed.failure_message()
+        return observed.failure.cause
     if observed is not None and observed.deadline_exceeded:
         status.phase = "Degraded"
         status.message = f"revision {name} did not become Ready within its progress deadline"
@@ -191,6 +293,8 @@ def serving_phase(
     status.message = (
         f"revision {name} {ready}/{desired_pods if desired_pods is not None else '?'} ready"
     )
+    if observed is not None and observed.failure is not None:
+        status.message += f"; {observed.failure.describe()}"
     return "ReplicasNotReady"
 
 
@@ -406,6 +510,24 @@ class _Machine:
         )
         if stable_name is None or stable_spec is None:
             return self.first_deploy()
+        if (
+            stable_name != inp.desired
+            and stable_obs is not None
+            and stable_obs.failed
+            and not self.is_rolled_back(inp.desired)
+        ):
+            # The stable revision cannot serve (e.g. a first revision whose model never
+            # loaded): there is nothing to protect and nothing to compare a canary with.
+            push_history(
+                status, stable_name, stable_spec.model.version, "Replaced", inp.now,
+                f"replaced by {inp.desired} while its own pods failed to start",
+            )  # fmt: skip
+            self.event(
+                "Normal", "Replaced",
+                f"{stable_name} cannot serve (its pods fail to start): {inp.desired} (model "
+                f"{inp.spec.model.version}) replaces it without a canary",
+            )  # fmt: skip
+            return self.first_deploy()
         self.record_analysis()
         if inp.desired == stable_name:
             return self.steady(stable_name, stable_spec)
@@ -509,11 +631,18 @@ class _Machine:
             return self.hold_rolled_back(stable, stable_spec, canary)
 
         canary_obs = self.observed(canary)
+        if canary_obs is not None and canary_obs.failed and canary_obs.failure is not None:
+            # Its pods do not start (the model does not load, the image cannot be pulled...):
+            # no need to wait for the progress deadline.
+            return self.rollback(
+                stable, stable_spec, canary, "RolledBack", canary_obs.failure_message(),
+                cause=canary_obs.failure.cause,
+            )  # fmt: skip
         if canary_obs is not None and canary_obs.deadline_exceeded and not canary_obs.ready:
             return self.rollback(
                 stable, stable_spec, canary, "RolledBack",
                 f"revision {canary} did not become Ready within its progress deadline",
-                reason="ProgressDeadlineExceeded",
+                cause="ProgressDeadlineExceeded",
             )  # fmt: skip
         if self.analysis_failed():
             return self.rollback(stable, stable_spec, canary, "RolledBack", self.failure_summary())
@@ -652,19 +781,20 @@ class _Machine:
         canary: str,
         outcome: Outcome,
         why: str,
-        reason: str | None = None,
+        cause: str | None = None,
     ) -> Decision:
+        """Roll the canary back: `cause` is the typed reason (the Degraded condition's), kept
+        in the history entry so that every later reconcile reports the same."""
         status = self.status
-        push_history(status, canary, self.inp.spec.model.version, outcome, self.inp.now, why)
+        cause = cause or ("AnalysisFailed" if outcome == "RolledBack" else "Aborted")
+        push_history(status, canary, self.inp.spec.model.version, outcome, self.inp.now, why, cause)
         status.phase = "Degraded"
         self.event(
             "Warning",
             "RolledBack" if outcome == "RolledBack" else "Aborted",
             f"{canary} rolled back, traffic back on {stable}: {why}",
         )
-        decision = self.hold_rolled_back(stable, stable_spec, canary)
-        decision.reason = reason or ("AnalysisFailed" if outcome == "RolledBack" else "Aborted")
-        return decision
+        return self.hold_rolled_back(stable, stable_spec, canary)
 
     def hold_rolled_back(
         self, stable: str, stable_spec: ModelDeploymentSpec, canary: str
@@ -696,10 +826,7 @@ class _Machine:
             RevisionPlan(stable, stable_spec, replicas, "stable"),
             RevisionPlan(canary, self.inp.spec, canary_replicas, "canary"),
         ]
-        reason = "AnalysisFailed" if last and last.outcome == "RolledBack" else "Aborted"
-        if last and last.reason and "progress deadline" in last.reason:
-            reason = "ProgressDeadlineExceeded"
-        return self.decision(plans, stable, canary, 0, reason)
+        return self.decision(plans, stable, canary, 0, rollback_cause(last))
 
     def promote(self, stable: str, stable_spec: ModelDeploymentSpec, canary: str) -> Decision:
         inp = self.inp
@@ -751,7 +878,10 @@ class _Machine:
             status.bake_until = None
             return self.steady(promoted, promoted_spec)
         why = self.failure_summary()
-        push_history(status, promoted, promoted_spec.model.version, "RolledBack", self.inp.now, why)
+        push_history(
+            status, promoted, promoted_spec.model.version, "RolledBack", self.inp.now, why,
+            "AnalysisFailed",
+        )  # fmt: skip
         self.event(
             "Warning", "RolledBack", f"{promoted} failed its bake, back to {previous}: {why}"
         )
@@ -760,6 +890,16 @@ class _Machine:
         decision = self.hold_rolled_back(previous, prev_obs.spec, promoted)
         decision.reason = "AnalysisFailed"
         return decision
+
+
+def rollback_cause(entry: HistoryEntry | None) -> str:
+    """The condition reason of a rolled-back or aborted revision, from its history entry."""
+    if entry is not None and entry.cause:
+        return entry.cause
+    # Entries written before the cause was recorded.
+    if entry is not None and entry.reason and "progress deadline" in entry.reason:
+        return "ProgressDeadlineExceeded"
+    return "AnalysisFailed" if entry is not None and entry.outcome == "RolledBack" else "Aborted"
 
 
 def _fmt(value: float | None) -> str:

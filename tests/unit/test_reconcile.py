@@ -5,7 +5,16 @@ from datetime import timedelta
 from canarium.api import ModelDeployment
 from canarium.reconcile import ChildRef, effective_weights, reconcile
 
-from tests.unit.operator_fixtures import NOW, inp, mdep, name_of, observed
+from tests.unit.operator_fixtures import (
+    NOW,
+    crashloop_pod,
+    inp,
+    mdep,
+    name_of,
+    observed,
+    pod,
+    waiting_pod,
+)
 
 
 def kinds(plan_apply: list[dict]) -> list[tuple[str, str]]:  # type: ignore[type-arg]
@@ -176,3 +185,50 @@ def test_contested_fields_are_those_another_manager_owns_among_ours() -> None:
     # A claim inside a list the operator sets.
     assert contested(observed_with({"f:spec": {"f:ports": {'k:{"port":80}': {}}}}), manifest)
     assert not contested({"metadata": {}}, manifest)
+
+
+# --- Pods that fail to start, without a rollout policy ---------------------------------------
+def test_a_new_revision_whose_model_does_not_load_is_degraded_at_once_and_traffic_stays() -> None:
+    v1 = mdep("1.0.0")
+    v1 = with_status(v1, reconcile(inp(v1, observed(v1))).status)
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    new_rev = name_of(v2)
+    failing = observed(v2, ready=0, pods=[crashloop_pod(new_rev)])
+    plan = reconcile(inp(v2, observed(v1), failing))
+    assert plan.status["phase"] == "Degraded"
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert conditions["Degraded"]["reason"] == "ModelLoadFailed"
+    assert conditions["Degraded"]["message"].startswith(
+        f"revision {new_rev}: model failed to load in pod {new_rev}-7c9d8b6f4-x2x9q"
+    )
+    assert "sha256 mismatch" in conditions["Degraded"]["message"]
+    assert conditions["Degraded"]["message"].endswith(f"traffic stays on {name_of(v1)}")
+    assert plan.status["stable"]["name"] == name_of(v1)
+    assert plan.status["stable"]["effectiveWeight"] == 100.0
+    assert plan.delete == []
+    assert any(e.type == "Warning" and "sha256 mismatch" in e.message for e in plan.events)
+
+
+def test_a_first_revision_that_cannot_pull_its_image_is_degraded_until_it_can() -> None:
+    obj = mdep()
+    rev = name_of(obj)
+    obj = with_status(obj, reconcile(inp(obj)).status)
+    image = waiting_pod(rev, "ImagePullBackOff", 'Back-off pulling image "acme/serving:nope"')
+    plan = reconcile(inp(obj, observed(obj, ready=0, pods=[image])))
+    assert plan.status["phase"] == "Degraded"
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert conditions["Degraded"]["reason"] == "RevisionFailed"
+    assert "cannot pull its image (ImagePullBackOff)" in conditions["Degraded"]["message"]
+    obj = with_status(obj, plan.status)
+    plan = reconcile(inp(obj, observed(obj, pods=[pod(rev, ready=True)])))
+    assert plan.status["phase"] == "Healthy"
+
+
+def test_one_failing_pod_beside_ready_ones_is_reported_not_degraded() -> None:
+    obj = mdep()
+    rev = name_of(obj)
+    obj = with_status(obj, reconcile(inp(obj)).status)
+    pods = [pod(rev, "aaaaa", ready=True), pod(rev, "bbbbb", ready=True), crashloop_pod(rev)]
+    plan = reconcile(inp(obj, observed(obj, ready=2, pods=pods)))
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["message"].startswith(f"revision {rev} 2/3 ready; model failed to load")

@@ -7,17 +7,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from canarium.api import Measurement, ModelDeployment, RolloutPolicySpec, Verdict
+from canarium.api import HistoryEntry, Measurement, ModelDeployment, RolloutPolicySpec, Verdict
 from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
 from canarium.rollout import (
     AnalysisRun,
+    Event,
     RolloutInput,
     analysis_due,
     parse_command,
+    rollback_cause,
     split_replicas,
 )
 
-from tests.unit.operator_fixtures import NOW, SETTINGS, mdep
+from tests.unit.operator_fixtures import (
+    NOW,
+    SETTINGS,
+    crashloop_pod,
+    mdep,
+    pod,
+    terminated,
+    waiting_pod,
+)
 
 POLICY = {
     "steps": [
@@ -61,7 +71,8 @@ def judgement(verdict: Verdict, value: float | None = 0.0, at: datetime = NOW) -
 
 
 class Sim:
-    """A ModelDeployment, its Deployments (always fully ready unless told), and the clock."""
+    """A ModelDeployment, its Deployments (always fully ready unless told), their pods (when
+    told: `pods[revision]`, there while the revision has replicas), and the clock."""
 
     def __init__(self, policy: dict[str, Any] | None = None, replicas: int = 4, **spec: Any):
         self.policy = RolloutPolicySpec.model_validate(policy or POLICY)
@@ -75,7 +86,9 @@ class Sim:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.not_ready: set[str] = set()
         self.deadline: set[str] = set()
+        self.pods: dict[str, list[dict[str, Any]]] = {}
         self.last: Plan | None = None
+        self.events: list[Event] = []  # of every reconcile
         self.reconcile()
 
     @property
@@ -111,7 +124,7 @@ class Sim:
                     else [],
                 },
             }
-            out[name] = observe_deployment(body)
+            out[name] = observe_deployment(body, self.pods.get(name, []) if replicas else [])
         return out
 
     def input(self, run: AnalysisRun | None = None) -> ReconcileInput:
@@ -134,6 +147,7 @@ class Sim:
                 self.deployments.pop(ref.name, None)
         self.status = plan.status
         self.last = plan
+        self.events.extend(plan.events)
         return plan
 
     def settle(self, times: int = 3) -> Plan:
@@ -541,3 +555,217 @@ def test_too_few_samples_at_weight_100_still_hold() -> None:
     sim.settle()
     assert sim.phase == "Progressing"
     assert "canary" in sim.status
+
+
+# --- Pods that fail to start ----------------------------------------------------------------
+def _failing_canary(sim: Sim, version: str, *pods: dict[str, Any]) -> str:
+    canary = "iris-" + _hash(version)
+    sim.not_ready.add(canary)
+    sim.pods[canary] = list(pods) or [crashloop_pod(canary)]
+    return canary
+
+
+def test_a_canary_whose_model_does_not_load_is_rolled_back_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    canary = _failing_canary(sim, "2.0.0")
+    sim.release("2.0.0")  # no progress deadline: the pods say it
+    assert sim.phase == "Degraded"
+    assert sim.replicas_of("2.0.0") == 0, "canary scaled to zero"
+    assert sim.replicas_of("1.0.0") == 4
+    assert sim.status["stable"]["name"] == stable
+    assert sim.status["stable"]["effectiveWeight"] == 100.0
+    assert sim.status["canary"]["weight"] == 0
+    degraded = sim.condition("Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ModelLoadFailed"
+    assert (
+        f"revision {canary}: model failed to load in pod {canary}-7c9d8b6f4-x2x9q"
+        in (degraded["message"])
+    )
+    assert "sha256 mismatch for 'configmap://iris-model/model.onnx'" in degraded["message"]
+    assert f"Traffic is on {stable}" in degraded["message"]
+    assert sim.condition("Ready")["status"] == "False"
+    history = sim.status["history"][0]
+    assert (history["revision"], history["outcome"], history["cause"]) == (
+        canary, "RolledBack", "ModelLoadFailed",
+    )  # fmt: skip
+    assert "sha256 mismatch" in history["reason"]
+    warnings = [e for e in sim.events if e.type == "Warning"]
+    rolled_back = next(e for e in warnings if e.reason == "RolledBack")
+    assert "sha256 mismatch" in rolled_back.message
+    assert f"traffic back on {stable}" in rolled_back.message
+    # Its pods are gone (zero replicas); it stays rolled back, for the same typed reason.
+    for _ in range(3):
+        sim.tick(600)
+        sim.settle()
+    assert sim.phase == "Degraded"
+    assert sim.condition("Degraded")["reason"] == "ModelLoadFailed"
+    assert sim.replicas_of("2.0.0") == 0
+    assert [h["outcome"] for h in sim.status["history"]].count("RolledBack") == 1
+
+
+def test_a_canary_whose_image_cannot_be_pulled_is_rolled_back() -> None:
+    sim = Sim()
+    sim.settle()
+    canary = "iris-" + _hash("2.0.0")
+    _failing_canary(
+        sim,
+        "2.0.0",
+        waiting_pod(canary, "ImagePullBackOff", 'Back-off pulling image "acme/serving:nope"'),
+    )
+    sim.release("2.0.0")
+    assert sim.phase == "Degraded"
+    degraded = sim.condition("Degraded")
+    assert degraded["reason"] == "RevisionFailed"
+    assert "cannot pull its image (ImagePullBackOff)" in degraded["message"]
+    assert sim.replicas_of("2.0.0") == 0
+
+
+def test_a_canary_that_restarted_once_is_not_rolled_back() -> None:
+    sim = Sim()
+    sim.settle()
+    canary = _failing_canary(sim, "2.0.0", pod("iris-" + _hash("2.0.0"), restarts=1,
+                                               last=terminated()))  # fmt: skip
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 0, "waiting for its pod"
+    assert sim.replicas_of("2.0.0") == 1
+    # It loads on its second try: the rollout goes on.
+    sim.not_ready.discard(canary)
+    sim.pods[canary] = [pod(canary, ready=True, restarts=1, last=terminated())]
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 1
+
+
+def test_retry_after_a_failed_start_tries_the_canary_again() -> None:
+    sim = Sim()
+    sim.settle()
+    canary = _failing_canary(sim, "2.0.0")
+    sim.release("2.0.0")
+    assert sim.condition("Degraded")["reason"] == "ModelLoadFailed"
+    # The user fixes the ConfigMap and retries; old pods are terminating, new ones start.
+    sim.pods[canary] = [
+        {**crashloop_pod(canary), "metadata": {
+            **crashloop_pod(canary)["metadata"], "deletionTimestamp": "2026-11-23T12:00:30Z"}},
+        pod(canary, "fresh"),
+    ]  # fmt: skip
+    sim.annotations["canarium.dev/command"] = "retry@1"
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert sim.replicas_of("2.0.0") == 1
+    sim.not_ready.discard(canary)
+    sim.pods[canary] = [pod(canary, "fresh", ready=True)]
+    sim.walk_to_promotion()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+
+
+def test_a_first_revision_whose_model_does_not_load_is_degraded_until_it_does() -> None:
+    sim = Sim()
+    first = "iris-" + _hash("1.0.0")
+    sim.not_ready.add(first)
+    sim.pods[first] = [crashloop_pod(first, "aaaaa"), crashloop_pod(first, "bbbbb")]
+    sim.settle()
+    assert sim.phase == "Degraded"
+    degraded = sim.condition("Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ModelLoadFailed"
+    assert degraded["message"].startswith(
+        f"revision {first}: model failed to load in pod {first}-7c9d8b6f4-aaaaa "
+        "(exit code 1, 3 restarts): sha256 mismatch"
+    )
+    assert "(and 1 more failing pod)" in degraded["message"]
+    assert sim.replicas_of("1.0.0") == 4, "kept: it may recover"
+    assert any(e.type == "Warning" and "sha256" in e.message for e in sim.events)
+    # Between two crashes (restarted, not Ready since): still Degraded, no flapping.
+    sim.pods[first] = [pod(first, restarts=4, last=terminated(), ready_changed=-30)]
+    sim.tick(20)
+    plan = sim.settle()
+    assert sim.phase == "Degraded"
+    assert plan.events == []
+    # The ConfigMap is fixed: the next restart loads the model.
+    sim.not_ready.discard(first)
+    sim.pods[first] = [pod(first, ready=True, restarts=5, last=terminated(), ready_changed=60)]
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.condition("Degraded")["status"] == "False"
+    assert sim.condition("Ready")["status"] == "True"
+
+
+def test_failure_messages_never_carry_credentials() -> None:
+    sim = Sim()
+    sim.settle()
+    leaky = (
+        "model not loaded: cannot fetch https://alice:s3cr3t-pa55@models.example.org/2.onnx"
+        "?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE&X-Amz-Signature=deadbeefcafe0123: HTTP 403"
+    )
+    canary = "iris-" + _hash("2.0.0")
+    _failing_canary(sim, "2.0.0", crashloop_pod(canary, message=leaky))
+    sim.release("2.0.0")
+    assert sim.phase == "Degraded"
+    written = repr(sim.status) + repr(sim.events)
+    assert "models.example.org/2.onnx" in written
+    for secret in ("s3cr3t-pa55", "alice", "AKIAIOSFODNN7EXAMPLE", "deadbeefcafe0123"):
+        assert secret not in written, secret
+
+
+def test_rollback_cause_of_history_entries() -> None:
+    def entry(outcome: str, reason: str, cause: str | None = None) -> HistoryEntry:
+        return HistoryEntry.model_validate(
+            {"revision": "iris-a", "outcome": outcome, "time": NOW, "reason": reason,
+             "cause": cause}
+        )  # fmt: skip
+
+    assert rollback_cause(entry("RolledBack", "revision iris-a: ...", "ModelLoadFailed")) == (
+        "ModelLoadFailed"
+    )
+    assert rollback_cause(entry("Aborted", "aborted by a person", "Aborted")) == "Aborted"
+    # Entries written before the cause was recorded.
+    assert rollback_cause(entry("RolledBack", "analysis failed 2/2 intervals")) == (
+        "AnalysisFailed"
+    )
+    assert (
+        rollback_cause(
+            entry("RolledBack", "revision iris-a did not become Ready within its progress deadline")
+        )
+        == "ProgressDeadlineExceeded"
+    )
+    assert rollback_cause(None) == "Aborted"
+
+
+def test_a_new_version_replaces_a_stable_revision_that_never_started() -> None:
+    """A first revision whose model never loaded, fixed with a new spec: no canary against a
+    revision that serves nothing; the new one is stable at once."""
+    sim = Sim()
+    first = "iris-" + _hash("1.0.0")
+    sim.not_ready.add(first)
+    sim.pods[first] = [crashloop_pod(first)]
+    sim.settle()
+    assert sim.condition("Degraded")["reason"] == "ModelLoadFailed"
+    sim.release("1.0.1")
+    assert sim.phase == "Healthy"
+    assert "canary" not in sim.status
+    assert sim.status["stable"]["modelVersion"] == "1.0.1"
+    assert first not in sim.deployments
+    assert sim.status["history"][0]["outcome"] == "Replaced"
+    assert sim.status["history"][0]["revision"] == first
+    assert "Replaced" in [e.reason for e in sim.events]
+
+
+def test_a_rolled_back_canary_is_not_replayed_when_the_stable_fails_too() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    _failing_canary(sim, "2.0.0")
+    sim.release("2.0.0")
+    assert sim.phase == "Degraded"
+    # The stable revision's pods fail too now (e.g. the model store is down).
+    sim.not_ready.add(stable)
+    sim.pods[stable] = [crashloop_pod(stable)]
+    sim.settle()
+    assert sim.phase == "Degraded"
+    assert sim.status["stable"]["name"] == stable
+    assert sim.replicas_of("2.0.0") == 0

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from canarium.api.common import INT64, Condition, StatusModel, ensure_unique, list_map
+from canarium.api.common import (
+    CONDITION_REASON_PATTERN,
+    INT64,
+    Condition,
+    StatusModel,
+    ensure_unique,
+    list_map,
+)
 
 Phase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded"]
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
@@ -95,6 +102,15 @@ class HistoryEntry(StatusModel):
     outcome: Outcome = Field(description="Promoted, RolledBack, Aborted or Replaced.")
     time: datetime = Field(description="When the outcome happened.")
     reason: str | None = Field(None, max_length=1024, description="Why, in a few words.")
+    cause: str | None = Field(
+        None,
+        max_length=128,
+        pattern=CONDITION_REASON_PATTERN,
+        description="Programmatic identifier (CamelCase) of why a revision was rolled back or "
+        "aborted, the Degraded condition's reason: AnalysisFailed, ProgressDeadlineExceeded, "
+        "ModelLoadFailed (its model could not be fetched, verified or loaded), RevisionFailed "
+        "(its pods did not start), Aborted.",
+    )
 
 
 class ModelDeploymentStatus(StatusModel):
