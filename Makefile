@@ -31,6 +31,10 @@ format: setup ## apply ruff's fixes and formatting
 typecheck: setup ## mypy --strict on both packages
 	$(BIN)/mypy
 
+.PHONY: images
+images: ## build the operator, serving and pause images (buildah, no Docker)
+	@hack/images.sh
+
 control-plane: ## build the local control plane into ~/.cache/canarium (first run only)
 	@hack/build-control-plane.sh >/dev/null
 

@@ -1,6 +1,7 @@
 """The image Dockerfiles, checked offline (no Docker engine here): a slim, non-root final stage
-without build tools or a HEALTHCHECK (Kubernetes ignores it: the manifests carry probes), and a
-build context (.dockerignore) that holds what the COPY lines need and nothing private."""
+without build tools or a HEALTHCHECK (Kubernetes ignores it: the manifests carry probes), a
+build context (.dockerignore) that holds what the COPY lines need and nothing private, and pip's
+CA bundle only ever as an optional build secret (hack/images.sh passes it; never a layer)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ DOCKERFILES = [
     if p.exists()
 ]
 BASE_IMAGE = "python:3.11-slim"
+PAUSE_CONTAINERFILE = REPO / "hack" / "pause" / "Containerfile"
+IMAGES_SCRIPT = REPO / "hack" / "images.sh"
+CA_SECRET = "ca-bundle"  # the secret id shared by hack/images.sh and the Dockerfiles
+CERT_FILE = re.compile(r"(\.(crt|pem)\b|ca-certificates|/etc/ssl)", re.IGNORECASE)
 BUILD_TOOLS = re.compile(
     r"\b(build-essential|gcc|g\+\+|clang|make|cmake|python3?-dev|libc6?-dev|cargo|rustc)\b"
 )
@@ -155,3 +160,63 @@ def test_dockerignore_keeps_the_context_small_and_private() -> None:
         assert ignored(path, patterns), path
     for path in ("pyproject.toml", "README.md", "operator/canarium/cli.py"):
         assert not ignored(path, patterns), path
+
+
+def _mount_options(run: str) -> list[dict[str, str]]:
+    """The --mount flags of a RUN, each as a dict of its options."""
+    mounts = []
+    for word in run.split():
+        if not word.startswith("--mount="):
+            break
+        options = word.removeprefix("--mount=").split(",")
+        mounts.append(dict(o.partition("=")[::2] for o in options))
+    return mounts
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_ca_bundle_is_an_optional_build_secret_never_a_layer(path: Path) -> None:
+    """Every RUN that reaches PyPI mounts the CA secret (required=false: a plain `docker build`
+    without --secret still works) and points pip at it only when it is there; nothing copies a
+    certificate into an image."""
+    _, stages = parse(path)
+    pip_runs = 0
+    for stage in stages:
+        for copy in stage.all("COPY") + stage.all("ADD"):
+            assert not CERT_FILE.search(copy), f"a certificate in a layer: COPY {copy}"
+        for env in stage.all("ENV") + stage.all("ARG"):
+            assert "PIP_CERT" not in env, env
+            assert "/run/secrets" not in env, env
+        for run in stage.all("RUN"):
+            secrets = [m for m in _mount_options(run) if m.get("type") == "secret"]
+            uses_secret = f"/run/secrets/{CA_SECRET}" in run or "PIP_CERT" in run
+            if re.search(r"\bpip\b.*\binstall\b", run):
+                pip_runs += 1
+                assert uses_secret, f"pip without the CA secret: {run}"
+            if not uses_secret:
+                continue
+            assert [m.get("id") for m in secrets] == [CA_SECRET], run
+            assert secrets[0].get("required") == "false", "optional: docker builds without it"
+            assert "target" not in secrets[0], "default target /run/secrets/<id>"
+            assert f"if [ -s /run/secrets/{CA_SECRET} ]; then export PIP_CERT=" in run, run
+    assert pip_runs, "the builder installs with pip"
+
+
+def test_images_script_passes_the_same_secret_and_the_local_base() -> None:
+    script = IMAGES_SCRIPT.read_text()
+    assert f'--secret "id={CA_SECRET},src=$ca_bundle"' in script
+    assert "/etc/ssl/certs/ca-certificates.crt" in script
+    assert '--build-arg "PYTHON_IMAGE=$base_image"' in script
+    assert "--layers" in script
+    for path in DOCKERFILES:
+        args, _ = parse(path)
+        assert args["PYTHON_IMAGE"] == BASE_IMAGE, "the default a docker user pulls"
+
+
+def test_pause_image_is_kubernetes_pause_from_scratch() -> None:
+    _, stages = parse(PAUSE_CONTAINERFILE)
+    (stage,) = stages
+    assert stage.image == "scratch"
+    assert stage.all("COPY") == ["pause /pause"]
+    assert stage.all("USER") == ["65535:65535"]
+    assert json.loads(stage.all("ENTRYPOINT")[-1]) == ["/pause"]
+    assert not stage.all("RUN")

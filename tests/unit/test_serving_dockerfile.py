@@ -52,3 +52,19 @@ def test_builder_installs_the_serving_extra_from_the_repo_root() -> None:
     assert any(c.startswith("pyproject.toml") for c in copies)
     runs = " ".join(rest for word, rest in ins if word == "RUN")
     assert '".[serving]"' in runs
+
+
+def test_pip_gets_the_ca_bundle_only_as_an_optional_secret() -> None:
+    """Behind a TLS-intercepting proxy pip needs its CA: a build secret (hack/images.sh passes
+    `--secret id=ca-bundle,...`), optional for a plain docker build, never copied into a layer."""
+    ins = _instructions()
+    (pip_run,) = [rest for word, rest in ins if word == "RUN" and "pip install" in rest]
+    assert pip_run.startswith("--mount=type=secret,id=ca-bundle,required=false ")
+    assert "if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi" in (
+        pip_run
+    )
+    for word, rest in ins:
+        if word in {"COPY", "ADD"}:
+            assert not re.search(r"\.(crt|pem)\b|ca-certificates|/etc/ssl", rest), rest
+        if word == "ENV":
+            assert "PIP_CERT" not in rest
