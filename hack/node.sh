@@ -54,6 +54,9 @@ bridge_up() {
     *) ip addr add "$NODE_IP/24" dev "$BRIDGE" ;;
   esac
   ip link set "$BRIDGE" up
+  # The whole cluster range goes to the bridge: a ClusterIP that kube-proxy has not (or no
+  # longer) programmed must never follow the default route out of this machine.
+  ip route replace "$CLUSTER_NET" dev "$BRIDGE" src "$NODE_IP"
   # Pod -> Service -> pod on the same bridge: bridged packets must meet kube-proxy's rules.
   # The previous values are restored by `down`.
   mkdir -p "$state"

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -31,8 +32,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     memo = kopf.Memo(namespaces=list(args.namespace), workers=args.workers)
+    # kopf's default identity asks the passwd database for the user's name, which a numeric
+    # non-root user (runAsUser 65532, no passwd entry) does not have.
+    from kopf._core.engines.peering import Identity
+
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}@{os.getpid()}"
     asyncio.run(
         kopf.operator(
+            identity=Identity(identity),
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             standalone=args.peering is None,

@@ -24,6 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 
 T = TypeVar("T")
+REAL_NODE, REAL_NODE_IP = "canarium-worker", "198.18.0.1"  # hack/node.sh
+# kwok's nodes are tainted so that only pods that ask for simulation land there.
+KWOK_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+}
 
 
 def wait_until(
@@ -65,6 +71,14 @@ class Cluster:
     @property
     def apiext(self) -> client.ApiextensionsV1Api:
         return client.ApiextensionsV1Api(self.api)
+
+    def host_address(self) -> str:
+        """An address of this machine that pods reach: the real node's bridge address in the
+        local cluster (hack/node.sh), else loopback (an external cluster's pods reach nothing
+        here)."""
+        if self.local and self.kubectl("get", "node", REAL_NODE, check=False).returncode == 0:
+            return REAL_NODE_IP
+        return "127.0.0.1"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

@@ -18,10 +18,10 @@ from tests.e2e.cluster import (
     stop_local_cluster,
 )
 from tests.e2e.gomod import module_dir, versions
+from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, build_e2e_models
-from tests.e2e.operator import OperatorProcess, apply_crds
-from tests.e2e.pods import ServingPods
+from tests.e2e.operator import apply_crds
 from tests.e2e.prometheus import Prometheus, find_prometheus
 
 
@@ -66,16 +66,23 @@ def crds(cluster: Cluster) -> None:
     apply_crds(cluster)
 
 
+@pytest.fixture(scope="session")
+def installed_operator(cluster: Cluster) -> Iterator[InstalledOperator]:
+    """manifests/install applied unchanged: the operator image in a pod under its
+    ServiceAccount, watching every namespace; removed at the end unless it was there before."""
+    installed = InstalledOperator(cluster)
+    try:
+        yield installed.install()
+        logs = installed.all_logs()
+        assert "Traceback" not in logs, f"the operator logged a traceback:\n{logs[-5000:]}"
+    finally:
+        installed.uninstall()
+
+
 @pytest.fixture
-def operator(
-    cluster: Cluster, crds: None, namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """The operator as a real process (`canarium run`) watching the test's namespace."""
-    proc = OperatorProcess(cluster, namespace, tmp_path_factory.mktemp("operator")).start()
-    yield proc
-    proc.stop()
-    log = proc.log()
-    assert "Traceback" not in log, f"the operator logged a traceback:\n{log[-5000:]}"
+def operator(installed_operator: InstalledOperator, namespace: str) -> InstalledOperator:
+    """The in-cluster operator, for a test in a fresh namespace."""
+    return installed_operator
 
 
 @pytest.fixture(scope="session")
@@ -86,26 +93,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> E2EModels:
 
 
 @pytest.fixture
-def serving_pods(
-    cluster: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServingPods]:
-    """Real model servers for the serving pods of the test's namespace, at the pods' IPs."""
-    pods = ServingPods(cluster, namespace, tmp_path_factory.mktemp("pods")).start()
-    yield pods
-    pods.stop()
-
-
-@pytest.fixture
-def load(
-    cluster: Cluster, namespace: str, serving_pods: ServingPods
-) -> Iterator[Callable[..., LoadGenerator]]:
+def load(cluster: Cluster, namespace: str) -> Iterator[Callable[..., LoadGenerator]]:
     """A factory of LoadGenerators for the test's namespace: load(name, data, **options)
-    (not started); every one is stopped at the end of the test. Endpoints must pass the
-    readiness probe of their real server (ServingPods.probe_ready), as with a kubelet."""
+    (not started); every one is stopped at the end of the test."""
     made: list[LoadGenerator] = []
 
     def make(name: str, data: Any, **options: Any) -> LoadGenerator:
-        options.setdefault("probe", serving_pods.probe_ready)
         generator = LoadGenerator(cluster, namespace, name, data, **options)
         made.append(generator)
         return generator
@@ -117,11 +110,14 @@ def load(
 
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """A real Prometheus for the session (kubernetes_sd through the cluster's kubeconfig,
-    1 s scrapes); `prometheus.watch(namespace)` makes it scrape a test's serving pods."""
+    """A real Prometheus for the session (pods discovered through the cluster's kubeconfig,
+    1 s scrapes), listening where the in-cluster operator reaches it (the real node's address);
+    `prometheus.watch(namespace)` makes it scrape a test's serving pods."""
     if find_prometheus() is None:
         pytest.fail("prometheus is not installed: run `make test-deps` (Debian package prometheus)")
-    prom = Prometheus(cluster.kubeconfig, tmp_path_factory.mktemp("prometheus")).start()
+    prom = Prometheus(
+        cluster.kubeconfig, tmp_path_factory.mktemp("prometheus"), host=cluster.host_address()
+    ).start()
     yield prom
     prom.stop()
 

@@ -1,34 +1,25 @@
-"""Inference traffic that goes where Kubernetes would send it.
+"""Inference traffic that goes where Kubernetes sends it.
 
-There is no kube-proxy and no Gateway here, so `LoadGenerator` does their routing itself, from
-the same objects they read:
-
-- router `replicas` (a Service): every request picks uniformly among the ready endpoints of the
-  EndpointSlices of the entry Service (label `kubernetes.io/service-name=<name>`), as
-  kube-proxy does;
-- router `gatewayAPI`: the HTTPRoute named after the ModelDeployment chooses the rule (path,
-  method and header matches, with the Gateway API precedence), then a backend Service by the
-  backendRefs' weights, then a ready endpoint of that Service's EndpointSlices. RequestMirror
-  filters send a copy to the mirror backend (its answer is recorded apart, in `mirrored`).
-
-Endpoints: the API server refuses loopback addresses in EndpointSlices ("may not be in the
-loopback range"), so on the local control plane, whose pod IPs are 127.64.<node>.<n>, the
-EndpointSlice controller never fills them in. For a Service whose EndpointSlices are empty and
-whose selected pods have loopback IPs, the generator computes what that controller would have
-written (pods matching the selector, Ready, not terminating, at the target port) and
-`routing().sources[service]` says "selector"; everywhere else (kind, minikube, non-loopback pod
-IPs) it reads the EndpointSlices ("slices"). `selector_fallback=False` turns that off.
+- router `replicas`: every request goes to the entry Service's ClusterIP, from this machine, and
+  kube-proxy on the real node picks the pod (the real EndpointSlices, readiness and all);
+- router `gatewayAPI`: there is no Gateway implementation in the local cluster, so the generator
+  does a Gateway's routing itself, from the objects a Gateway reads: the HTTPRoute named after
+  the ModelDeployment chooses the rule (path, method and header matches, with the Gateway API
+  precedence), then a backend Service by the backendRefs' weights, then a ready endpoint of that
+  Service's EndpointSlices (written by the real EndpointSlice controller; the pods are real).
+  RequestMirror filters send a copy to the mirror backend (its answer is recorded apart, in
+  `mirrored`).
 
 Routing objects are re-read every `refresh` seconds on a thread. Requests are V2 infer calls
 with FP32 rows drawn from `data` (batch of 1..max_rows), at a bounded rate, for a bounded time
-or number of requests; each result keeps the endpoint, the status, the latency, the rows sent
-and the labels answered. A status of 0 is a connection error or timeout; -1 means there was no
-ready endpoint (or no route); 500 with no endpoint is a rule whose backends all weigh 0.
+or number of requests; each result keeps the address, the status, the latency, the rows sent,
+the labels answered and the model version that answered. A status of 0 is a connection error or
+timeout; -1 means there was no ready endpoint (or no route); 500 with no endpoint is a rule
+whose backends all weigh 0.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import re
 import threading
@@ -56,7 +47,6 @@ class Endpoint:
     service: str
     ip: str
     port: int
-    pod_uid: str = ""  # the pod behind it (kwok may hand a deleted pod's IP to a new one)
 
 
 @dataclass(frozen=True)
@@ -69,6 +59,7 @@ class Result:
     rows: tuple[int, ...]  # indices into `data` of the rows sent
     labels: tuple[int, ...] | None  # the `label` output, for 200 answers
     error: str = ""
+    version: str = ""  # model_version of a 200 answer: which revision's model answered
 
 
 @dataclass
@@ -83,42 +74,6 @@ class Routing:
     rules: list[Rule] = field(default_factory=list)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)  # ready, by Service
     sources: dict[str, str] = field(default_factory=dict)  # Service -> "slices" or "selector"
-
-
-def _pod_ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-
-def endpoints_by_selector(service: Any, pods: Iterable[Any]) -> list[Endpoint]:
-    """The ready endpoints the EndpointSlice controller computes for `service`: pods matching
-    its selector, with an IP, Ready, not terminating, at the Service's (first) target port
-    (a port name resolved through the pod's container ports)."""
-    selector = service.spec.selector
-    if not selector or not service.spec.ports:
-        return []
-    target = service.spec.ports[0].target_port or service.spec.ports[0].port
-    out = []
-    for pod in pods:
-        labels = pod.metadata.labels or {}
-        if any(labels.get(k) != v for k, v in selector.items()):
-            continue
-        if not pod.status.pod_ip or pod.metadata.deletion_timestamp or not _pod_ready(pod):
-            continue
-        if pod.status.phase in ("Succeeded", "Failed"):
-            continue
-        port: int | None = None
-        if isinstance(target, int) or str(target).isdigit():
-            port = int(target)
-        else:
-            for container in pod.spec.containers:
-                for p in container.ports or []:
-                    if p.name == target:
-                        port = p.container_port
-        if port is not None:
-            out.append(
-                Endpoint(service.metadata.name, pod.status.pod_ip, port, pod.metadata.uid or "")
-            )
-    return sorted(out, key=lambda e: e.ip)
 
 
 def _path_matches(match: dict[str, Any], path: str) -> bool:
@@ -219,8 +174,6 @@ class LoadGenerator:
         refresh: float = 0.5,
         timeout: float = 5.0,
         seed: int = 0,
-        selector_fallback: bool = True,
-        probe: Callable[[str, str], bool] | None = None,
         route: str | None = None,
     ) -> None:
         if router not in ("replicas", "gatewayAPI"):
@@ -243,10 +196,6 @@ class LoadGenerator:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         self._discovery = client.DiscoveryV1Api(api)
         self._core = client.CoreV1Api(api)
-        self.selector_fallback = selector_fallback
-        # The readiness probe of simulated pods (ServingPods.probe_ready): an endpoint whose
-        # server is not ready gets no traffic, as with a real kubelet.
-        self.probe = probe
         self._custom = client.CustomObjectsApi(api)
         self._routing = Routing()
         self._routed = threading.Event()  # set after the first successful refresh
@@ -378,33 +327,32 @@ class LoadGenerator:
 
     def _read_routing(self) -> Routing:
         if self.router == "replicas":
+            # kube-proxy routes: one endpoint, the Service's ClusterIP.
+            svc = self._core.read_namespaced_service(self.name, self.namespace, _request_timeout=5)
+            ip, port = svc.spec.cluster_ip, svc.spec.ports[0].port
             rules = [Rule([], [(self.name, 1)], [])]
-        else:
-            try:
-                route = self._custom.get_namespaced_custom_object(
-                    GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, "httproutes", self.route,
-                    _request_timeout=5,
-                )  # fmt: skip
-            except client.ApiException as e:
-                if e.status != 404:
-                    raise
-                route = {}
-            rules = rules_of_httproute(route)
+            return Routing(rules, {self.name: [Endpoint(self.name, ip, port)]}, {})
+        try:
+            route = self._custom.get_namespaced_custom_object(
+                GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, "httproutes", self.route,
+                _request_timeout=5,
+            )  # fmt: skip
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            route = {}
+        rules = rules_of_httproute(route)
         wanted = {s for r in rules for s, _ in [*r.backends, *r.mirrors]}
         endpoints, sources = self._endpoints(wanted)
         return Routing(rules, endpoints, sources)
 
     def _endpoints(self, wanted: set[str]) -> tuple[dict[str, list[Endpoint]], dict[str, str]]:
-        """Ready endpoints of each wanted Service, and where they came from ("slices" or
-        "selector"), as kube-proxy sees them: from the Service's EndpointSlices when it has
-        endpoints there, else (for loopback pod IPs, which the API server refuses in
-        EndpointSlices) what the EndpointSlice controller would have written."""
+        """Ready endpoints of each wanted Service, from its EndpointSlices, as a Gateway reads
+        them (and where they came from: always "slices")."""
         slices = self._discovery.list_namespaced_endpoint_slice(
             self.namespace, label_selector=SERVICE_NAME_LABEL, _request_timeout=5
         ).items
         endpoints: dict[str, list[Endpoint]] = {s: [] for s in wanted}
-        sources = dict.fromkeys(wanted, "slices")
-        listed: set[str] = set()
         for es in slices:
             service = (es.metadata.labels or {}).get(SERVICE_NAME_LABEL)
             if service not in wanted:
@@ -412,37 +360,14 @@ class LoadGenerator:
             ports = [p.port for p in es.ports or [] if p.port]
             port = ports[0] if ports else 8080
             for ep in es.endpoints or []:
-                listed.add(service)
                 ready = ep.conditions.ready if ep.conditions else None
                 if ready is False:  # nil means ready (EndpointConditions)
                     continue
                 for ip in ep.addresses or []:
-                    target = ep.target_ref.uid if ep.target_ref and ep.target_ref.uid else ""
-                    item = Endpoint(service, ip, port, target)
+                    item = Endpoint(service, ip, port)
                     if item not in endpoints[service]:
                         endpoints[service].append(item)
-        missing = wanted - listed
-        if missing and self.selector_fallback:
-            pods = self._core.list_namespaced_pod(self.namespace, _request_timeout=5).items
-            for service in sorted(missing):
-                try:
-                    svc = self._core.read_namespaced_service(
-                        service, self.namespace, _request_timeout=5
-                    )
-                except client.ApiException as e:
-                    if e.status == 404:
-                        continue
-                    raise
-                selected = endpoints_by_selector(svc, pods)
-                if selected and all(ipaddress.ip_address(e.ip).is_loopback for e in selected):
-                    endpoints[service] = selected
-                    sources[service] = "selector"
-        if self.probe is not None:
-            probe = self.probe
-            endpoints = {
-                s: [e for e in eps if probe(e.ip, e.pod_uid)] for s, eps in endpoints.items()
-            }
-        return endpoints, sources
+        return endpoints, dict.fromkeys(wanted, "slices")
 
     def _choose_rule(self, routing: Routing) -> Rule | None:
         best: tuple[tuple[int, ...], int] | None = None
@@ -520,7 +445,9 @@ class LoadGenerator:
     def _client(self) -> httpx.Client:
         c: httpx.Client | None = getattr(self._local, "client", None)
         if c is None:
-            c = httpx.Client(timeout=self.timeout)
+            # A connection per request: kube-proxy balances connections, not requests, so
+            # kept-alive connections would pin the split to the pods they first reached.
+            c = httpx.Client(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=0))
             self._local.client = c
             with self._lock:
                 self._clients.append(c)
@@ -541,14 +468,16 @@ class LoadGenerator:
 
     def _send(self, ep: Endpoint, rows: tuple[int, ...], t: float, mirror: bool) -> None:
         start = time.monotonic()
-        status, labels, error = CONNECTION_ERROR, None, ""
+        status, labels, error, version = CONNECTION_ERROR, None, "", ""
         try:
             response = self._client().post(
                 f"http://{ep.ip}:{ep.port}{self.path}", json=self.body(rows), headers=self.headers
             )
             status = response.status_code
             if status == 200:
-                outputs = {o["name"]: o for o in response.json()["outputs"]}
+                answer = response.json()
+                version = str(answer.get("model_version") or "")
+                outputs = {o["name"]: o for o in answer["outputs"]}
                 if "label" in outputs:
                     labels = tuple(int(v) for v in outputs["label"]["data"])
             else:
@@ -558,7 +487,8 @@ class LoadGenerator:
         finally:
             if not mirror:
                 self._slots.release()
-        result = Result(t, ep.service, ep.ip, status, time.monotonic() - start, rows, labels, error)
+        latency = time.monotonic() - start
+        result = Result(t, ep.service, ep.ip, status, latency, rows, labels, error, version)
         self._record(result, mirror)
 
     def _record(self, result: Result, mirror: bool = False) -> None:

@@ -1,5 +1,6 @@
 """Real models for the e2e tests: trained with scikit-learn, packaged with
-`canarium_serving.packaging.build_model` (ONNX + reference statistics), served from `file://`.
+`canarium_serving.packaging.build_model` (ONNX + reference statistics). On real pods they are
+served from a ConfigMap (`in_configmap`: configmap://<name>/model.onnx, as a user would).
 
 - good_v1: iris logistic regression (the quickstart model);
 - good_v2: iris random forest; a plausible next version (predictions mostly agree with v1);
@@ -13,6 +14,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,23 @@ def build_e2e_models(root: Path) -> E2EModels:
         x=x,
         y=y,
     )
+
+
+def in_configmap(cluster: Any, namespace: str, model: PackagedModel) -> PackagedModel:
+    """`model` stored in a ConfigMap of `namespace` (binaryData model.onnx), as the example's
+    `kubectl create configmap <name> --from-file=model.onnx=...` does; the copy's uri is
+    configmap://<name>/model.onnx."""
+    name = f"model-{model.name.replace('_', '-')}"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()},
+        },
+        namespace,
+    )
+    return dataclasses.replace(model, uri=f"configmap://{name}/model.onnx")
 
 
 def model_deployment(

@@ -2,7 +2,7 @@
 
 It scrapes the serving pods the way a user's Prometheus does: role-pod targets, of which the
 relabelling keeps pods labelled app.kubernetes.io/managed-by=canarium and their container
-port named `http` (<podIP>:8080/metrics, where ServingPods runs the real model servers).
+port named `http` (<podIP>:8080/metrics, the serving container).
 Targets get the labels the Prometheus Operator gives a PodMonitor's targets (namespace, pod,
 container, endpoint, job <namespace>/canarium-serving, honor_labels off), so queries written
 for manifests/monitoring work unchanged (the servers' own `namespace` label, equal to the
@@ -15,7 +15,8 @@ does the discovery: it lists the pods of the watched namespaces every 0.5 s and 
 `file_sd_configs` file as kubernetes_sd would give them (one target per container port, with the
 same `__meta_kubernetes_pod_*` labels), and the very same relabel_configs apply.
 
-One Prometheus per session on 127.0.0.1 and a free port, with its own data folder; tests add
+One Prometheus per session on a free port of 127.0.0.1, or of the real node's bridge address
+(where the in-cluster operator reaches it), with its own data folder; tests add
 their namespace with `watch(namespace)` (the configuration is rewritten and reloaded with
 SIGHUP: the lifecycle API stays off). Scrape and evaluation interval: 1 s.
 """
@@ -185,6 +186,7 @@ class Prometheus:
         interval: str = "1s",
         binary: str | None = None,
         discovery: str = "auto",
+        host: str = "127.0.0.1",
     ) -> None:
         found = binary or find_prometheus()
         if not found:
@@ -207,7 +209,8 @@ class Prometheus:
         self.workdir = workdir
         self.interval = interval
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
         self.config_path = workdir / "prometheus.yml"
         self.log_path = workdir / "prometheus.log"
         self.namespaces: list[str] = []
@@ -240,7 +243,7 @@ class Prometheus:
                 self.binary,
                 f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--storage.tsdb.retention.time=1d",
                 "--web.console.templates=/nonexistent",
                 "--web.console.libraries=/nonexistent",

@@ -1,34 +1,26 @@
-"""manifests/install and manifests/monitoring against a real API server, and the operator run
-under the installed ServiceAccount's own token: its RBAC is enough (a ModelDeployment becomes
-Ready, revisions are replaced, autoscalers dropped, Events recorded, with no 403 in the log)
-and no more (`kubectl auth can-i` refuses what it must not do).
-
-Cluster-wide objects this creates (namespace canarium-system, ClusterRole/Binding canarium,
-the monitoring.coreos.com CRDs if it installed them) are removed afterwards; the Canarium CRDs
-stay (other tests use them).
-"""
+"""manifests/install and manifests/monitoring against a real API server, and the installed
+operator running from its image on the real node under its ServiceAccount: its RBAC is enough
+(the shipped example serves correct predictions, revisions are replaced, autoscalers dropped,
+Events recorded, with no 403 in the log) and no more (a SubjectAccessReview refuses what it must
+not do). The install is the session's (conftest `installed_operator`)."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
 
-from tests.e2e.cluster import REPO, Cluster, wait_until
+from tests.e2e.cluster import KWOK_PLACEMENT, REAL_NODE, REPO, Cluster, wait_until
 from tests.e2e.gomod import module_dir, versions
+from tests.e2e.incluster import InstalledOperator
+from tests.e2e.models import E2EModels
 
 INSTALL = REPO / "manifests" / "install"
 MONITORING = REPO / "manifests" / "monitoring"
@@ -129,59 +121,9 @@ def test_monitoring_manifests_pass_server_dry_run(cluster: Cluster, namespace: s
 
 # --- the operator under its own ServiceAccount ----------------------------------------------
 @pytest.fixture(scope="module")
-def installed(cluster: Cluster) -> Iterator[None]:
-    """manifests/install applied for real; removed afterwards unless it was there before."""
-    existing = cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json", check=False)
-    preexisting = (
-        existing.returncode == 0
-        and json.loads(existing.stdout).get("status", {}).get("phase") == "Active"
-    )
-    if not preexisting:  # a previous run's namespace may still be terminating
-        wait_until(
-            lambda: cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0,
-            timeout=60,
-            what=f"namespace {NAMESPACE} gone",
-        )
-    try:  # removed even when the apply fails half-way
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(INSTALL))
-        yield
-    finally:
-        if not preexisting:
-            cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")
-            for kind, name in CLUSTER_OBJECTS:
-                cluster.kubectl("delete", kind, name, "--ignore-not-found")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig for the same API server that authenticates with a token of the installed
-    ServiceAccount (TokenRequest API), as the operator's pod would."""
-    token = cluster.kubectl(
-        "create", "token", "canarium", "-n", NAMESPACE, "--duration=15m"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubectl("config", "view", "--raw", "--minify").stdout)
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "canarium", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "canarium",
-                "context": {"cluster": admin["clusters"][0]["name"], "user": "canarium"},
-            }
-        ],
-        "current-context": "canarium",
-    }
-    path.write_text(yaml.safe_dump(kubeconfig))
-    path.chmod(0o600)
-    return path
+def installed(installed_operator: InstalledOperator) -> InstalledOperator:
+    """manifests/install applied for real: the operator's pod runs on the real node."""
+    return installed_operator
 
 
 def _metric(url: str, name: str, labels: str) -> float:
@@ -193,7 +135,8 @@ def _metric(url: str, name: str, labels: str) -> float:
 
 
 def _mdep(name: str, version: str, autoscaling: bool) -> dict[str, Any]:
-    serving: dict[str, Any] = {"replicas": 2}
+    """A ModelDeployment whose pods only need to exist (kwok's simulated nodes)."""
+    serving: dict[str, Any] = {"replicas": 2, **KWOK_PLACEMENT}
     if autoscaling:
         serving["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4}
     return {
@@ -211,93 +154,102 @@ def _mdep(name: str, version: str, autoscaling: bool) -> dict[str, Any]:
     }
 
 
-@pytest.mark.usefixtures("installed")
-def test_operator_rbac_is_enough_and_no_more(
-    cluster: Cluster, namespace: str, tmp_path: Path
+def test_operator_pod_runs_restricted_on_the_real_node(
+    cluster: Cluster, installed: InstalledOperator
 ) -> None:
-    # The installed Deployment's own pod (kwok would run it; it would do nothing) is not waited
-    # for: on a busy cluster it may wait for capacity. test_install_manifests_pass_server_dry_run
-    # puts the same pod through Pod Security admission.
-    kubeconfig = _service_account_kubeconfig(cluster, tmp_path / "kubeconfig")
-    metrics_port, liveness_port = _free_port(), _free_port()
-    instance = f"canarium-rbac-test-{uuid.uuid4().hex[:6]}"
-    log_path = tmp_path / "operator.log"
-    canarium = Path(sys.executable).with_name("canarium")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": instance}
-    env.pop("KUBERNETES_SERVICE_HOST", None)  # never the in-cluster config of a CI pod
-    with log_path.open("w") as log:
-        operator = subprocess.Popen(
-            [
-                str(canarium),
-                "run",
-                "--metrics-port",
-                str(metrics_port),
-                "--metrics-address",
-                "127.0.0.1",
-                "--liveness",
-                f"http://127.0.0.1:{liveness_port}/healthz",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    failure: AssertionError | None = None
-    try:
-        cluster.apply((EXAMPLES / "rolloutpolicy.yaml").read_text(), namespace)
-        cluster.apply((EXAMPLES / "iris.yaml").read_text(), namespace)
-        # Without a rollout policy a new version replaces the old revision once Ready (delete
-        # of a Deployment); dropping autoscaling deletes the HorizontalPodAutoscaler.
-        cluster.apply(_mdep("plain", "1", autoscaling=True), namespace)
-        for name in ("iris", "plain"):
-            cluster.kubectl(
-                "wait", "-n", namespace, "--for=condition=Ready", f"mdep/{name}", "--timeout=60s"
-            )
-        hpas = cluster.kubectl("get", "hpa", "-n", namespace, "-o", "name").stdout.split()
-        assert len(hpas) == 1, hpas
-        cluster.apply(_mdep("plain", "2", autoscaling=False), namespace)
+    pod = cluster.get_json("pod", "-n", NAMESPACE, installed.pod())
+    assert pod["spec"]["nodeName"] == REAL_NODE
+    assert pod["spec"]["serviceAccountName"] == "canarium"
+    labels = cluster.get_json("namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    (container,) = pod["status"]["containerStatuses"]
+    assert container["ready"] is True
+    assert container["image"].endswith("canarium-operator:0.1.0")
+    assert container["restartCount"] == 0, installed.log()[-3000:]
 
-        def replaced() -> bool:
-            deps = cluster.get_json(
-                "deploy", "-n", namespace, "-l", "canarium.dev/deployment=plain"
-            )
-            hpas = cluster.get_json("hpa", "-n", namespace)
-            mdep = cluster.get_json("mdep", "-n", namespace, "plain")
-            return (
-                len(deps["items"]) == 1
-                and not hpas["items"]
-                and mdep.get("status", {}).get("stable", {}).get("modelVersion") == "2"
-            )
 
-        wait_until(replaced, timeout=60, what="revision 1 replaced by 2, HPA deleted")
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "mdep/plain", "--timeout=60s"
-        )
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        assert _metric(url, "canarium_reconcile_total", 'kind="ModelDeployment"') > 0
-        assert _metric(url, "canarium_reconcile_errors_total", 'kind="ModelDeployment"') == 0
-        events = cluster.get_json("events", "-n", namespace)["items"]
-        ours = {
-            e.get("reportingInstance") for e in events if e.get("reportingComponent") == "canarium"
-        }
-        assert ours == {instance}, (
-            f"Events from {ours - {instance}}: another cluster-wide operator is running against "
-            "this cluster, so this run cannot tell which one did the work"
-        )
-    except AssertionError as exc:  # reported after the log's permission errors, if any
-        failure = exc
-    finally:
-        operator.send_signal(signal.SIGINT)  # kopf stops gracefully
+def test_example_serves_correct_predictions_through_its_service(
+    cluster: Cluster, namespace: str, installed: InstalledOperator, models: E2EModels
+) -> None:
+    """The shipped example, applied unchanged in a namespace that enforces Pod Security
+    "restricted", with its model in a ConfigMap as the example says: real serving pods answer
+    V2 requests sent to the Service's ClusterIP with the model's own predictions."""
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    cluster.kubectl(
+        "create", "configmap", "iris-model", "-n", namespace,
+        f"--from-file=model.onnx={models.good_v1.path}",
+    )  # fmt: skip
+    cluster.apply((EXAMPLES / "rolloutpolicy.yaml").read_text(), namespace)
+    cluster.apply((EXAMPLES / "iris.yaml").read_text(), namespace)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "mdep/iris", "--timeout=180s",
+        timeout=190,
+    )  # fmt: skip
+    pods = cluster.get_json("pods", "-n", namespace, "-l", "canarium.dev/deployment=iris")
+    assert {p["spec"]["nodeName"] for p in pods["items"]} == {REAL_NODE}
+    svc = cluster.get_json("service", "iris", "-n", namespace)
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    x = models.x[::5]
+    body = {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32",
+             "data": x.reshape(-1).tolist()}
+        ]
+    }  # fmt: skip
+
+    def infer() -> dict[str, Any] | None:
+        # kube-proxy programs the endpoints a moment after the pods turn Ready.
         try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
-    log_text = log_path.read_text()
+            got: dict[str, Any] = httpx.post(
+                f"{url}/v2/models/iris/infer", json=body, timeout=10
+            ).json()
+            return got
+        except httpx.ConnectError:
+            return None
+
+    answer = wait_until(infer, timeout=15, what="an answer through the ClusterIP")
+    labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+    assert labels == models.good_v1.predict(x)
+    assert answer["model_version"] == "1.0.0"
+    status = cluster.get_json("mdep", "iris", "-n", namespace)["status"]
+    assert status["phase"] == "Healthy"
+    assert status["ready"] == "4/4"
+
+
+def test_operator_rbac_is_enough_and_no_more(
+    cluster: Cluster, namespace: str, installed: InstalledOperator
+) -> None:
+    """The installed operator, under its ServiceAccount's own token in its pod, does its work
+    (revisions replaced, autoscalers dropped, Events recorded) with no permission error."""
+    cluster.apply(_mdep("plain", "1", autoscaling=True), namespace)
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "mdep/plain", "--timeout=60s")
+    hpas = cluster.kubectl("get", "hpa", "-n", namespace, "-o", "name").stdout.split()
+    assert len(hpas) == 1, hpas
+    cluster.apply(_mdep("plain", "2", autoscaling=False), namespace)
+
+    def replaced() -> bool:
+        deps = cluster.get_json("deploy", "-n", namespace, "-l", "canarium.dev/deployment=plain")
+        hpas = cluster.get_json("hpa", "-n", namespace)
+        mdep = cluster.get_json("mdep", "-n", namespace, "plain")
+        return (
+            len(deps["items"]) == 1
+            and not hpas["items"]
+            and mdep.get("status", {}).get("stable", {}).get("modelVersion") == "2"
+        )
+
+    wait_until(replaced, timeout=60, what="revision 1 replaced by 2, HPA deleted")
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "mdep/plain", "--timeout=60s")
+    url = installed.metrics_url()
+    assert _metric(url, "canarium_reconcile_total", 'kind="ModelDeployment"') > 0
+    assert _metric(url, "canarium_reconcile_errors_total", 'kind="ModelDeployment"') == 0
+    events = cluster.get_json("events", "-n", namespace)["items"]
+    ours = {e.get("reportingInstance") for e in events if e.get("reportingComponent") == "canarium"}
+    assert ours == {installed.pod()}
+    log_text = installed.log()
     denied = [line for line in log_text.splitlines() if DENIED.search(line)]
     assert not denied, "permission errors in the operator log:\n" + "\n".join(denied)
-    if failure is not None:
-        raise failure
-    assert "controller started" in log_text, log_text[-3000:]
 
 
 def _can_i(cluster: Cluster, verb: str, resource: str, namespace: str = "") -> bool:
@@ -369,6 +321,7 @@ def test_operator_can_what_it_needs(cluster: Cluster) -> None:
         ("get", "pods/proxy"),
         ("create", "events"),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("watch", "pods"),
     ]
     missing = [(v, r) for v, r in needed if not _can_i(cluster, v, r)]
     assert not missing, missing

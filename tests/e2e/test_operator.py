@@ -1,4 +1,6 @@
-"""The operator as a real process against the real API server (issue: operator core)."""
+"""The operator, installed in the cluster from its image, against the real API server
+(issue: operator core). The serving pods here only need to exist and be Ready, so they are
+placed on kwok's simulated nodes (KWOK_PLACEMENT); rollouts on real pods are test_rollout's."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from typing import Any
 import yaml
 from kubernetes import watch
 
-from tests.e2e.cluster import REPO, Cluster, wait_until
-from tests.e2e.operator import OperatorProcess
+from tests.e2e.cluster import KWOK_PLACEMENT, REPO, Cluster, wait_until
+from tests.e2e.incluster import InstalledOperator
 
 EXAMPLE = REPO / "manifests" / "examples" / "iris.yaml"
 
@@ -20,6 +22,7 @@ def iris(version: str = "1.0.0", replicas: int = 3) -> dict[str, Any]:
     obj: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     obj["spec"]["model"]["version"] = version
     obj["spec"]["serving"]["replicas"] = replicas
+    obj["spec"]["serving"].update(KWOK_PLACEMENT)
     obj["spec"].pop("rollout", None)
     return obj
 
@@ -73,7 +76,7 @@ def wait_quiet(cluster: Cluster, namespace: str, seconds: float = 3.0) -> dict[s
 
 
 def test_example_becomes_ready_with_owned_children(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
+    cluster: Cluster, namespace: str, operator: InstalledOperator
 ) -> None:
     cluster.apply(iris(), namespace)
     wait_ready(cluster, namespace)
@@ -151,7 +154,7 @@ class DeploymentRecorder:
 
 
 def test_new_version_is_ready_before_the_old_revision_goes(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
+    cluster: Cluster, namespace: str, operator: InstalledOperator
 ) -> None:
     cluster.apply(iris("1.0.0"), namespace)
     wait_ready(cluster, namespace)
@@ -174,7 +177,7 @@ def test_new_version_is_ready_before_the_old_revision_goes(
 
 
 def test_children_deleted_or_edited_by_hand_are_put_back(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
+    cluster: Cluster, namespace: str, operator: InstalledOperator
 ) -> None:
     cluster.apply(iris(), namespace)
     wait_ready(cluster, namespace)
@@ -221,7 +224,7 @@ def test_children_deleted_or_edited_by_hand_are_put_back(
 
 
 def test_operator_restart_mid_change_converges(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
+    cluster: Cluster, namespace: str, operator: InstalledOperator
 ) -> None:
     cluster.apply(iris("1.0.0"), namespace)
     wait_ready(cluster, namespace)
@@ -229,7 +232,7 @@ def test_operator_restart_mid_change_converges(
     before = mdep(cluster, namespace)["status"]
 
     # Crash the operator, change the spec while it is down, start it again.
-    operator.kill()
+    operator.stop()
     cluster.apply(iris("2.0.0", replicas=2), namespace)
     operator.start()
     obj = wait_healthy_with(cluster, namespace, "2.0.0")
@@ -262,7 +265,7 @@ def test_operator_restart_mid_change_converges(
 
 
 def test_deleting_the_modeldeployment_removes_its_children(
-    cluster: Cluster, namespace: str, operator: OperatorProcess
+    cluster: Cluster, namespace: str, operator: InstalledOperator
 ) -> None:
     cluster.apply(iris(), namespace)
     wait_ready(cluster, namespace)
