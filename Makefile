@@ -32,8 +32,8 @@ typecheck: setup ## mypy --strict on both packages
 	$(BIN)/mypy
 
 .PHONY: images
-images: ## build the operator, serving and pause images (buildah, no Docker)
-	@hack/images.sh
+images: ## build the operator, serving and pause images (buildah, no Docker); load them into the local node if it runs
+	@archives=$$(hack/images.sh) && if [ -S $${CANARIUM_CACHE:-$$HOME/.cache/canarium}/node/run/containerd.sock ]; then hack/cluster.sh load $$archives; fi
 
 control-plane: ## build the local control plane into ~/.cache/canarium (first run only)
 	@hack/build-control-plane.sh >/dev/null
@@ -64,14 +64,14 @@ unit: setup ## unit and model-server tests (no cluster)
 test-deps: ## system packages the e2e tests need (Prometheus, from Debian), if missing
 	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
-e2e: setup control-plane test-deps ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
+e2e: setup control-plane test-deps images ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
 	$(BIN)/pytest tests/e2e
 
-test: setup control-plane test-deps ## everything: lint, type checks, unit, serving and e2e tests
+test: setup control-plane test-deps images ## everything: lint, type checks, unit, serving and e2e tests
 	$(MAKE) --no-print-directory lint typecheck
 	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
 
-demo: setup control-plane ## local cluster + operator + the iris example
+demo: setup control-plane images ## local cluster with a real node, the operator from its image, the iris story
 	$(BIN)/python hack/demo.py
 
 clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)
@@ -85,5 +85,5 @@ bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process
 bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, peak RSS, idle CPU
 	$(BIN)/python -m tests.bench.bench_operator --count 1000
 
-bench-rollback: setup control-plane ## broken canary to all traffic on stable, in analysis intervals
+bench-rollback: setup control-plane images ## broken canary to all traffic on stable, in analysis intervals
 	$(BIN)/python -m tests.bench.bench_rollback --runs 3

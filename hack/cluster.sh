@@ -142,12 +142,6 @@ up() {
 down() {
   local bin
   bin=$(bin_dir)
-  # The operator that `make demo` left running against this cluster.
-  local demo_pid="$cache/demo/operator.pid"
-  if [ "$name" = canarium ] && [ -f "$demo_pid" ]; then
-    kill "$(cat "$demo_pid")" 2>/dev/null || true
-    rm -f "$demo_pid"
-  fi
   [ "$real_node" != 1 ] || "$here/node.sh" down
   if [ -d "$cluster_dir" ]; then
     "$bin/kwokctl" delete cluster --name "$name" >"$KWOK_WORKDIR/$name-delete.log" 2>&1 || true

@@ -1,25 +1,25 @@
-"""make demo: the local control plane, the CRDs, the operator, and the iris example Ready.
+"""make demo: the local cluster with its real node, the images, the operator installed from its
+image (`kubectl apply -k manifests/install`), and the iris story on real containers: 1.0.0
+served through its Service's ClusterIP, a good 2.0.0 canaried and promoted, a broken 3.0.0
+rolled back, with live traffic all along.
 
-The operator runs as a background process of this machine against the local cluster (as
-`canarium run` would from a laptop); its log and PID are kept in ~/.cache/canarium/demo/.
-`make cluster-down` stops the cluster and the demo operator.
+The cluster and the operator keep running afterwards; `make cluster-down` stops everything.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "hack" / "cluster.sh"
 VENV_BIN = Path(sys.executable).parent
-STATE = Path(os.environ.get("CANARIUM_CACHE", Path.home() / ".cache" / "canarium")) / "demo"
 NAMESPACE = "canarium-demo"
 
 
@@ -46,92 +46,47 @@ class Kubectl:
         return out
 
 
-def stop_previous_operator() -> None:
-    pid_file = STATE / "operator.pid"
-    if pid_file.exists():
-        try:
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(150):  # kopf shuts down gracefully within seconds
-                time.sleep(0.1)
-                os.kill(pid, 0)
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-        pid_file.unlink(missing_ok=True)
-
-
-def start_operator(kubeconfig: str) -> int:
-    STATE.mkdir(parents=True, exist_ok=True)
-    log = (STATE / "operator.log").open("w")
-    proc = subprocess.Popen(
-        # It plays the in-cluster operator: it reaches serving pods at their IPs.
-        [str(VENV_BIN / "canarium"), "run", "--namespace", NAMESPACE, "--pod-scrape", "pod-ip",
-         "--metrics-address", "127.0.0.1", "--metrics-port", "18080",
-         "--liveness", "http://127.0.0.1:18081/healthz"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-        start_new_session=True,  # outlives `make demo`
-    )  # fmt: skip
-    (STATE / "operator.pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + 30
-    while "controller started" not in (STATE / "operator.log").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the operator did not start; see {STATE / 'operator.log'}")
-        time.sleep(0.2)
-    return proc.pid
-
-
 def main() -> int:
-    say(
-        "Local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-    )
+    say("Local Kubernetes cluster: control plane, a real node (containerd, kubelet, kube-proxy)")
     subprocess.run([str(CLUSTER), "up"], check=True)
     kubeconfig = sh(str(CLUSTER), "kubeconfig")
     kubectl = Kubectl(sh(str(CLUSTER), "kubectl"), kubeconfig)
-    kubectl("get", "nodes")
+    kubectl("get", "nodes", "-o", "wide")
 
-    say("CRDs")
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", show=False)
-
-    say("Operator (canarium run, in the background)")
-    stop_previous_operator()
-    pid = start_operator(kubeconfig)
-    print(f"operator PID {pid}, log {STATE / 'operator.log'}")
+    say("The operator, installed from its image: kubectl apply -k manifests/install")
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests/install"))
+    kubectl("rollout", "status", "-n", "canarium-system", "deploy/canarium-operator",
+            "--timeout=180s")  # fmt: skip
+    kubectl("get", "pods", "-n", "canarium-system", "-o", "wide")
 
     say("Models trained with scikit-learn, packaged as ONNX with reference statistics")
     sys.path.insert(0, str(REPO))
     from tests.e2e.cluster import Cluster
-    from tests.e2e.models import build_e2e_models
-    from tests.e2e.pods import ServingPods
+    from tests.e2e.models import build_e2e_models, in_configmap
 
     models = build_e2e_models(REPO / "build" / "demo-models")
-    for model in (models.good_v1, models.good_v2, models.broken):
-        print(f"  {model.name:<8} {model.uri}")
     # A fresh namespace each run: the demo tells the same story every time.
     kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
     kubectl("create", "namespace", NAMESPACE)
-
+    kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
     cluster = Cluster(Path(kubeconfig), kubectl.base[0], local=True)
-    # kwok simulates the pods; a real model server runs for each at the pod's IP, with the
-    # env of the operator's pod template, and traffic goes where the Service sends it.
-    pods = ServingPods(cluster, NAMESPACE, STATE / "pods").start()
-    try:
-        story(kubectl, kubeconfig, cluster, models, pods)
-    finally:
-        pods.stop()  # the model servers are this process's children; the cluster stays
+    stored = {}
+    for model in (models.good_v1, models.good_v2, models.broken):
+        stored[model.name] = in_configmap(cluster, NAMESPACE, model)
+        print(f"  {model.name:<8} -> {stored[model.name].uri}")
+    story(kubectl, kubeconfig, cluster, models, stored)
     print(
         f"\nThe cluster and the operator keep running:\n"
         f"  export KUBECONFIG={kubeconfig}\n"
-        f"  kubectl get mdep -n {NAMESPACE}\n"
-        f"`make cluster-down` stops both."
+        f"  kubectl get mdep,pods -n {NAMESPACE} -o wide\n"
+        f"`make cluster-down` stops everything."
     )
     return 0
 
 
-def story(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, pods: Any) -> None:
+def story(
+    kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, stored: dict[str, Any]
+) -> None:
     """A good canary promoted, then a broken one rolled back."""
     from tests.e2e.load import LoadGenerator
     from tests.e2e.models import model_deployment
@@ -183,33 +138,46 @@ def story(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any, pods: An
             time.sleep(1)
 
     say("iris 1.0.0 (logistic regression) under a canary policy: 10% → 50% → 100%")
-    apply(models.good_v1, "1.0.0")
-    kubectl("wait", "--for=condition=Ready", "mdep/iris", "-n", NAMESPACE, "--timeout=120s")
-    pods.wait_serving(count=4, timeout=60)
-    load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=100, duration=600,
-                         probe=pods.probe_ready)  # fmt: skip
-    load.start()
+    apply(stored["good_v1"], "1.0.0")
+    kubectl("wait", "--for=condition=Ready", "mdep/iris", "-n", NAMESPACE, "--timeout=180s")
     kubectl("get", "mdep", "-n", NAMESPACE)
+    kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
+    kubectl("get", "service", "iris", "-n", NAMESPACE)
+    time.sleep(2)  # kube-proxy programs the new endpoints
+    print("traffic: 100 requests/s to the Service's ClusterIP (kube-proxy picks the pod)")
+    load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=100, duration=900)
+    load.start()
 
     say("A good new version, 2.0.0 (random forest): analysed at each step, then promoted")
-    apply(models.good_v2, "2.0.0")
+    apply(stored["good_v2"], "2.0.0")
     wait_for(lambda s: (s.get("canary") or {}).get("weight") == 50)
     canarium_status()
     wait_for(lambda s: s.get("phase") == "Healthy")
     canarium_status()
+    kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
 
     say("A bad version, 3.0.0, whose model rejects the live inputs: rolled back automatically")
-    apply(models.broken, "3.0.0")
+    apply(stored["broken"], "3.0.0")
     wait_for(lambda s: s.get("phase") == "Degraded")
     canarium_status()
     kubectl("get", "mdep", "-n", NAMESPACE)
     kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
             "involvedObject.kind=ModelDeployment,involvedObject.name=iris",
             "--sort-by=.eventTime")  # fmt: skip
-    ok = sum(1 for r in load.results if r.status == 200)
-    print(f"\nload: {len(load.results)} requests, {ok} answered 200; the spec still says 3.0.0"
-          " (GitOps: Git stays the source of truth until a person reverts it)")  # fmt: skip
+    time.sleep(3)
     load.stop()
+    results = load.results
+    by_version = Counter(r.version for r in results if r.status == 200)
+    rejected = sum(1 for r in results if r.status == 400)  # the broken model's answers
+    failed = [r for r in results if r.status not in (200, 400)]
+    print(f"\nload: {len(results)} requests through the ClusterIP; answered 200 by "
+          + ", ".join(f"{v}: {n}" for v, n in sorted(by_version.items()))
+          + f"; 400 from the broken 3.0.0 before its rollback: {rejected};"
+          f" failed (no answer, 5xx): {len(failed)}")  # fmt: skip
+    print("the spec still says 3.0.0 (GitOps: Git stays the source of truth until a person "
+          "reverts it)")  # fmt: skip
+    if failed:
+        raise SystemExit(f"{len(failed)} requests failed: {failed[:5]}")
 
 
 if __name__ == "__main__":

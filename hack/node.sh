@@ -289,6 +289,20 @@ down() {
   # kube-proxy's nftables tables.
   nft delete table ip kube-proxy 2>/dev/null || true
   nft delete table ip6 kube-proxy 2>/dev/null || true
+  # kubelet's own iptables chains (KUBE-FIREWALL and the canaries it watches for flushes).
+  local ipt t
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for t in INPUT OUTPUT; do
+      while "$ipt" -w -t filter -D "$t" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for t in filter nat mangle; do
+      "$ipt" -w -t "$t" -F KUBE-FIREWALL 2>/dev/null || true
+      "$ipt" -w -t "$t" -X KUBE-FIREWALL 2>/dev/null || true
+      "$ipt" -w -t "$t" -X KUBE-KUBELET-CANARY 2>/dev/null || true
+    done
+    "$ipt" -w -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
+  done
   # Mounts under the node's state (overlay rootfs, shm, volumes, netns bind mounts), deepest first.
   local m
   for m in $(awk -v s="$state/" 'index($2, s) == 1 {print $2}' /proc/self/mounts | sort -r); do

@@ -223,8 +223,24 @@ class LoadGenerator:
         self._threads[0].start()
         if not self._routed.wait(10):
             raise AssertionError(f"could not read the routing objects: {self.refresh_errors}")
+        if self.router == "replicas":
+            self._wait_reachable()
         self._threads[1].start()
         return self
+
+    def _wait_reachable(self, timeout: float = 20.0) -> None:
+        """Until the Service answers at all: kube-proxy programs a Service's endpoints a moment
+        after its pods turn Ready (asks the health endpoint: no inference is counted)."""
+        (ep,) = self.routing().endpoints[self.name]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.get(f"http://{ep.ip}:{ep.port}/v2/health/ready", timeout=5)
+                return
+            except httpx.TransportError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.name} ({ep.ip}) does not answer: {e}") from e
+                time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop sending; wait for the requests in flight."""

@@ -1,7 +1,11 @@
-"""The local control plane is a real Kubernetes: workloads, CRDs, garbage collection, lifecycle."""
+"""The local cluster is a real Kubernetes: workloads on kwok's nodes and on the real node, CRDs,
+garbage collection, ClusterIP Services through kube-proxy, and a lifecycle that leaves nothing
+behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -9,10 +13,24 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.cluster import Cluster, start_local_cluster, stop_local_cluster, wait_until
+from tests.e2e.cluster import (
+    CLUSTER_SH,
+    KWOK_PLACEMENT,
+    REAL_NODE,
+    REPO,
+    Cluster,
+    start_local_cluster,
+    stop_local_cluster,
+    wait_until,
+)
+
+NODE_SH = REPO / "hack" / "node.sh"
+CACHE = Path(os.environ.get("CANARIUM_CACHE", Path.home() / ".cache" / "canarium"))
+PAUSE = "registry.k8s.io/pause:3.10.1"
 
 
 def deployment(name: str, replicas: int) -> dict[str, object]:
+    """Pods that only need to exist: placed on kwok's simulated nodes."""
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
@@ -23,7 +41,10 @@ def deployment(name: str, replicas: int) -> dict[str, object]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "registry.invalid/none:1"}]},
+                "spec": {
+                    "containers": [{"name": "main", "image": "registry.invalid/none:1"}],
+                    **KWOK_PLACEMENT,
+                },
             },
         },
     }
@@ -208,3 +229,98 @@ def test_cluster_down_leaves_no_process(cluster: Cluster) -> None:
         stop_local_cluster(name)
     assert _processes_mentioning(cluster_dir) == []
     assert not Path(cluster_dir).exists()
+
+
+def _node_traces() -> dict[str, list[str]]:
+    """Everything of the real node this machine could still hold."""
+    state = str(CACHE / "node")
+    procs = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if state in cmdline or "canarium-worker" in cmdline or "bind=198.18.0.1" in cmdline:
+            procs.append(cmdline[:160])
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if state in line.split()[1] or "/run/netns/cni-" in line.split()[1]
+    ]
+
+    def out(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    netns, links = out("ip", "netns", "list"), out("ip", "-j", "link", "show")
+    ruleset, routes = out("nft", "list", "ruleset"), out("ip", "route")
+    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/canarium")]
+    return {
+        "processes": procs,
+        "mounts": mounts,
+        "netns": [n.split()[0] for n in netns.splitlines() if n.startswith("cni-")],
+        "links": [
+            link["ifname"]
+            for link in json.loads(links or "[]")
+            if link["ifname"] == "canarium0" or link.get("master") == "canarium0"
+        ],
+        "nftables": [
+            line.strip()
+            for line in ruleset.splitlines()
+            if "kube-proxy" in line or "KUBE-" in line or "198.1" in line
+        ],
+        "routes": [r for r in routes.splitlines() if "198.1" in r or "canarium0" in r],
+        "cgroups": cgroups,
+        "state": [state] if Path(state).exists() else [],
+    }
+
+
+def test_real_node_runs_containers_and_leaves_nothing_behind(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A pod runs on the real node behind a ClusterIP Service (kube-proxy programs it);
+    stopping the node leaves no process, mount, network namespace, veth, bridge,
+    nftables/iptables rule, route, cgroup or containerd state; starting it again brings it back
+    Ready."""
+    if not cluster.local:
+        pytest.skip("the local cluster's real node only; this run uses CANARIUM_KUBECONFIG")
+    # A pod of the pause image (made on this machine) and a Service that selects it.
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "sleeper", "labels": {"app": "sleeper"}},
+                "spec": {"containers": [{"name": "pause", "image": PAUSE}]},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "sleeper"},
+                "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 80}]},
+            },
+        ],
+        namespace,
+    )
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "pod/sleeper", "--timeout=60s"
+    )
+    pod = cluster.core.read_namespaced_pod("sleeper", namespace)
+    assert pod.spec.node_name == REAL_NODE
+    assert pod.status.pod_ip.startswith("198.18.0."), pod.status.pod_ip
+    during = _node_traces()
+    for kind in ("processes", "mounts", "netns", "links", "nftables", "cgroups", "state"):
+        assert during[kind], f"no {kind} while the node runs: the check would see nothing"
+
+    kubeconfig = str(cluster.kubeconfig)
+    binaries = subprocess.run(
+        [str(CLUSTER_SH), "bin"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run([str(NODE_SH), "down"], check=True, timeout=120)
+    try:
+        left = {kind: found for kind, found in _node_traces().items() if found}
+        assert not left, f"left behind by node down: {left}"
+    finally:
+        subprocess.run([str(NODE_SH), "up", kubeconfig, binaries], check=True, timeout=300)
+    cluster.kubectl("wait", "--for=condition=Ready", f"node/{REAL_NODE}", "--timeout=60s")

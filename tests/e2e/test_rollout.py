@@ -5,6 +5,7 @@ podMetrics provider or a real Prometheus scraping the pods."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -217,6 +218,7 @@ def test_good_version_goes_10_50_100_and_is_promoted(
         timeout=30,
         what="the Service's endpoints are the new revision's only",
     )
+    time.sleep(2)  # kube-proxy's rules follow the EndpointSlices within its 1 s minSyncPeriod
     mark = traffic.mark()
     time.sleep(2)
     after = traffic.results_since(mark)
@@ -266,11 +268,12 @@ def test_a_version_that_rejects_live_inputs_is_rolled_back(
         timeout=30,
         what="the Service's endpoints are stable's only",
     )
+    time.sleep(2)  # kube-proxy's rules follow the EndpointSlices within its 1 s minSyncPeriod
     mark = traffic.mark()
-    time.sleep(2)
+    time.sleep(3)
     after = traffic.results_since(mark)
     assert after
-    assert {r.status for r in after} == {200}
+    assert {r.status for r in after} == {200}, traffic.statuses(after)
     assert {r.version for r in after} == {"1.0.0"}
     # It is not retried by itself.
     time.sleep(5)
@@ -430,3 +433,91 @@ def test_gateway_api_router_writes_exact_weights(
     route = cluster.get_json("httproute", NAME, "-n", namespace)
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
     assert weights == {"iris-stable": 100, "iris-canary": 0}
+
+
+def test_a_model_that_fails_its_sha256_crash_loops_and_is_rolled_back_at_once(
+    cluster: Cluster,
+    namespace: str,
+    operator: InstalledOperator,
+    models: E2EModels,
+    load: Callable[..., LoadGenerator],
+) -> None:
+    """The canary's server refuses a model whose sha256 is not the one in the spec: it writes
+    why to its termination log and exits, the kubelet restarts it into CrashLoopBackOff, and the
+    operator rolls back from the container's termination message, long before the progress
+    deadline (600 s), while stable keeps answering every request."""
+    stable = start_v1(cluster, namespace, models, policy())
+    traffic = load(NAME, models.x, rate=40, duration=180)
+    traffic.start()
+    tampered = dataclasses.replace(models.good_v2, sha256=models.good_v1.sha256)
+    started = time.monotonic()
+    deploy(cluster, namespace, tampered, "2.0.0", policy())
+    final = wait_status(
+        cluster, namespace, lambda s: s.get("phase") == "Degraded", "rolled back", timeout=120
+    )
+    took = time.monotonic() - started
+    degraded = next(c for c in final["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ModelLoadFailed", degraded
+    assert "sha256" in degraded["message"], degraded
+    assert final["stable"]["name"] == stable
+    assert final["history"][0]["outcome"] == "RolledBack"
+    assert took < 120, f"{took:.0f}s"
+    # The kubelet really restarted it: the termination message is the container's own.
+    canary = final["canary"]["name"]
+    pods = cluster.get_json("pods", "-n", namespace)["items"]
+    statuses = [
+        c
+        for p in pods
+        if (p["metadata"].get("ownerReferences") or [{}])[0].get("name", "").startswith(canary)
+        for c in p["status"].get("containerStatuses") or []
+    ]
+    if statuses:  # the canary may already be scaled away
+        terminated = statuses[0].get("lastState", {}).get("terminated") or {}
+        assert "sha256" in terminated.get("message", ""), statuses[0]
+    time.sleep(2)
+    traffic.stop()
+    assert not failed(traffic), failed(traffic)[:10]
+    assert {r.version for r in traffic.results} == {"1.0.0"}, "no request reached the canary"
+
+
+def test_a_serving_pod_killed_mid_rollout_is_replaced_and_the_rollout_goes_on(
+    cluster: Cluster,
+    namespace: str,
+    operator: InstalledOperator,
+    models: E2EModels,
+    load: Callable[..., LoadGenerator],
+) -> None:
+    manual = policy(steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}])
+    stable = start_v1(cluster, namespace, models, manual)
+    traffic = load(NAME, models.x, rate=40, duration=180)
+    traffic.start()
+    deploy(cluster, namespace, models.good_v2, "2.0.0", manual)
+    paused = wait_status(cluster, namespace, lambda s: s.get("phase") == "Paused", "paused")
+    canary = paused["canary"]["name"]
+    (victim,) = pods_of(cluster, namespace, canary)
+    doomed = pods_of(cluster, namespace, stable)[0]
+    cluster.kubectl("delete", "pod", "-n", namespace, victim, doomed, "--grace-period=0", "--force")
+    wait_until(
+        lambda: [p for p in pods_of(cluster, namespace, canary, ready=True) if p != victim],
+        timeout=90,
+        what="a new canary pod, ready",
+    )
+    wait_until(
+        lambda: (
+            len([p for p in pods_of(cluster, namespace, stable, ready=True) if p != doomed])
+            == len(pods_of(cluster, namespace, stable))
+        ),
+        timeout=90,
+        what="stable back to full strength",
+    )
+    held = status(cluster, namespace)
+    assert held["phase"] == "Paused", held
+    assert held["canary"]["name"] == canary
+    canary_cli(cluster, namespace, "promote")
+    final = wait_status(
+        cluster,
+        namespace,
+        lambda s: s.get("phase") == "Healthy" and s["stable"]["modelVersion"] == "2.0.0",
+        "promoted",
+    )
+    assert final["history"][0]["outcome"] == "Promoted"
