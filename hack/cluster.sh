@@ -92,17 +92,18 @@ write_apiserver_wrapper() {
   # The address the `kubernetes` Service sends pods to (the real node relays it to 127.0.0.1).
   [ "$real_node" != 1 ] || advertise=--advertise-address=198.18.0.1
   mkdir -p "$KWOK_WORKDIR/wrappers"
+  # exec -a keeps the name kwokctl gave the copy (<cluster>/bin/...) in the process list.
   cat >"$KWOK_WORKDIR/wrappers/kube-apiserver" <<SH
-#!/bin/sh
-exec "$bin/kube-apiserver" --service-cluster-ip-range=198.19.0.0/16 \\
+#!/bin/bash
+exec -a "\$0" "$bin/kube-apiserver" --service-cluster-ip-range=198.19.0.0/16 \\
   --kubelet-client-certificate="$cluster_dir/pki/admin.crt" --kubelet-client-key="$cluster_dir/pki/admin.key" \\
   --kubelet-preferred-address-types=InternalIP "\$@" $advertise
 SH
   chmod +x "$KWOK_WORKDIR/wrappers/kube-apiserver"
   # kwokctl's binary runtime makes kwok manage every node; it must leave the real one alone.
   cat >"$KWOK_WORKDIR/wrappers/kwok" <<SH
-#!/bin/sh
-exec "$bin/kwok" "\$@" --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+#!/bin/bash
+exec -a "\$0" "$bin/kwok" "\$@" --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
 SH
   chmod +x "$KWOK_WORKDIR/wrappers/kwok"
 }
@@ -124,6 +125,8 @@ up() {
   fi
   # Not running, or started with another configuration: start afresh.
   [ -d "$cluster_dir" ] && down
+  # A node whose processes were killed (not stopped) leaves mounts, netns and cgroups behind.
+  [ "$real_node" != 1 ] || "$here/node.sh" down
   echo "$wanted" >"$conf"
   local start=$SECONDS
   [ "$real_node" != 1 ] || "$here/node.sh" bridge

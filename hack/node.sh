@@ -195,8 +195,11 @@ cgroup_root() {
 # start NAME CMD...: a daemon in its own session, its PID in $state/NAME.pid, its log beside.
 start() {
   local name=$1; shift
-  setsid "$@" >"$state/$name.log" 2>&1 < /dev/null &
-  echo $! >"$state/$name.pid"
+  # setsid forks when the caller made it a process group leader (a shell with job control),
+  # so the daemon writes its own PID before it execs.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$state/$name.pid" "$@" >"$state/$name.log" 2>&1 </dev/null &
+  local i
+  for i in $(seq 1 40); do [ -s "$state/$name.pid" ] && return 0; sleep 0.05; done
 }
 
 wait_for() {
@@ -267,9 +270,7 @@ down() {
   stop_pid kubelet
   stop_pid kube-proxy
   stop_pid apiserver-relay
-  # Every container of the node: its shim processes (containerd-shim-runc-v2 ... -address SOCK).
-  local shims
-  shims=$(pgrep -f "containerd-shim.*$state/" || true)
+  # Every container of the node: stop its tasks through containerd first.
   if [ -S "$sock" ]; then
     # Stop the tasks first so that runc tears down their cgroups and namespaces.
     local ns=k8s.io c
@@ -278,8 +279,11 @@ down() {
     done
   fi
   stop_pid containerd
-  shims=$(pgrep -f "containerd-shim.*$state/" || true)
-  [ -z "$shims" ] || kill -9 $shims 2>/dev/null || true
+  # Whatever a lost PID file would hide: every process started with this node's files, or
+  # relaying its address.
+  local strays
+  strays=$( (pgrep -f "$state/"; pgrep -f "bind=$NODE_IP,") 2>/dev/null | sort -u || true)
+  [ -z "$strays" ] || kill -9 $strays 2>/dev/null || true
   # Container processes orphaned by a killed shim (their cgroups live under /canarium).
   local procs
   procs=$(cat /sys/fs/cgroup/pids/canarium/cgroup.procs /sys/fs/cgroup/pids/canarium/*/cgroup.procs \

@@ -204,7 +204,11 @@ def test_cluster_down_leaves_no_process(cluster: Cluster) -> None:
             "the lifecycle of the local control plane only; this run uses CANARIUM_KUBECONFIG"
         )
     name = f"canarium-lifecycle-{uuid.uuid4().hex[:4]}"
-    kubeconfig, kubectl = start_local_cluster(name, nodes=1)
+    try:
+        kubeconfig, kubectl = start_local_cluster(name, nodes=1)
+    except BaseException:
+        stop_local_cluster(name)  # what did start must not outlive the test
+        raise
     cluster_dir = str(kubeconfig.parent)
     try:
         out = subprocess.run(

@@ -4,6 +4,7 @@ on the real node, traffic through a Service's ClusterIP or routed as an HTTPRout
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -221,3 +222,66 @@ def test_drifted_and_broken_models_misbehave_as_described(
     time.sleep(0.5)
     gen.stop()
     assert gen.results_since(paused_at)
+
+
+def test_model_on_a_persistent_volume_claim(
+    cluster: Cluster,
+    namespace: str,
+    operator: InstalledOperator,
+    models: E2EModels,
+    load: Callable[..., LoadGenerator],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """pvc://claim/path: the operator mounts the claim read-only into the serving pods (a
+    hostPath PersistentVolume on the real node here; any storage class elsewhere)."""
+    if cluster.host_address() == "127.0.0.1":
+        pytest.skip("needs the local cluster's real node (a hostPath PersistentVolume on it)")
+    store = tmp_path_factory.mktemp("pv")
+    store.chmod(0o755)
+    (store / "iris").mkdir(mode=0o755)
+    target = store / "iris" / "model.onnx"
+    target.write_bytes(models.good_v2.path.read_bytes())
+    target.chmod(0o644)
+    pv = f"model-store-{namespace}"[:63]
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "10Mi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(store), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": "models"},
+            },
+        }
+    )
+    try:
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "models"},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "10Mi"}},
+                },
+            },
+            namespace,
+        )
+        model = dataclasses.replace(models.good_v2, uri="pvc://models/iris/model.onnx")
+        cluster.apply(model_deployment(NAME, model, version="2.0.0", replicas=2), namespace)
+        _wait_ready(cluster, namespace)
+        gen = load(NAME, models.x, rate=50, max_requests=40, max_rows=2).run()
+        assert gen.statuses() == {200: 40}, gen.counts()
+        for r in gen.results:
+            assert r.labels == tuple(models.good_v2.predict(models.x[list(r.rows)])), r
+        assert {r.version for r in gen.results} == {"2.0.0"}
+    finally:
+        cluster.kubectl("delete", "mdep", NAME, "-n", namespace, "--ignore-not-found")
+        cluster.kubectl("delete", "pvc", "models", "-n", namespace, "--ignore-not-found")
+        cluster.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false")
