@@ -33,7 +33,7 @@ typecheck: setup ## mypy --strict on both packages
 
 .PHONY: images
 images: ## build the operator, serving and pause images (buildah, no Docker); load them into the local node if it runs
-	@archives=$$(hack/images.sh) && if [ -S $${CANARIUM_CACHE:-$$HOME/.cache/canarium}/node/run/containerd.sock ]; then hack/cluster.sh load $$archives; fi
+	@archives=$$(hack/images.sh) && hack/cluster.sh load $$archives
 
 control-plane: ## build the local control plane into ~/.cache/canarium (first run only)
 	@hack/build-control-plane.sh >/dev/null

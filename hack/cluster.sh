@@ -168,7 +168,7 @@ case "${1:-}" in
   down) down ;;
   kubeconfig) kubeconfig_path ;;
   kubectl) echo "$(bin_dir)/kubectl" ;;
-  load) shift; [ "$real_node" = 1 ] && "$here/node.sh" load "$@" ;;
+  load) shift; if [ "$real_node" = 1 ]; then "$here/node.sh" load "$@"; fi ;;
   bin) bin_dir ;;
   *) echo "usage: $0 up|down|kubeconfig|kubectl|bin|load ARCHIVE..." >&2; exit 2 ;;
 esac

@@ -246,6 +246,10 @@ up() {
 
 load() {
   local archive
+  if ! ctr --address "$sock" --timeout 3s version >/dev/null 2>&1; then
+    log "node not running: images are loaded when it starts"
+    return 0
+  fi
   for archive in "$@"; do
     log "loading $(basename "$archive")"
     ctr --address "$sock" -n k8s.io images import "$archive" >/dev/null
