@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from canarium.api import (
+    AnalysisSpec,
     AnalysisStatus,
     HistoryEntry,
     Measurement,
@@ -316,13 +317,20 @@ def analysis_due(inp: RolloutInput) -> bool:
     baking = status.previous is not None and status.bake_until is not None
     if not rolling and not baking:
         return False
-    last = status.analysis.last_run_time if status.analysis else None
+    due = next_analysis_at(status.analysis, analysis)
+    return due is None or inp.now >= due
+
+
+def next_analysis_at(state: AnalysisStatus | None, analysis: AnalysisSpec) -> datetime | None:
+    """When the next interval is due; None: now (the first snapshot starts the first window).
+    The first judged interval waits for `initialDelay` when that is longer than `interval`."""
+    last = state.last_run_time if state else None
     if last is None:
-        return True  # the first snapshot: the first window starts now
+        return None
     wait = analysis.interval_seconds
-    if status.analysis and status.analysis.intervals == 0 and analysis.initial_delay:
+    if state is not None and state.intervals == 0 and analysis.initial_delay:
         wait = max(wait, analysis.initial_delay_seconds)
-    return inp.now >= last + timedelta(seconds=wait)
+    return last + timedelta(seconds=wait)
 
 
 def _seconds_until(now: datetime, then: datetime) -> float:
@@ -366,6 +374,17 @@ class _Machine:
         else:
             what = "pause until promoted"
         return f"step {index + 1}/{len(steps)} ({what})"
+
+    def split(self, weight: int) -> tuple[int | None, int]:
+        """(stable, canary) pods at a canary weight. With autoscaling the stable revision stays
+        under its HorizontalPodAutoscaler (None) and the canary is sized from the stable's
+        current size, as with Gateway API: the replicas router then delivers
+        canary / (stable + canary) of the traffic, reported as the effective weight."""
+        if not self.autoscaled:
+            return split_replicas(self.total, weight, self.inp.router)
+        stable = self.observed(self.status.stable.name if self.status.stable else None)
+        size = stable.replicas if stable is not None and stable.replicas > 0 else self.total
+        return None, split_replicas(size, weight, "gatewayAPI")[1]
 
     def weight_at(self, index: int) -> int:
         """The canary weight in force at a step: the last setWeight at or before it."""
@@ -413,19 +432,16 @@ class _Machine:
             else:
                 analysis.consecutive_inconclusive = 0
         self.status.analysis = analysis
-        if self.inp.policy.analysis:
-            self.after(self.inp.policy.analysis.interval_seconds)
 
     def schedule_analysis(self) -> None:
         """Look again when the next analysis interval is due."""
         analysis = self.inp.policy.analysis
         if analysis is None:
             return
-        last = self.status.analysis.last_run_time if self.status.analysis else None
-        if last is None:
+        due = next_analysis_at(self.status.analysis, analysis)
+        if due is None:
             self.after(1.0)  # the first snapshot as soon as the canary has traffic
         else:
-            due = last + timedelta(seconds=analysis.interval_seconds)
             self.after(_seconds_until(self.inp.now, due))
 
     def analysis_failed(self) -> bool:
@@ -648,15 +664,26 @@ class _Machine:
             return self.rollback(stable, stable_spec, canary, "RolledBack", self.failure_summary())
 
         index = status.current_step or 0
+        # While paused by a person the step's clock is stopped (unset); a resume starts the
+        # step's pause again, in full, and it needs an analysis interval of its own again.
         started = status.step_started_at or inp.now
+        if inp.paused and verb in ("promote", "promote-full"):
+            # Argo Rollouts' promote also unpauses; here the pause is the user's annotation, which
+            # the operator does not remove: the pause wins and the command is used up.
+            self.event(
+                "Warning", "CommandIgnored",
+                f"{verb} ignored: the rollout is paused (canarium.dev/paused); "
+                "resume it, then promote again",
+            )  # fmt: skip
+            verb = None
         if verb == "promote-full":
             index = len(steps)
             self.event("Normal", "PromotedFully", "promoted to the end by a person")
         held = ""
-        while index < len(steps):
+        while index < len(steps) and not inp.paused:
             weight = self.weight_at(index)
             step = steps[index]
-            stable_replicas, canary_replicas = split_replicas(self.total, weight, inp.router)
+            _, canary_replicas = self.split(weight)
             if step.set_weight is not None:
                 if self.ready_count(canary) < canary_replicas:
                     held = f"waiting for {canary} to have {canary_replicas} ready pods"
@@ -687,9 +714,9 @@ class _Machine:
             return self.promote(stable, stable_spec, canary)
         self.schedule_analysis()
         status.current_step = index
-        status.step_started_at = started
+        status.step_started_at = None if inp.paused else started
         weight = self.weight_at(index)
-        stable_replicas, canary_replicas = split_replicas(self.total, weight, inp.router)
+        stable_replicas, canary_replicas = self.split(weight)
         route = self.set_serving_status(
             stable, stable_spec.model.version, stable_replicas, canary, canary_replicas, weight
         )
@@ -851,6 +878,7 @@ class _Machine:
             status.analysis = AnalysisStatus()
             plans.append(RevisionPlan(stable, stable_spec, 0, "previous"))
             self.after(bake)
+            self.schedule_analysis()
             status.phase = "Progressing"
             status.message = (
                 f"model {inp.spec.model.version} promoted; baking for {inp.policy.bake}"

@@ -84,6 +84,7 @@ class Sim:
         self.status: dict[str, Any] = {}
         self.annotations: dict[str, str] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
+        self.hpas: set[str] = set()
         self.not_ready: set[str] = set()
         self.deadline: set[str] = set()
         self.pods: dict[str, list[dict[str, Any]]] = {}
@@ -135,16 +136,29 @@ class Sim:
             settings=SETTINGS,
             policy=self.policy,
             analysis_run=run,
+            hpas=frozenset(self.hpas),
         )
 
     def reconcile(self, run: AnalysisRun | None = None) -> Plan:
         plan = reconcile(self.input(run))
         for manifest in plan.apply:
+            name = manifest["metadata"]["name"]
             if manifest["kind"] == "Deployment":
-                self.deployments[manifest["metadata"]["name"]] = manifest
+                if "replicas" not in manifest["spec"]:
+                    # Server-side apply without replicas leaves the count to the HPA: the
+                    # Deployment keeps the size it has (1 when it is new).
+                    before = self.deployments.get(name, {}).get("spec", {}).get("replicas", 1)
+                    applied = {**manifest, "spec": {**manifest["spec"], "replicas": before}}
+                    self.deployments[name] = applied
+                else:
+                    self.deployments[name] = manifest
+            elif manifest["kind"] == "HorizontalPodAutoscaler":
+                self.hpas.add(name)
         for ref in plan.delete:
             if ref.kind == "Deployment":
                 self.deployments.pop(ref.name, None)
+            elif ref.kind == "HorizontalPodAutoscaler":
+                self.hpas.discard(ref.name)
         self.status = plan.status
         self.last = plan
         self.events.extend(plan.events)
@@ -769,3 +783,265 @@ def test_a_rolled_back_canary_is_not_replayed_when_the_stable_fails_too() -> Non
     assert sim.phase == "Degraded"
     assert sim.status["stable"]["name"] == stable
     assert sim.replicas_of("2.0.0") == 0
+
+
+# --- Pause, commands, retry, timers, autoscaling (issue 16) ---------------------------------
+STEPS_ONLY = {
+    "steps": [
+        {"setWeight": 25},
+        {"pause": {"duration": "20s"}},
+        {"setWeight": 50},
+        {"pause": {"duration": "20s"}},
+        {"setWeight": 100},
+    ]
+}
+MANUAL = {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}]}
+
+
+def _position(sim: Sim) -> tuple[int, int, int, int]:
+    """(step, canary weight, stable pods, canary pods)."""
+    return (
+        sim.status["currentStep"],
+        sim.status["canary"]["weight"],
+        sim.replicas_of("1.0.0"),
+        sim.replicas_of("2.0.0"),
+    )
+
+
+def test_pause_holds_a_steps_only_rollout_at_its_step_and_weight() -> None:
+    """The on-call reproduction: paused at 25% of a steps-only policy, it must not go on to 50%
+    and be promoted when the 20 s pauses run out."""
+    sim = Sim(STEPS_ONLY)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(5)
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.settle()
+    held = _position(sim)
+    assert held == (1, 25, 3, 1)
+    for _ in range(20):  # ten minutes
+        sim.tick(30)
+        plan = sim.settle()
+        assert _position(sim) == held
+        assert sim.phase == "Paused"
+        assert sim.status["pauseReason"] == "paused by a person (canarium.dev/paused)"
+        assert plan.requeue_after is None, "nothing to wake up for while paused"
+    # Resume: the same step, whose pause timer starts again (a full 20 s from the resume).
+    del sim.annotations["canarium.dev/paused"]
+    plan = sim.settle()
+    assert sim.phase == "Progressing"
+    assert _position(sim) == held
+    assert plan.requeue_after == 20
+    sim.tick(19)
+    sim.settle()
+    assert _position(sim) == held
+    sim.tick(2)
+    sim.settle()
+    assert _position(sim) == (3, 50, 2, 2)
+
+
+def test_pause_holds_through_passed_analysis_and_a_promote() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.settle()
+    held = _position(sim)
+    for i in range(6):
+        sim.tick(31)
+        sim.analyse("Passed")  # analysis keeps measuring; a pass does not advance the step
+        assert _position(sim) == held
+        sim.annotations["canarium.dev/command"] = f"promote@{i}"
+        sim.settle()
+        assert _position(sim) == held, "promote is refused while paused"
+        assert sim.status["lastCommand"] == f"promote@{i}", "refused commands are used up"
+        assert "CommandIgnored" in [e.reason for e in sim.events]
+    sim.annotations["canarium.dev/command"] = "promote-full@x"
+    sim.settle()
+    assert _position(sim) == held
+    assert sim.status["analysis"]["intervals"] == 6
+    # After the resume the step needs an interval of its own again, and its full minute.
+    del sim.annotations["canarium.dev/paused"]
+    sim.settle()
+    assert _position(sim) == held
+    assert sim.phase == "Progressing"
+    sim.tick(31)
+    sim.analyse("Passed")
+    assert _position(sim) == held, "the pause runs its minute from the resume"
+    sim.tick(30)
+    sim.analyse("Passed")
+    sim.settle()
+    assert sim.status["currentStep"] == 3
+
+
+def test_a_paused_rollout_can_still_be_aborted_or_rolled_back() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.settle()
+    sim.tick(30)
+    sim.analyse("Failed", 0.4)
+    sim.tick(30)
+    sim.analyse("Failed", 0.4)
+    assert sim.phase == "Degraded"
+    assert sim.condition("Degraded")["reason"] == "AnalysisFailed"
+    assert sim.replicas_of("2.0.0") == 0
+
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    assert sim.phase == "Degraded"
+    assert sim.condition("Degraded")["reason"] == "Aborted"
+
+
+def test_a_leftover_promote_does_not_end_the_next_rollouts_manual_pause() -> None:
+    sim = Sim(MANUAL)
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.phase == "Paused"
+    sim.annotations["canarium.dev/command"] = "promote@1"
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+    # The annotation stays on the object; the next rollout must wait for a new promote.
+    sim.version = "3.0.0"
+    sim.generation += 1
+    for _ in range(3):
+        sim.settle()
+        sim.tick(600)
+    assert sim.phase == "Paused"
+    assert sim.status["currentStep"] == 1
+    assert sim.status["canary"]["modelVersion"] == "3.0.0"
+    assert sim.status["lastCommand"] == "promote@1"
+    sim.annotations["canarium.dev/command"] = "promote@2"
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["stable"]["modelVersion"] == "3.0.0"
+
+
+def test_a_command_given_at_a_steady_state_is_used_up_there() -> None:
+    """An abort with nothing to abort must not abort the next rollout."""
+    sim = Sim()
+    sim.settle()
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    assert sim.status["lastCommand"] == "abort@1"
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing"
+    assert sim.status["canary"]["weight"] == 25
+
+
+def test_retry_after_an_analysis_rollback_starts_with_clean_analysis() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    for _ in range(2):
+        sim.tick(30)
+        sim.analyse("Failed", 0.4)
+    assert sim.condition("Degraded")["reason"] == "AnalysisFailed"
+    sim.annotations["canarium.dev/command"] = "retry@1"
+    sim.settle()
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 1
+    assert sim.status.get("analysis") in (None, {}), sim.status.get("analysis")
+    # One failed interval of failureLimit 2: still going.
+    sim.tick(30)
+    sim.analyse("Failed", 0.4)
+    assert sim.phase == "Progressing"
+    assert sim.status["analysis"]["failures"] == 1
+    assert sim.status["analysis"]["intervals"] == 1
+
+
+def test_retry_is_not_rolled_back_by_an_interval_measured_before_it() -> None:
+    """An analysis run that the controller carried out for the rolled-back canary and that
+    arrives with the retry does not count for the new attempt."""
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    for _ in range(2):
+        sim.tick(30)
+        sim.analyse("Failed", 0.4)
+    sim.annotations["canarium.dev/command"] = "retry@1"
+    sim.tick(30)
+    sim.analyse("Failed", 0.4)
+    assert sim.phase == "Progressing"
+    sim.settle()
+    assert sim.phase == "Progressing"
+
+
+def test_a_timed_pause_without_analysis_wakes_itself() -> None:
+    sim = Sim(STEPS_ONLY)
+    sim.settle()
+    plan = sim.release("2.0.0")
+    assert sim.status["currentStep"] == 1
+    assert plan.requeue_after == 20
+    sim.tick(15)
+    assert sim.settle().requeue_after == 5
+    sim.tick(5)
+    plan = sim.settle()
+    assert sim.status["currentStep"] == 3
+    assert plan.requeue_after == 20
+
+
+def test_initial_delay_schedules_the_first_interval_after_it() -> None:
+    """No busy loop: between the first snapshot and the end of initialDelay the operator
+    sleeps until initialDelay, not 0 s again and again."""
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "initialDelay": "2m"}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.reconcile(AnalysisRun(sim.now, None))  # the first snapshot
+    sim.tick(40)
+    plan = sim.settle()
+    assert plan.requeue_after == 20, "the pause ends first"
+    sim.tick(30)
+    plan = sim.settle()
+    assert plan.requeue_after == 50, "then the first interval, at initialDelay"
+
+
+def test_autoscaled_stable_keeps_its_hpa_during_a_rollout() -> None:
+    serving = {"replicas": 4, "autoscaling": {"minReplicas": 2, "maxReplicas": 8}}
+    sim = Sim(serving=serving)
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    assert sim.hpas == {stable}
+    sim.deployments[stable]["spec"]["replicas"] = 6  # the HPA scaled it
+    sim.release("2.0.0")
+    assert sim.last is not None
+    assert sim.phase == "Progressing"
+    assert stable in sim.hpas
+    assert "HorizontalPodAutoscaler" not in {ref.kind for ref in sim.last.delete}
+    deployment = next(
+        m for m in sim.last.apply if m["kind"] == "Deployment" and m["metadata"]["name"] == stable
+    )
+    assert "replicas" not in deployment["spec"], "the HPA owns the stable's size"
+    assert sim.replicas_of("1.0.0") == 6
+    assert sim.replicas_of("2.0.0") == 2, "25% of the stable's 6 pods"
+    sim.walk_to_promotion()
+    canary = "iris-" + _hash("2.0.0")
+    assert sim.hpas == {canary}
+
+
+def test_a_bake_needs_analysis() -> None:
+    with pytest.raises(ValueError, match="bake needs analysis"):
+        RolloutPolicySpec.model_validate({**STEPS_ONLY, "bake": "5m"})
+
+
+def test_a_new_version_during_a_bake_ends_the_bake() -> None:
+    sim = Sim({**POLICY, "bake": "5m"})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    assert "bakeUntil" in sim.status
+    sim.release("3.0.0")
+    assert sim.phase == "Progressing"
+    assert "bakeUntil" not in sim.status
+    assert "previous" not in sim.status
+    assert sim.status["stable"]["modelVersion"] == "2.0.0"
+    assert sim.status["canary"]["modelVersion"] == "3.0.0"
+    assert sim.status.get("analysis") in (None, {}), "the bake's measurements do not carry over"
+    assert set(sim.deployments) == {"iris-" + _hash("2.0.0"), "iris-" + _hash("3.0.0")}

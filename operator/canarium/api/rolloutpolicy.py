@@ -327,10 +327,20 @@ class AnalysisSpec(SpecModel):
         return 0.0 if self.initial_delay is None else parse_duration(self.initial_delay)
 
 
+RULE_BAKE_NEEDS_ANALYSIS = Rule(
+    "!has(self.bake) || has(self.analysis)",
+    "bake needs analysis: a bake judges the promoted version with the analysis checks; "
+    "add analysis or remove bake",
+    field_path=".bake",
+)
+
+
 class RolloutPolicySpec(SpecModel):
     """How a new model version is rolled out: weight steps and pauses, analysis of the canary,
     and an optional bake time after promotion. After the last step the canary is promoted to
     100% of the traffic."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_BAKE_NEEDS_ANALYSIS))
 
     steps: list[RolloutStep] = Field(
         min_length=1,
@@ -360,6 +370,12 @@ class RolloutPolicySpec(SpecModel):
         if weights != sorted(weights):
             raise RULE_WEIGHTS_SORTED.fail()
         return value
+
+    @model_validator(mode="after")
+    def _bake_needs_analysis(self) -> RolloutPolicySpec:
+        if self.bake is not None and self.analysis is None:
+            raise RULE_BAKE_NEEDS_ANALYSIS.fail()
+        return self
 
     @property
     def bake_seconds(self) -> float:
