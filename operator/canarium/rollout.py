@@ -485,6 +485,7 @@ class _Machine:
         canary: str | None,
         canary_replicas: int | None,
         weight: int,
+        canary_version: str | None = None,
     ) -> int:
         """Fill status.stable/canary; returns the route weight for the canary (Gateway API
         gives the canary weight only once it has a ready pod)."""
@@ -504,7 +505,11 @@ class _Machine:
         )
         self.status.canary = (
             self.revision_status(
-                canary, self.inp.spec.model.version, canary_replicas, weight, eff_canary
+                canary,
+                canary_version or self.inp.spec.model.version,
+                canary_replicas,
+                weight,
+                eff_canary,
             )
             if canary
             else None
@@ -561,6 +566,7 @@ class _Machine:
         self.status.analysis = None
         self.status.current_step = None
         self.status.step_started_at = None
+        self.status.pause_reason = None
         self.set_serving_status(name, inp.spec.model.version, replicas, None, None, 0)
         reason = serving_phase(
             self.status, name, inp.spec.model.version, self.observed(name), self.total
@@ -575,8 +581,19 @@ class _Machine:
         inp = self.inp
         status = self.status
         replicas = None if self.autoscaled else self.total
+        kept: RevisionObservation | None = None
         if status.canary is not None and status.canary.name:
-            if status.phase in ("Progressing", "Paused"):
+            dropped = self.observed(status.canary.name)
+            if (
+                dropped is not None
+                and dropped.spec is not None
+                and dropped.ready_replicas > 0
+                and self.ready_count(stable) == 0
+            ):
+                # Never leave nothing serving: the dropped canary keeps its pods (and serves)
+                # until the stable revision has a ready pod again.
+                kept = dropped
+            if status.phase in ("Progressing", "Paused") and status.current_step is not None:
                 push_history(
                     status, status.canary.name, status.canary.model_version, "Aborted", inp.now,
                     "the spec went back to the stable version",
@@ -614,6 +631,18 @@ class _Machine:
             status.previous = None
             status.bake_until = None
             status.analysis = None
+        if kept is not None and kept.spec is not None:
+            plans.append(RevisionPlan(kept.name, kept.spec, kept.replicas, "canary"))
+            route = self.set_serving_status(
+                stable, stable_spec.model.version, replicas, kept.name, kept.replicas, 0,
+                canary_version=kept.spec.model.version,
+            )  # fmt: skip
+            reason = serving_phase(
+                status, stable, stable_spec.model.version, self.observed(stable), self.total
+            )
+            status.message = f"{status.message}; {kept.name} serves until then"
+            status.analysis = None
+            return self.decision(plans, stable, kept.name, route, reason)
         self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
         reason = serving_phase(
             status, stable, stable_spec.model.version, self.observed(stable), self.total
@@ -630,8 +659,11 @@ class _Machine:
             # A new version while the last one bakes: the bake ends, its fallback goes.
             status.previous = None
             status.bake_until = None
-        if status.canary is None or status.canary.name != canary:
-            if status.canary is not None and status.canary.name:
+        # A canary that is not mid-rollout (no step: kept serving after the spec went back to
+        # stable, whose pods were not ready) starts from the first step when asked for again.
+        restart = status.current_step is None and status.phase != "Degraded"
+        if status.canary is None or status.canary.name != canary or restart:
+            if status.canary is not None and status.canary.name and not restart:
                 push_history(
                     status, status.canary.name, status.canary.model_version, "Replaced", inp.now,
                     f"superseded by {canary} before it finished",

@@ -1045,3 +1045,44 @@ def test_a_new_version_during_a_bake_ends_the_bake() -> None:
     assert sim.status["canary"]["modelVersion"] == "3.0.0"
     assert sim.status.get("analysis") in (None, {}), "the bake's measurements do not carry over"
     assert set(sim.deployments) == {"iris-" + _hash("2.0.0"), "iris-" + _hash("3.0.0")}
+
+
+# --- Found by the model-based test (test_rollout_stateful.py) -------------------------------
+def test_reverting_while_stable_has_no_ready_pod_keeps_the_canary_serving() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    canary = "iris-" + _hash("2.0.0")
+    sim.not_ready.add(stable)  # e.g. its node went away
+    sim.release("2.0.0")
+    assert sim.status["canary"]["effectiveWeight"] == 100.0
+    sim.release("1.0.0")
+    assert canary in sim.deployments, "the only revision with ready pods is not deleted"
+    assert sim.replicas_of("2.0.0") == 1
+    assert sim.status["canary"]["weight"] == 0
+    assert sim.status["canary"]["effectiveWeight"] == 100.0
+    assert sim.status["canary"]["modelVersion"] == "2.0.0"
+    assert "serves until then" in sim.status["message"]
+    # Asked for again, it starts from the first step.
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing"
+    assert sim.status["currentStep"] == 1
+    sim.release("1.0.0")
+    sim.not_ready.clear()
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert canary not in sim.deployments
+    assert [h["outcome"] for h in sim.status["history"]] == ["Aborted", "Aborted"]
+
+
+def test_a_stable_revision_replaced_while_paused_clears_the_pause_reason() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.release("2.0.0")
+    sim.not_ready.add(stable)
+    sim.pods[stable] = [crashloop_pod(stable)]
+    sim.reconcile()
+    assert sim.phase == "Healthy"
+    assert "pauseReason" not in sim.status, "a Healthy status that says it is paused"
