@@ -87,6 +87,7 @@ FailureReason = Literal[
 # Typed causes of a revision that cannot serve (condition reasons and history causes).
 CAUSE_MODEL_LOAD_FAILED = "ModelLoadFailed"  # the server reported that the model did not load
 CAUSE_REVISION_FAILED = "RevisionFailed"  # the pods do not start for another reason
+CAUSE_SPEC_REVERTED = "SpecReverted"  # a rollout ended by the spec going back to stable
 # How canarium-serve starts its termination message (serving_image/canarium_serving/app.py);
 # only dropped from what is shown, never read to decide anything.
 SERVER_LOAD_FAILURE_PREFIX = "model not loaded: "
@@ -596,7 +597,7 @@ class _Machine:
             if status.phase in ("Progressing", "Paused") and status.current_step is not None:
                 push_history(
                     status, status.canary.name, status.canary.model_version, "Aborted", inp.now,
-                    "the spec went back to the stable version",
+                    "the spec went back to the stable version", CAUSE_SPEC_REVERTED,
                 )  # fmt: skip
                 self.event(
                     "Normal", "RolloutAborted",
@@ -826,11 +827,14 @@ class _Machine:
 
     def is_rolled_back(self, canary: str) -> bool:
         status = self.status
+        # A rollout ended by the spec going back to stable is not held: asking for the
+        # version again is a person's new request.
         return bool(
             status.phase == "Degraded"
             and status.history
             and status.history[0].revision == canary
             and status.history[0].outcome in ("RolledBack", "Aborted")
+            and status.history[0].cause != CAUSE_SPEC_REVERTED
         )
 
     def rollback(
@@ -866,7 +870,9 @@ class _Machine:
         canary_obs = self.observed(canary)
         keep = canary_obs.replicas if canary_obs else 0
         canary_replicas = 0 if self.ready_count(stable) > 0 else keep
-        self.set_serving_status(
+        # Gateway API: all traffic to the canary when only its pods are ready (as the
+        # replicas router's Service does), none otherwise.
+        route = self.set_serving_status(
             stable, stable_spec.model.version, replicas, canary, canary_replicas, 0
         )
         last = status.history[0] if status.history else None
@@ -885,7 +891,7 @@ class _Machine:
             RevisionPlan(stable, stable_spec, replicas, "stable"),
             RevisionPlan(canary, self.inp.spec, canary_replicas, "canary"),
         ]
-        return self.decision(plans, stable, canary, 0, rollback_cause(last))
+        return self.decision(plans, stable, canary, route, rollback_cause(last))
 
     def promote(self, stable: str, stable_spec: ModelDeploymentSpec, canary: str) -> Decision:
         inp = self.inp
@@ -970,4 +976,39 @@ def _fmt(value: float | None) -> str:
 
 def decide(inp: RolloutInput) -> Decision:
     """The rollout decision for one ModelDeployment under a RolloutPolicy."""
-    return _Machine(inp).run()
+    decision = _Machine(inp).run()
+    keep_serving(inp.revisions, decision)
+    return decision
+
+
+def keep_serving(revisions: dict[str, RevisionObservation], decision: Decision) -> None:
+    """Never leave nothing serving: when no revision that the decision keeps has a ready pod
+    but another one has (e.g. a canary superseded while the stable's pods were not ready), that
+    one keeps its pods, as they are, until a kept revision has a ready pod. Stateless: it is
+    decided again from what is observed at every reconcile."""
+
+    def serves(plan: RevisionPlan) -> bool:
+        obs = revisions.get(plan.name)
+        return obs is not None and obs.ready_replicas > 0 and plan.replicas != 0
+
+    if any(serves(plan) for plan in decision.revisions):
+        return
+    candidates = [
+        obs for obs in revisions.values() if obs.ready_replicas > 0 and obs.spec is not None
+    ]
+    if not candidates:
+        return
+    best = max(candidates, key=lambda obs: (obs.ready_replicas, obs.name))
+    if best.spec is None:  # for the type checker
+        return
+    planned = next((plan for plan in decision.revisions if plan.name == best.name), None)
+    if planned is not None:
+        planned.replicas = best.replicas
+    else:
+        decision.revisions.append(
+            RevisionPlan(best.name, best.spec, best.replicas, best.created_as)
+        )
+    decision.status.message = (
+        f"{decision.status.message or ''}; {best.name} keeps its {best.ready_replicas} ready "
+        "pod(s) until then"
+    )

@@ -1086,3 +1086,58 @@ def test_a_stable_revision_replaced_while_paused_clears_the_pause_reason() -> No
     sim.reconcile()
     assert sim.phase == "Healthy"
     assert "pauseReason" not in sim.status, "a Healthy status that says it is paused"
+
+
+def test_a_version_asked_for_again_after_a_revert_starts_even_when_stable_is_degraded() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    sim.not_ready.add(stable)
+    sim.deadline.add(stable)
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    assert sim.phase == "Degraded"
+    assert sim.status["history"][0]["cause"] == "SpecReverted"
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing", sim.status["message"]
+    assert sim.status["canary"]["weight"] == 25
+
+
+def test_gateway_sends_traffic_to_a_rolled_back_canary_only_while_it_alone_is_ready() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(traffic=traffic)
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    sim.release("2.0.0")
+    sim.not_ready.add(stable)
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert sim.phase == "Degraded"
+
+    def weights() -> dict[str, int]:
+        assert sim.last is not None
+        route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+        return {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+
+    assert weights() == {"iris-stable": 0, "iris-canary": 100}, "not to a stable with no pod"
+    assert sim.replicas_of("2.0.0") == 1
+    sim.not_ready.clear()
+    sim.settle()
+    assert weights() == {"iris-stable": 100, "iris-canary": 0}
+    assert sim.replicas_of("2.0.0") == 0
+
+
+def test_a_superseded_canary_keeps_its_pods_while_nothing_else_is_ready() -> None:
+    sim = Sim()
+    sim.settle()
+    stable = next(iter(sim.deployments))
+    v2, v3 = "iris-" + _hash("2.0.0"), "iris-" + _hash("3.0.0")
+    sim.not_ready.update({stable, v3})
+    sim.release("2.0.0")
+    sim.release("3.0.0")
+    assert sim.status["canary"]["name"] == v3
+    assert sim.replicas_of("2.0.0") == 1, "the only revision with a ready pod"
+    assert f"{v2} keeps its 1 ready pod(s)" in sim.status["message"]
+    sim.not_ready.discard(v3)
+    sim.settle()
+    assert v2 not in sim.deployments
