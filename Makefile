@@ -61,8 +61,9 @@ deploy: ## install the operator into the current kubectl context (kubectl apply 
 unit: setup ## unit and model-server tests (no cluster)
 	$(BIN)/pytest tests/unit tests/serving
 
-test-deps: ## system packages the e2e tests need (Prometheus, from Debian), if missing
+test-deps: ## what the e2e tests need, if missing: Prometheus (Debian), Traefik (hack/gateway.sh)
 	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+	@hack/gateway.sh >/dev/null
 
 e2e: setup control-plane test-deps images ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
 	$(BIN)/pytest tests/e2e

@@ -9,6 +9,8 @@
   Service's EndpointSlices (written by the real EndpointSlice controller; the pods are real).
   RequestMirror filters send a copy to the mirror backend (its answer is recorded apart, in
   `mirrored`).
+- router `gateway`: a real Gateway routes; every request goes to `url` (its listener), and the
+  answer's model_version tells which revision answered (Result.service is "gateway").
 
 Routing objects are re-read every `refresh` seconds on a thread. Requests are V2 infer calls
 with FP32 rows drawn from `data` (batch of 1..max_rows), at a bounded rate, for a bounded time
@@ -147,7 +149,8 @@ def rules_of_httproute(route: dict[str, Any]) -> list[Rule]:
 class LoadGenerator:
     """V2 inference traffic at `rate` requests/s for at most `duration` seconds (or
     `max_requests`), routed like a Service (`router="replicas"`: the Service `name`) or an
-    HTTPRoute (`router="gatewayAPI"`: the HTTPRoute `route`, default `name`) would route it, to
+    HTTPRoute (`router="gatewayAPI"`: the HTTPRoute `route`, default `name`) would route it, or
+    through a real Gateway (`router="gateway"`: its listener at `url`, http://host:port), to
     /v2/models/<model, default name>/infer. Stops by itself; `stop()` ends it early.
 
     `set_rate(0)` / `pause()` send nothing until `set_rate(r)` / `resume()`. At most
@@ -175,9 +178,12 @@ class LoadGenerator:
         timeout: float = 5.0,
         seed: int = 0,
         route: str | None = None,
+        url: str | None = None,
     ) -> None:
-        if router not in ("replicas", "gatewayAPI"):
-            raise ValueError(f"router must be replicas or gatewayAPI, not {router!r}")
+        if router not in ("replicas", "gatewayAPI", "gateway"):
+            raise ValueError(f"router must be replicas, gatewayAPI or gateway, not {router!r}")
+        if (router == "gateway") != (url is not None):
+            raise ValueError("router gateway needs a url, and only it takes one")
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
@@ -189,6 +195,7 @@ class LoadGenerator:
         self.headers = dict(headers or {})
         self.path = f"/v2/models/{model or name}/infer"
         self.route = route or name  # the HTTPRoute's name (router gatewayAPI)
+        self.url = httpx.URL(url) if url is not None else None  # the Gateway (router gateway)
         self.timeout = timeout
         self.refresh = refresh
         self._rate = rate
@@ -342,6 +349,10 @@ class LoadGenerator:
             self._stop.wait(self.refresh)
 
     def _read_routing(self) -> Routing:
+        if self.url is not None:
+            # A real Gateway routes: one endpoint, its listener.
+            ep = Endpoint("gateway", self.url.host, self.url.port or 80)
+            return Routing([Rule([], [("gateway", 1)], [])], {"gateway": [ep]}, {})
         if self.router == "replicas":
             # kube-proxy routes: one endpoint, the Service's ClusterIP.
             svc = self._core.read_namespaced_service(self.name, self.namespace, _request_timeout=5)

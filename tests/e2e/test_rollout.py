@@ -9,9 +9,10 @@ import dataclasses
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +21,9 @@ from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, PackagedModel, in_configmap, model_deployment
 from tests.e2e.prometheus import Prometheus
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Gateway
 
 NAME = "iris"
 KUBECTL_CANARIUM = Path(sys.executable).parent / "kubectl-canarium"
@@ -395,8 +399,12 @@ def test_gateway_api_router_writes_exact_weights(
     operator: InstalledOperator,
     models: E2EModels,
     load: Callable[..., LoadGenerator],
-    gateway_api_crds: None,
+    gateway: Gateway,
 ) -> None:
+    """The HTTPRoute's weights are exact, and a real Gateway (Traefik, the `gateway` fixture)
+    routes by them: through its listener the canary answers (model_version 2.0.0) its weight's
+    share of requests, and every request with the header match."""
+    gateway.attach(namespace, "public")
     traffic_spec = {
         "router": "gatewayAPI",
         "gatewayAPI": {
@@ -424,15 +432,50 @@ def test_gateway_api_router_writes_exact_weights(
         timeout=60,
         what="the canary's pod ready",
     )
-    traffic = load(NAME, models.x, router="gatewayAPI", rate=100, max_requests=400, duration=30)
-    traffic.run()
-    share = traffic.by_service()["iris-canary"] / max(1, sum(traffic.by_service().values()))
-    assert 0.12 < share < 0.28, traffic.by_service()
+
+    def accepted() -> bool:
+        parents = cluster.get_json("httproute", NAME, "-n", namespace).get("status", {})
+        return any(
+            p["controllerName"] == gateway.CONTROLLER
+            and {c["type"]: c["status"] for c in p["conditions"]}.get("Accepted") == "True"
+            for p in parents.get("parents") or []
+        )
+
+    wait_until(accepted, timeout=30, what="the Gateway accepting the HTTPRoute")
+
+    def through_gateway(n: int, headers: dict[str, str] | None = None) -> LoadGenerator:
+        return load(
+            NAME, models.x, router="gateway", url=gateway.url, headers=headers,
+            rate=100, max_requests=n, duration=30,
+        ).run()  # fmt: skip
+
+    def answered(n: int, headers: dict[str, str] | None = None) -> Counter[str]:
+        traffic = through_gateway(n, headers)
+        return traffic.by(lambda r: r.version if r.status == 200 else f"status {r.status}")
+
+    # The Gateway has programmed both backends (the canary's endpoint is a moment behind).
+    wait_until(
+        lambda: set(answered(10, {"X-Canary": "always"})) == {"2.0.0"},
+        timeout=30,
+        what="the canary answering through the Gateway",
+    )
+    traffic = through_gateway(400)
+    versions = traffic.by(lambda r: r.version)
+    assert traffic.statuses() == {200: 400}, failed(traffic)[:10]
+    assert set(versions) == {"1.0.0", "2.0.0"}, versions
+    # Traefik's weighted round robin is exact (80 of 400 here), not a random draw.
+    assert abs(versions["2.0.0"] / traffic.sent - 0.20) <= 0.02, versions
+    assert answered(100, {"X-Canary": "always"}) == {"2.0.0": 100}
     canary_cli(cluster, namespace, "promote", "--full")
     wait_status(cluster, namespace, lambda s: s.get("phase") == "Healthy", "promoted")
     route = cluster.get_json("httproute", NAME, "-n", namespace)
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
     assert weights == {"iris-stable": 100, "iris-canary": 0}
+    wait_until(
+        lambda: answered(40) == {"2.0.0": 40},
+        timeout=60,
+        what="every answer through the Gateway from 2.0.0 once promoted",
+    )
 
 
 def test_a_model_that_fails_its_sha256_crash_loops_and_is_rolled_back_at_once(
