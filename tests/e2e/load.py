@@ -2,15 +2,17 @@
 
 - router `replicas`: every request goes to the entry Service's ClusterIP, from this machine, and
   kube-proxy on the real node picks the pod (the real EndpointSlices, readiness and all);
-- router `gatewayAPI`: there is no Gateway implementation in the local cluster, so the generator
-  does a Gateway's routing itself, from the objects a Gateway reads: the HTTPRoute named after
+- router `gateway`: a real Gateway routes; every request goes to `url` (its listener), and the
+  answer's model_version tells which revision answered (Result.service is "gateway"). The
+  rollout tests use Traefik (conftest `gateway`);
+- router `gatewayAPI`: the generator does a Gateway's routing itself, for the harness's
+  mirroring test (a mirrored answer cannot be seen through a real Gateway), from the objects a
+  Gateway reads: the HTTPRoute named after
   the ModelDeployment chooses the rule (path, method and header matches, with the Gateway API
   precedence), then a backend Service by the backendRefs' weights, then a ready endpoint of that
   Service's EndpointSlices (written by the real EndpointSlice controller; the pods are real).
   RequestMirror filters send a copy to the mirror backend (its answer is recorded apart, in
   `mirrored`).
-- router `gateway`: a real Gateway routes; every request goes to `url` (its listener), and the
-  answer's model_version tells which revision answered (Result.service is "gateway").
 
 Routing objects are re-read every `refresh` seconds on a thread. Requests are V2 infer calls
 with FP32 rows drawn from `data` (batch of 1..max_rows), at a bounded rate, for a bounded time
