@@ -745,7 +745,6 @@ class _Machine:
         if index >= len(steps):
             # Every timed step was gated on analysis; the last setWeight ends the rollout.
             return self.promote(stable, stable_spec, canary)
-        self.schedule_analysis()
         status.current_step = index
         status.step_started_at = None if inp.paused else started
         weight = self.weight_at(index)
@@ -753,6 +752,10 @@ class _Machine:
         route = self.set_serving_status(
             stable, stable_spec.model.version, stable_replicas, canary, canary_replicas, weight
         )
+        if weight > 0 and self.ready_count(canary) > 0:
+            # Analysed only while the canary takes traffic (analysis_due); its pods getting
+            # ready is a watch event.
+            self.schedule_analysis()
         analysis = status.analysis
         limit = inp.policy.analysis.inconclusive_limit if inp.policy.analysis else None
         paused_by_data = bool(limit and analysis and analysis.consecutive_inconclusive >= limit)

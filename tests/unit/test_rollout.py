@@ -1141,3 +1141,14 @@ def test_a_superseded_canary_keeps_its_pods_while_nothing_else_is_ready() -> Non
     sim.not_ready.discard(v3)
     sim.settle()
     assert v2 not in sim.deployments
+
+
+def test_no_busy_loop_while_the_canary_has_no_ready_pod() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.reconcile(AnalysisRun(sim.now, None))
+    sim.not_ready.add("iris-" + _hash("2.0.0"))
+    sim.tick(31)
+    plan = sim.settle()
+    assert plan.requeue_after == 29, "the pause's end, not 0 s for an analysis that cannot run"
