@@ -72,6 +72,10 @@ test: setup control-plane test-deps images ## everything: lint, type checks, uni
 	$(MAKE) --no-print-directory lint typecheck
 	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
 
+.PHONY: test-deep
+test-deep: setup ## longer model-based tests
+	CANARIUM_DEEP=1 $(BIN)/pytest tests/unit/test_rollout_stateful.py
+
 demo: setup control-plane images ## local cluster with a real node, the operator from its image, the iris story
 	$(BIN)/python hack/demo.py
 
