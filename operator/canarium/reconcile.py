@@ -144,6 +144,9 @@ def replace_decision(inp: ReconcileInput) -> Decision:
     status = mdep.status.model_copy(deep=True)
     events: list[Event] = []
     desired = revision_name(mdep.metadata.name, revision_hash(spec))
+    # A command has nothing to act on without a policy; it is used up now, not carried out
+    # on a later rollout once a policy appears.
+    status.last_command = mdep.metadata.annotations.get(ANNOTATION_COMMAND, status.last_command)
     replicas = None if spec.serving.autoscaling else spec.serving.replicas
 
     stable_name = status.stable.name if status.stable and status.stable.name else desired

@@ -1152,3 +1152,15 @@ def test_no_busy_loop_while_the_canary_has_no_ready_pod() -> None:
     sim.tick(31)
     plan = sim.settle()
     assert plan.requeue_after == 29, "the pause's end, not 0 s for an analysis that cannot run"
+
+
+def test_a_command_given_while_the_policy_is_missing_is_used_up_then() -> None:
+    sim = Sim(MANUAL)
+    sim.settle()
+    policy, sim.policy = sim.policy, None  # type: ignore[assignment]
+    sim.annotations["canarium.dev/command"] = "promote@1"
+    sim.settle()
+    assert sim.status["lastCommand"] == "promote@1"
+    sim.policy = policy
+    sim.release("2.0.0")
+    assert sim.phase == "Paused", "the old promote does not end the new rollout's pause"
