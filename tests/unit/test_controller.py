@@ -1,0 +1,766 @@
+"""The controller as pure units: its work queue, backoff, conflict and stale-event handling,
+status patches of deleted objects, terminating namespaces, and the target of an analysis.
+A fake Kube records every call; no cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+from canarium import controller as controller_module
+from canarium import metrics
+from canarium.analysis import AnalysisTarget, WindowResult
+from canarium.controller import MAX_BACKOFF, Controller, Key, contested, covers
+from canarium.kube import Kube, KubeError, ObjectRef
+from canarium.reconcile import ChildRef, Plan
+from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
+from canarium.rollout import Event
+
+from tests.unit.operator_fixtures import NOW, SETTINGS, mdep, name_of
+
+KEY: Key = ("ml", "iris")
+TERMINATING = json.dumps(
+    {"message": 'deployments "x" is forbidden: namespace ml because it is being terminated'}
+)
+POLICY = {
+    "steps": [{"setWeight": 25}, {"pause": {}}],
+    "analysis": {"interval": "30s", "checks": {"errorRate": {"max": 0.05}}},
+}
+
+
+class FakeKube:
+    """Records the controller's API calls; `fail[verb]` raises (once per entry) instead."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail: dict[str, list[Exception]] = {}
+        self.lists: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+        self.status_version = 50
+
+    def _maybe_fail(self, verb: str) -> None:
+        errors = self.fail.get(verb)
+        if errors:
+            raise errors.pop(0)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("apply", manifest["metadata"]["name"]))
+        self._maybe_fail("apply")
+        body = json.loads(json.dumps(manifest))
+        body["metadata"]["resourceVersion"] = "40"
+        return cast(dict[str, Any], body)
+
+    async def delete(self, ref: ObjectRef) -> bool:
+        self.calls.append(("delete", ref))
+        self._maybe_fail("delete")
+        return True
+
+    async def patch_status(
+        self, ref: ObjectRef, patch: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        self.calls.append(("patch_status", (ref, patch, resource_version)))
+        self._maybe_fail("patch_status")
+        self.status_version += 1
+        return {
+            "apiVersion": "canarium.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "resourceVersion": str(self.status_version),
+            },
+            "status": patch,
+        }
+
+    async def event(self, involved: dict[str, Any], type_: str, reason: str, msg: str) -> None:
+        self.calls.append(("event", reason))
+        self._maybe_fail("event")
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, labels: str = ""
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", (kind, namespace, labels)))
+        self._maybe_fail(f"list {kind}")
+        return self.lists.get((kind, namespace), [])
+
+    def verbs(self) -> list[str]:
+        return [verb for verb, _ in self.calls]
+
+
+def _controller(**kw: Any) -> tuple[Controller, FakeKube]:
+    kube = FakeKube()
+    return Controller(cast(Kube, kube), SETTINGS, **kw), kube
+
+
+def _body(resource_version: str = "10", **extra: Any) -> dict[str, Any]:
+    body = mdep(**extra).model_dump(by_alias=True, mode="json")
+    body["metadata"]["resourceVersion"] = resource_version
+    body["status"] = {}  # as the API server sends it: no nulls
+    return body
+
+
+def _child(
+    name: str, version: str, kind: str = "Service", owner: str = "iris", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "resourceVersion": version,
+            "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: owner},
+            **extra,
+        },
+        "spec": {"ports": [{"port": 80}]},
+    }
+
+
+def _counter(counter: Any, *labels: str) -> float:
+    return float(counter.labels(*labels)._value.get())
+
+
+def _record_timers(controller: Controller) -> list[tuple[Key, float]]:
+    timers: list[tuple[Key, float]] = []
+    controller.enqueue_after = lambda key, delay: timers.append((key, delay))  # type: ignore[method-assign]
+    return timers
+
+
+async def _drain(controller: Controller, workers: int = 1) -> None:
+    """Run workers until the queue is empty and nothing is being reconciled."""
+    tasks = [asyncio.create_task(controller._worker()) for _ in range(workers)]
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if controller._queue.empty() and not controller._active and not controller._queued:
+            break
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _run_worker(
+    controller: Controller, reconcile: Callable[[Key], Awaitable[None]], *keys: Key
+) -> None:
+    controller.reconcile_key = reconcile  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        for key in keys:
+            controller.enqueue(key)
+        await _drain(controller)
+
+    asyncio.run(scenario())
+
+
+# --- the work queue ---------------------------------------------------------------------------
+def test_a_key_queued_twice_is_reconciled_once() -> None:
+    controller, _ = _controller()
+    calls: list[Key] = []
+
+    async def reconcile(key: Key) -> None:
+        calls.append(key)
+
+    other = ("ml", "other")
+    _run_worker(controller, reconcile, KEY, KEY, other, KEY)
+    assert calls == [KEY, other]
+
+
+def test_a_key_queued_while_it_is_reconciled_runs_again_once_afterwards() -> None:
+    controller, _ = _controller()
+    calls: list[Key] = []
+    in_flight: list[Key] = []
+
+    async def reconcile(key: Key) -> None:
+        assert key not in in_flight, "a key is never reconciled by two workers at once"
+        in_flight.append(key)
+        calls.append(key)
+        if len(calls) == 1:
+            # Events during the reconcile: the key runs once more, afterwards.
+            controller.enqueue(key)
+            controller.enqueue(key)
+            assert controller._queue.qsize() == 0, "not handed to another worker meanwhile"
+        await asyncio.sleep(0)
+        in_flight.remove(key)
+
+    controller.reconcile_key = reconcile  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        controller.enqueue(KEY)
+        await _drain(controller, workers=3)
+
+    asyncio.run(scenario())
+    assert calls == [KEY, KEY]
+
+
+def test_a_timer_queues_its_key_and_a_new_timer_replaces_the_old() -> None:
+    controller, _ = _controller()
+
+    async def scenario() -> None:
+        controller.enqueue_after(KEY, 10.0)
+        controller.enqueue_after(KEY, 0.0)  # replaces the 10 s one
+        assert len(controller._timers) == 1
+        await asyncio.sleep(0.01)
+        assert KEY in controller._queued
+        assert controller._queue.qsize() == 1
+        assert KEY not in controller._timers
+        controller.enqueue_after(KEY, 60.0)
+        await controller.stop()
+        assert controller._timers[KEY].cancelled()
+
+    asyncio.run(scenario())
+
+
+# --- backoff and retries ----------------------------------------------------------------------
+def test_failures_back_off_exponentially_up_to_the_cap_and_success_resets() -> None:
+    controller, _ = _controller()
+    timers = _record_timers(controller)
+    errors_before = _counter(metrics.RECONCILE_ERRORS, "ModelDeployment")
+    for _ in range(12):
+        controller._retry(KEY, RuntimeError("boom"))
+    delays = [delay for _, delay in timers]
+    assert delays[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert delays[8] == 256.0
+    assert delays[9:] == [MAX_BACKOFF] * 3
+    assert _counter(metrics.RECONCILE_ERRORS, "ModelDeployment") == errors_before + 12
+
+    # Through the worker: a failure counts, a success forgets the count.
+    outcomes: list[Exception | None] = [RuntimeError("boom"), None]
+
+    async def reconcile(key: Key) -> None:
+        error = outcomes.pop(0)
+        if error:
+            raise error
+
+    controller._failures.clear()
+    timers.clear()
+    _run_worker(controller, reconcile, KEY)
+    assert timers == [(KEY, 1.0)]
+    assert controller._failures[KEY] == 1
+    _run_worker(controller, reconcile, KEY)
+    assert KEY not in controller._failures
+
+
+def test_a_conflict_is_retried_soon_and_is_not_counted_as_an_error() -> None:
+    controller, _ = _controller()
+    timers = _record_timers(controller)
+    errors_before = _counter(metrics.RECONCILE_ERRORS, "ModelDeployment")
+    for _ in range(5):
+        controller._retry(KEY, KubeError(409, "Conflict", "{}"))
+    assert [delay for _, delay in timers] == [0.2] * 5
+    assert _counter(metrics.RECONCILE_ERRORS, "ModelDeployment") == errors_before
+    # Any other API error backs off and counts as an error.
+    controller._retry(KEY, KubeError(500, "Internal", "{}"))
+    assert timers[-1][1] >= 1.0
+    assert _counter(metrics.RECONCILE_ERRORS, "ModelDeployment") == errors_before + 1
+
+
+def test_a_terminating_namespace_is_not_retried_but_other_forbidden_errors_are() -> None:
+    controller, _ = _controller()
+    timers = _record_timers(controller)
+    controller._failures[KEY] = 3
+    terminating = KubeError(403, "Forbidden", TERMINATING)
+    assert terminating.namespace_terminating
+
+    async def reconcile(key: Key) -> None:
+        raise terminating
+
+    _run_worker(controller, reconcile, KEY)
+    assert timers == []
+    assert KEY not in controller._failures
+
+    forbidden = KubeError(403, "Forbidden", json.dumps({"message": "RBAC says no"}))
+    assert not forbidden.namespace_terminating
+
+    async def rbac(key: Key) -> None:
+        raise forbidden
+
+    _run_worker(controller, rbac, KEY)
+    assert timers == [(KEY, 1.0)]
+
+
+# --- watch events -----------------------------------------------------------------------------
+def test_an_event_older_than_the_cache_is_ignored() -> None:
+    controller, _ = _controller()
+    controller.on_mdep("ADDED", _body("10"))
+    assert controller._queued == {KEY}
+    controller._queued.clear()
+    # The operator's own status patch cached version 12; the watch then delivers 11.
+    controller.mdeps[KEY]["metadata"]["resourceVersion"] = "12"
+    controller.mdeps[KEY]["status"] = {"phase": "Healthy"}
+    controller.on_mdep("MODIFIED", _body("11"))
+    assert controller.mdeps[KEY]["status"] == {"phase": "Healthy"}
+    assert not controller._queued
+    # A newer one replaces the cache and queues a reconcile.
+    controller.on_mdep("MODIFIED", _body("13", version="2.0.0"))
+    assert controller.mdeps[KEY]["spec"]["model"]["version"] == "2.0.0"
+    assert controller._queued == {KEY}
+
+
+def test_a_child_event_older_than_the_cache_is_ignored() -> None:
+    controller, _ = _controller()
+    controller.on_child("ADDED", _child("iris", "20", annotations={"v": "new"}))
+    controller.on_child("MODIFIED", _child("iris", "19", annotations={"v": "old"}))
+    cached = controller.children["Service"][KEY]["iris"]
+    assert cached["metadata"]["annotations"] == {"v": "new"}
+    controller.on_child("MODIFIED", _child("iris", "21", annotations={"v": "newer"}))
+    assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "newer"}
+    controller.on_child("DELETED", _child("iris", "22"))
+    assert "iris" not in controller.children["Service"][KEY]
+    assert controller._queued == {KEY}
+
+
+def test_children_not_managed_by_the_operator_are_ignored() -> None:
+    controller, _ = _controller()
+    body = _child("iris", "1")
+    body["metadata"]["labels"][LABEL_MANAGED_BY] = "helm"
+    controller.on_child("ADDED", body)
+    unowned = _child("iris", "1")
+    del unowned["metadata"]["labels"][LABEL_DEPLOYMENT]
+    controller.on_child("ADDED", unowned)
+    assert not controller.children["Service"]
+    assert not controller._queued
+
+
+def test_a_non_numeric_resource_version_never_hides_an_event() -> None:
+    controller, _ = _controller()
+    controller.on_child("ADDED", _child("iris", "not-a-number", annotations={"v": "1"}))
+    controller.on_child("MODIFIED", _child("iris", "5", annotations={"v": "2"}))
+    assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "2"}
+
+
+def test_deleting_a_model_deployment_forgets_its_timer_failures_and_children() -> None:
+    controller, _ = _controller()
+
+    async def scenario() -> None:
+        controller.on_mdep("ADDED", _body())
+        controller.on_child("ADDED", _child("iris", "1"))
+        controller.enqueue_after(KEY, 60.0)
+        timer = controller._timers[KEY]
+        controller._failures[KEY] = 4
+        controller.on_mdep("DELETED", _body())
+        assert timer.cancelled()
+        assert KEY not in controller.mdeps
+        assert KEY not in controller._failures
+        assert KEY not in controller.children["Service"]
+        assert controller.build_input(KEY) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_policy_event_queues_only_the_model_deployments_that_refer_to_it() -> None:
+    controller, _ = _controller()
+    ref = {"policyRef": {"name": "safe"}}
+    controller.on_mdep("ADDED", _body(rollout=ref))
+    other_ns = _body(rollout=ref)
+    other_ns["metadata"]["namespace"] = "prod"
+    controller.on_mdep("ADDED", other_ns)
+    other_policy = _body(rollout={"policyRef": {"name": "fast"}})
+    other_policy["metadata"]["name"] = "wine"
+    controller.on_mdep("ADDED", other_policy)
+    controller._queued.clear()
+    policy = {"metadata": {"namespace": "ml", "name": "safe"}, "spec": POLICY}
+    controller.on_policy("ADDED", policy)
+    assert controller._queued == {KEY}
+    assert ("ml", "safe") in controller.policies
+    controller._queued.clear()
+    controller.on_policy("DELETED", policy)
+    assert ("ml", "safe") not in controller.policies
+    assert controller._queued == {KEY}
+
+
+# --- reconcile input --------------------------------------------------------------------------
+def test_the_policy_comes_from_the_reference_and_its_absence_or_invalidity_is_reported() -> None:
+    controller, _ = _controller()
+    controller.on_mdep("ADDED", _body(rollout={"policyRef": {"name": "safe"}}))
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    assert inp.policy is None
+    assert inp.policy_error == "RolloutPolicy 'safe' not found"
+
+    controller.on_policy("ADDED", {"metadata": {"namespace": "ml", "name": "safe"}, "spec": {}})
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    assert inp.policy is None
+    assert inp.policy_error is not None
+    assert inp.policy_error.startswith("RolloutPolicy 'safe' is invalid")
+
+    controller.on_policy("ADDED", {"metadata": {"namespace": "ml", "name": "safe"}, "spec": POLICY})
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    assert inp.policy_error is None
+    assert inp.policy is not None
+    assert [s.set_weight for s in inp.policy.steps] == [25, None]
+
+
+def test_an_inline_policy_wins_and_no_rollout_means_no_policy() -> None:
+    controller, _ = _controller()
+    controller.on_mdep("ADDED", _body(rollout={"policy": POLICY}))
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    assert inp.policy is not None
+    assert inp.policy.analysis is not None
+    controller.on_mdep("MODIFIED", _body("11"))
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    assert (inp.policy, inp.policy_error) == (None, None)
+
+
+def test_a_model_deployment_being_deleted_is_not_reconciled() -> None:
+    controller, kube = _controller()
+    body = _body()
+    body["metadata"]["deletionTimestamp"] = "2026-11-23T12:00:00Z"
+    controller.on_mdep("MODIFIED", body)
+    assert controller.build_input(KEY) is None
+    asyncio.run(controller.reconcile_key(KEY))
+    assert kube.calls == []
+
+
+# --- executing a plan -------------------------------------------------------------------------
+def _plan(**kw: Any) -> Plan:
+    return Plan(**kw)
+
+
+def test_a_status_patch_carries_the_cached_resource_version_and_updates_the_cache() -> None:
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body("10"))
+    plan = _plan(status={"phase": "Progressing"}, events=[Event("Normal", "Started", "go")])
+
+    async def scenario() -> None:
+        await controller.execute(KEY, plan)
+
+    asyncio.run(scenario())
+    verb, (ref, patch, version) = kube.calls[0]
+    assert verb == "patch_status"
+    assert ref == ObjectRef("canarium.dev/v1alpha1", "ModelDeployment", "ml", "iris")
+    assert patch == {"phase": "Progressing"}
+    assert version == "10"
+    assert controller.mdeps[KEY]["metadata"]["resourceVersion"] == "51"
+    assert kube.calls[1] == ("event", "Started")
+    # The same status again: nothing to patch.
+    kube.calls.clear()
+    asyncio.run(controller.execute(KEY, _plan(status={"phase": "Progressing"})))
+    assert kube.calls == []
+
+
+def test_a_status_patch_of_a_deleted_object_ends_the_reconcile_quietly() -> None:
+    controller, kube = _controller()
+    timers = _record_timers(controller)
+    controller.on_mdep("ADDED", _body("10"))
+    kube.fail["patch_status"] = [KubeError(404, "NotFound", "{}")]
+    plan = _plan(
+        status={"phase": "Progressing"},
+        events=[Event("Normal", "Started", "go")],
+        requeue_after=5.0,
+    )
+    asyncio.run(controller.execute(KEY, plan))
+    assert kube.verbs() == ["patch_status"], "no event on an object that is gone"
+    assert timers == []
+    assert controller.mdeps[KEY]["metadata"]["resourceVersion"] == "10"
+
+
+def test_a_status_patch_conflict_fails_the_reconcile_and_is_retried_soon() -> None:
+    controller, kube = _controller()
+    timers = _record_timers(controller)
+    controller.on_mdep("ADDED", _body("10"))
+    kube.fail["patch_status"] = [KubeError(409, "Conflict", "{}")]
+    plan = _plan(status={"phase": "Progressing"}, requeue_after=5.0)
+
+    async def reconcile(key: Key) -> None:
+        await controller.execute(key, plan)
+
+    _run_worker(controller, reconcile, KEY)
+    assert kube.verbs() == ["patch_status"]
+    assert timers == [(KEY, 0.2)], "a stale status is not written, the reconcile runs again"
+    assert controller.mdeps[KEY]["metadata"]["resourceVersion"] == "10"
+
+
+def test_an_event_that_cannot_be_recorded_does_not_fail_the_reconcile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controller, kube = _controller()
+    timers = _record_timers(controller)
+    controller.on_mdep("ADDED", _body("10"))
+    kube.fail["event"] = [
+        KubeError(403, "Forbidden", TERMINATING),
+        KubeError(500, "Internal", "{}"),
+    ]
+    rollbacks = _counter(metrics.ROLLBACKS, "ml", "iris", "RolledBack")
+    plan = _plan(
+        events=[
+            Event("Warning", "RolledBack", "bad"),
+            Event("Normal", "Other", "x"),
+            Event("Normal", "Third", "y"),
+        ],
+        requeue_after=7.0,
+    )
+    asyncio.run(controller.execute(KEY, plan))
+    assert kube.calls == [("event", "RolledBack"), ("event", "Other"), ("event", "Third")]
+    assert timers == [(KEY, 7.0)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["could not record event Other on ml/iris: 500 Internal: {}"], (
+        "a terminating namespace is not worth a warning"
+    )
+    assert _counter(metrics.ROLLBACKS, "ml", "iris", "RolledBack") == rollbacks + 1
+
+
+def test_applies_are_skipped_when_the_cache_covers_them_and_nobody_took_a_field() -> None:
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body())
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "iris",
+            "namespace": "ml",
+            "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: "iris"},
+        },
+        "spec": {"ports": [{"port": 80}]},
+    }
+
+    def plan() -> Plan:
+        return _plan(apply=[json.loads(json.dumps(manifest))])
+
+    controller._queued.clear()
+    asyncio.run(controller.execute(KEY, plan()))
+    assert kube.calls == [("apply", "iris")]
+    cached = controller.children["Service"][KEY]["iris"]
+    assert cached["metadata"]["resourceVersion"] == "40"
+    assert not controller._queued, "our own write is cached without queueing a reconcile"
+
+    # Unchanged: no apply.
+    kube.calls.clear()
+    asyncio.run(controller.execute(KEY, plan()))
+    assert kube.calls == []
+
+    # Another manager took spec.ports: apply again to take it back.
+    cached["metadata"]["managedFields"] = [
+        {"manager": "kubectl-edit", "fieldsV1": {"f:spec": {"f:ports": {}}}}
+    ]
+    asyncio.run(controller.execute(KEY, plan()))
+    assert kube.calls == [("apply", "iris")]
+
+    # Another manager on a field we do not set: no apply.
+    kube.calls.clear()
+    controller.children["Service"][KEY]["iris"]["metadata"]["managedFields"] = [
+        {"manager": "kubectl-edit", "fieldsV1": {"f:spec": {"f:externalName": {}}}}
+    ]
+    asyncio.run(controller.execute(KEY, plan()))
+    assert kube.calls == []
+
+
+def test_deletes_go_to_the_model_deployments_namespace() -> None:
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body())
+    plan = _plan(delete=[ChildRef("apps/v1", "Deployment", "iris-old")])
+    asyncio.run(controller.execute(KEY, plan))
+    assert kube.calls == [("delete", ObjectRef("apps/v1", "Deployment", "ml", "iris-old"))]
+
+
+def test_covers_and_contested() -> None:
+    assert covers({"a": 1, "b": 2}, {"a": 1})
+    assert not covers({"a": 1}, {"a": 1, "b": 2})
+    assert not covers({"a": [1, 2]}, {"a": [1]})
+    assert not covers({"a": "1"}, {"a": 1})
+    assert not covers([1], {"a": 1})
+    manifest = {"spec": {"replicas": 3, "template": {"x": 1}}}
+    assert not contested({"metadata": {}}, manifest)
+    owned = {"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {"f:replicas": {}}}}]}}
+    assert contested(owned, manifest)
+    presence = {"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {".": {}}}}]}}
+    assert not contested(presence, manifest)
+    in_list = {"metadata": {"managedFields": [{"fieldsV1": {"f:ports": {"k:{}": {}}}}]}}
+    assert contested(in_list, {"ports": [{"port": 80}]})
+    assert not contested(in_list, {"ports": []})
+
+
+# --- start: priming the caches ----------------------------------------------------------------
+def test_start_primes_the_caches_skips_unserved_kinds_and_stops_cleanly() -> None:
+    controller, kube = _controller(namespaces=["ml"], workers=2)
+    deployment = _child("iris-abc", "3", kind="Deployment")
+    del deployment["kind"], deployment["apiVersion"]  # a LIST's items carry neither
+    kube.lists[("Deployment", "ml")] = [deployment, _child("stray", "3", owner="")]
+    del kube.lists[("Deployment", "ml")][1]["metadata"]["labels"][LABEL_DEPLOYMENT]
+    kube.lists[("Pod", "ml")] = [
+        {
+            "metadata": {
+                "name": "iris-abc-1",
+                "namespace": "ml",
+                "labels": {LABEL_DEPLOYMENT: "iris", LABEL_REVISION: "abc"},
+            },
+            "status": {"phase": "Running"},
+        }
+    ]
+    kube.fail["list HTTPRoute"] = [KubeError(404, "NotFound", "{}")]
+
+    async def scenario() -> None:
+        await controller.start()
+        assert len(controller._tasks) == 2
+        await controller.stop()
+        assert all(task.done() for task in controller._tasks)
+
+    asyncio.run(scenario())
+    cached = controller.children["Deployment"][KEY]
+    assert set(cached) == {"iris-abc"}
+    assert cached["iris-abc"]["kind"] == "Deployment"
+    assert [p["metadata"]["name"] for p in controller.pods_of(KEY, "abc")] == ["iris-abc-1"]
+    listed = [args for verb, args in kube.calls if verb == "list"]
+    assert {kind for kind, _, _ in listed} == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "HTTPRoute",
+        "Pod",
+    }
+    assert all(ns == "ml" for _, ns, _ in listed)
+
+
+def test_start_fails_on_other_list_errors() -> None:
+    controller, kube = _controller()
+    kube.fail["list Service"] = [KubeError(403, "Forbidden", "{}")]
+    with pytest.raises(KubeError):
+        asyncio.run(controller.start())
+    listed = [args for verb, args in kube.calls if verb == "list"]
+    assert listed[0][1] is None, "no namespaces given: all of them"
+
+
+# --- analysis: when and what it measures ------------------------------------------------------
+class FakeProvider:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def baseline(self, target: AnalysisTarget) -> None:
+        self.calls.append(("baseline", target))
+
+    async def measure(self, target: AnalysisTarget) -> WindowResult:
+        self.calls.append(("measure", target))
+        return WindowResult(canary=None, stable=None, errors=["no pods"])
+
+    async def custom_values(self, analysis: Any, target: AnalysisTarget) -> dict[str, Any]:
+        self.calls.append(("custom", target))
+        return {}
+
+    def forget(self, revision: str) -> None:
+        self.calls.append(("forget", revision))
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
+    fake = FakeProvider()
+    monkeypatch.setattr(controller_module, "provider_for", lambda *args: fake)
+    return fake
+
+
+def _analysed(status: dict[str, Any], now_offset: int = 31) -> tuple[Controller, Any]:
+    controller, _ = _controller(clock=lambda: NOW + timedelta(seconds=now_offset))
+    body = _body(rollout={"policy": POLICY})
+    body["status"] = status
+    controller.on_mdep("ADDED", body)
+    inp = controller.build_input(KEY)
+    assert inp is not None
+    return controller, asyncio.run(controller.analyse(KEY, inp))
+
+
+def _desired() -> str:
+    return name_of(mdep())
+
+
+def _rolling(analysis: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": "Progressing",
+        "stable": {"name": "iris-0ld", "weight": 75, "readyReplicas": 3},
+        "canary": {"name": _desired(), "weight": 25, "readyReplicas": 1},
+    }
+    if analysis is not None:
+        status["analysis"] = analysis
+    return status
+
+
+def test_the_first_analysis_of_a_canary_takes_a_baseline(provider: FakeProvider) -> None:
+    _, inp = _analysed(_rolling())
+    assert [verb for verb, _ in provider.calls] == ["baseline"]
+    target = provider.calls[0][1]
+    desired = _desired()
+    assert target == AnalysisTarget(
+        namespace="ml",
+        deployment="iris",
+        canary_revision_hash=desired.removeprefix("iris-"),
+        stable_revision_hash="0ld",
+        canary_revision_name=desired,
+        stable_revision_name="iris-0ld",
+        interval_seconds=30,
+    )
+    assert inp.analysis_run is not None
+    assert inp.analysis_run.time == NOW + timedelta(seconds=31)
+    assert inp.analysis_run.judgement is None
+    assert inp.now == NOW + timedelta(seconds=31)
+
+
+def test_a_new_window_after_a_weight_change_takes_a_baseline_again(
+    provider: FakeProvider,
+) -> None:
+    # The state machine reset the analysis (intervals kept, no lastRunTime): a new window.
+    _, inp = _analysed(_rolling({"intervals": 2, "failures": 1}))
+    assert [verb for verb, _ in provider.calls] == ["baseline"]
+    assert inp.analysis_run is not None
+    assert inp.analysis_run.judgement is None
+
+
+def test_a_due_interval_of_a_canary_is_measured_and_judged(provider: FakeProvider) -> None:
+    last = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    controller, inp = _analysed(_rolling({"intervals": 1, "lastRunTime": last}))
+    assert [verb for verb, _ in provider.calls] == ["measure", "custom"]
+    target = provider.calls[0][1]
+    assert target.canary_revision_name == _desired()
+    assert target.stable_revision_name == "iris-0ld"
+    assert inp.analysis_run is not None
+    assert inp.analysis_run.judgement is not None
+    assert inp.analysis_run.judgement.verdict == "Inconclusive", "no data is never Failed"
+    assert controller._analysed[KEY] == {_desired()}
+
+
+def test_an_interval_not_yet_due_measures_nothing(provider: FakeProvider) -> None:
+    last = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    _, inp = _analysed(_rolling({"intervals": 1, "lastRunTime": last}), now_offset=10)
+    assert provider.calls == []
+    assert inp.analysis_run is None
+
+
+def test_a_bake_measures_the_promoted_revision_against_the_one_it_replaced(
+    provider: FakeProvider,
+) -> None:
+    status = {
+        "phase": "Healthy",
+        "stable": {"name": _desired(), "weight": 100, "readyReplicas": 3},
+        "previous": {"name": "iris-0ld", "replicas": 3},
+        "bakeUntil": (NOW + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    _, inp = _analysed(status)
+    target = provider.calls[0][1]
+    assert target.canary_revision_name == _desired()
+    assert target.canary_revision_hash == _desired().removeprefix("iris-")
+    assert target.stable_revision_name == "iris-0ld"
+    assert target.stable_revision_hash == "0ld"
+    assert inp.analysis_run is not None
+
+
+def test_a_canary_of_an_older_spec_is_not_measured_as_the_canary(provider: FakeProvider) -> None:
+    # The spec moved on: status.canary is no longer the desired revision, nothing is rolling.
+    status = _rolling()
+    status["canary"]["name"] = "iris-0bs0lete"
+    _, inp = _analysed(status)
+    assert provider.calls == []
+    assert inp.analysis_run is None
+
+
+def test_analysis_state_is_forgotten_once_no_canary_or_bake_remains(
+    provider: FakeProvider,
+) -> None:
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body(rollout={"policy": POLICY}))
+    controller._analysed[KEY] = {"iris-c4n"}
+    asyncio.run(controller.reconcile_key(KEY))
+    assert ("forget", "iris-c4n") in provider.calls
+    assert KEY not in controller._analysed
+    assert "apply" in kube.verbs()
