@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, judge, provider_for
+from canarium.analysis import AnalysisTarget, Provider, judge, provider_for
 from canarium.api import MetricsProvider, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
@@ -178,6 +178,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         self._analysed: dict[Key, set[str]] = defaultdict(set)
+        # The provider that measured each key's revisions, so that a deleted ModelDeployment's
+        # kept state (pod-metrics baselines) can be dropped too.
+        self._analysis_providers: dict[Key, Provider] = {}
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -288,6 +291,10 @@ class Controller:
         for kind in self.children.values():
             kind.pop(key, None)
         self.pods.pop(key, None)
+        provider = self._analysis_providers.pop(key, None)
+        for revision in self._analysed.pop(key, set()):
+            if provider is not None:
+                provider.forget(revision)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -451,6 +458,7 @@ class Controller:
         )
         provider = provider_for(analysis.provider, self.kube, self.settings.pod_scrape)
         self._analysed[key].add(canary)
+        self._analysis_providers[key] = provider
         now = self.clock()
         if status.analysis is None or status.analysis.last_run_time is None:
             await provider.baseline(target)  # the first window starts now
@@ -474,6 +482,7 @@ class Controller:
         await self.execute(key, plan)
         if not plan.status.get("canary") and not plan.status.get("previous"):
             # No analysis goes on: drop what the provider kept (pod-metrics baselines).
+            self._analysis_providers.pop(key, None)
             for revision in self._analysed.pop(key, set()):
                 for provider_spec in self._provider_specs(inp):
                     provider_for(provider_spec, self.kube, self.settings.pod_scrape).forget(
@@ -484,7 +493,9 @@ class Controller:
 
     async def execute(self, key: Key, plan: Plan) -> None:
         namespace = key[0]
-        body = self.mdeps[key]
+        body = self.mdeps.get(key)
+        if body is None:  # deleted while it was analysed: its children go with it
+            return
         applies = []
         for manifest in plan.apply:
             manifest["metadata"].setdefault("annotations", {})[ANNOTATION_APPLIED] = manifest_hash(

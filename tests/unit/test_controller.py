@@ -764,3 +764,23 @@ def test_analysis_state_is_forgotten_once_no_canary_or_bake_remains(
     assert ("forget", "iris-c4n") in provider.calls
     assert KEY not in controller._analysed
     assert "apply" in kube.verbs()
+
+
+def test_deleting_a_model_deployment_mid_analysis_drops_the_providers_state(
+    provider: FakeProvider,
+) -> None:
+    """A ModelDeployment deleted mid-rollout: the provider forgets the revisions it measured
+    (pod-metrics keeps baselines per revision, for as long as nobody says otherwise)."""
+    controller, _ = _analysed(_rolling())
+    assert controller._analysed[KEY] == {_desired()}
+    controller.on_mdep("DELETED", _body())
+    assert ("forget", _desired()) in provider.calls
+    assert KEY not in controller._analysed
+
+
+def test_a_model_deployment_deleted_during_its_reconcile_ends_it_quietly() -> None:
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body("10"))
+    controller.on_mdep("DELETED", _body("11"))
+    asyncio.run(controller.execute(KEY, _plan(status={"phase": "Progressing"})))
+    assert kube.verbs() == [], "nothing written for an object that is gone"
