@@ -143,7 +143,7 @@ def story(
     kubectl("get", "mdep", "-n", NAMESPACE)
     kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
     kubectl("get", "service", "iris", "-n", NAMESPACE)
-    time.sleep(2)  # kube-proxy programs the new endpoints
+    # start() waits until the Service answers (kube-proxy programs it a moment after Ready).
     print("traffic: 100 requests/s to the Service's ClusterIP (kube-proxy picks the pod)")
     load = LoadGenerator(cluster, NAMESPACE, "iris", models.x, rate=100, duration=900)
     load.start()

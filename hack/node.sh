@@ -22,7 +22,6 @@ NODE_NAME=${CANARIUM_NODE_NAME:-canarium-worker}
 BRIDGE=canarium0
 NODE_IP=198.18.0.1
 POD_CIDR=198.18.0.0/24
-SERVICE_CIDR=198.19.0.0/16
 CLUSTER_NET=198.18.0.0/15
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 sock="$state/run/containerd.sock"

@@ -76,7 +76,7 @@ class InstalledOperator:
     def all_logs(self) -> str:
         return "\n".join([*self._logs, self.log()])
 
-    def kill(self) -> None:
+    def restart(self) -> None:
         """The pod killed at once (SIGKILL, no grace), as a crash or a lost node would; its
         Deployment starts another, which is waited for."""
         old = self.pod()
@@ -86,8 +86,6 @@ class InstalledOperator:
         )
         wait_until(lambda: self._other_pod(old), timeout=60, what="a new operator pod")
         self.wait_ready()
-
-    restart = kill
 
     def stop(self) -> None:
         """No operator at all: the Deployment scaled to zero, its pod killed (SIGKILL)."""

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.cluster import REPO, Cluster
+from tests.e2e.cluster import REPO, Cluster, stop_process
 
 CANARIUM = Path(sys.executable).parent / "canarium"
 
@@ -74,13 +74,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=15)
 
     def restart(self) -> None:
         self.kill()

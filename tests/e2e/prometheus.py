@@ -38,6 +38,7 @@ import httpx
 import yaml
 from kubernetes import client, config
 
+from tests.e2e.cluster import stop_process
 from tests.e2e.operator import free_port
 
 BINARY = "prometheus"
@@ -270,13 +271,7 @@ class Prometheus:
         if self._discoverer.is_alive():
             self._discoverer.join(10)
         self._http.close()
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -17,14 +17,9 @@ from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, in_configmap, model_deployment
 from tests.e2e.prometheus import Prometheus
 
+pytestmark = pytest.mark.usefixtures("restricted")
+
 NAME = "iris"
-
-
-@pytest.fixture(autouse=True)
-def restricted(cluster: Cluster, namespace: str) -> None:
-    cluster.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
 
 
 def _wait_ready(cluster: Cluster, namespace: str, name: str = NAME) -> None:

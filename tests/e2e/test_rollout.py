@@ -22,8 +22,10 @@ from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, PackagedModel, in_configmap, model_deployment
 from tests.e2e.prometheus import Prometheus
 
+pytestmark = pytest.mark.usefixtures("restricted")
+
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Gateway
+    from tests.e2e.gateway import Gateway
 
 NAME = "iris"
 KUBECTL_CANARIUM = Path(sys.executable).parent / "kubectl-canarium"
@@ -60,14 +62,6 @@ def policy(
             },
         },
     }
-
-
-@pytest.fixture(autouse=True)
-def restricted(cluster: Cluster, namespace: str) -> None:
-    """Serving pods are admitted under Pod Security "restricted", enforced."""
-    cluster.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
 
 
 def deploy(
@@ -121,14 +115,19 @@ def canary_cli(cluster: Cluster, namespace: str, *args: str) -> str:
     return proc.stdout
 
 
+def revision_of(pod: dict[str, Any]) -> str:
+    """The revision (Deployment) of a pod: its ReplicaSet's name without the template hash."""
+    owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("name", "")
+    return str(owner).rsplit("-", 1)[0]
+
+
 def pods_of(cluster: Cluster, namespace: str, revision: str, ready: bool = False) -> list[str]:
     """Names of the live pods of a revision (its Deployment `revision`), Ready ones only if
     asked."""
     items = cluster.get_json("pods", "-n", namespace, "-l", f"canarium.dev/deployment={NAME}")
     out = []
     for pod in items["items"]:
-        owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("name", "")
-        if not owner.startswith(f"{revision}-") or pod["metadata"].get("deletionTimestamp"):
+        if revision_of(pod) != revision or pod["metadata"].get("deletionTimestamp"):
             continue
         conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
         if ready and conditions.get("Ready") != "True":
@@ -149,12 +148,8 @@ def endpoint_revisions(cluster: Cluster, namespace: str, service: str = NAME) ->
         for ep in es.get("endpoints") or []
         if (ep.get("conditions") or {}).get("ready", True) and ep.get("targetRef")
     }
-    items = cluster.get_json("pods", "-n", namespace)["items"]
-    replica_set = {
-        p["metadata"]["name"]: (p["metadata"].get("ownerReferences") or [{}])[0].get("name", "")
-        for p in items
-    }
-    return {replica_set.get(p, p).rsplit("-", 1)[0] for p in pods}
+    by_name = {p["metadata"]["name"]: p for p in cluster.get_json("pods", "-n", namespace)["items"]}
+    return {revision_of(by_name[p]) if p in by_name else p for p in pods}
 
 
 def start_v1(
@@ -511,7 +506,7 @@ def test_a_model_that_fails_its_sha256_crash_loops_and_is_rolled_back_at_once(
     statuses = [
         c
         for p in pods
-        if (p["metadata"].get("ownerReferences") or [{}])[0].get("name", "").startswith(canary)
+        if revision_of(p) == canary
         for c in p["status"].get("containerStatuses") or []
     ]
     if statuses:  # the canary may already be scaled away

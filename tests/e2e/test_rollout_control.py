@@ -23,14 +23,9 @@ from tests.e2e.test_rollout import (
     wait_status,
 )
 
+pytestmark = pytest.mark.usefixtures("restricted")
+
 HOLD_SECONDS = 45  # more than the policy's whole remaining schedule
-
-
-@pytest.fixture(autouse=True)
-def restricted(cluster: Cluster, namespace: str) -> None:
-    cluster.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
 
 
 def test_pause_holds_the_step_and_weight_until_resume(

@@ -139,8 +139,8 @@ class RolloutMachine(RuleBasedStateMachine):
         return plan
 
     # --- rules ----------------------------------------------------------------------------
-    @rule(version=st.sampled_from(VERSIONS))
-    def release(self, version: str) -> None:
+    def _ask_for(self, version: str) -> None:
+        """A person applies a spec with `version` (nothing happens if it is already asked for)."""
         if version == self.sim.version:
             return
         self.sim.version = version
@@ -148,16 +148,14 @@ class RolloutMachine(RuleBasedStateMachine):
         self.person_acted = True
         self.reconcile()
 
+    @rule(version=st.sampled_from(VERSIONS))
+    def release(self, version: str) -> None:
+        self._ask_for(version)
+
     @precondition(lambda self: "stable" in self.sim.status)
     @rule()
     def revert_to_stable(self) -> None:
-        version = self.sim.status["stable"]["modelVersion"]
-        if version == self.sim.version:
-            return
-        self.sim.version = version
-        self.sim.generation += 1
-        self.person_acted = True
-        self.reconcile()
+        self._ask_for(self.sim.status["stable"]["modelVersion"])
 
     @rule(verb=st.sampled_from(VERBS))
     def command(self, verb: str) -> None:
