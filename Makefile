@@ -72,6 +72,10 @@ test: setup control-plane test-deps images ## everything: lint, type checks, uni
 	$(MAKE) --no-print-directory lint typecheck
 	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
 
+.PHONY: mutation
+mutation: setup ## mutation testing of the pure core (mutmut); per-module scores, bar 90%
+	hack/mutation.sh
+
 .PHONY: test-deep
 test-deep: setup ## longer model-based tests
 	CANARIUM_DEEP=1 $(BIN)/pytest tests/unit/test_rollout_stateful.py

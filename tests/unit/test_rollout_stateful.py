@@ -45,6 +45,8 @@ from tests.unit.operator_fixtures import crashloop_pod
 from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Sim, judgement
 
 DEEP = os.environ.get("CANARIUM_DEEP", "") not in ("", "0")
+# `make mutation` runs this test once per mutant of the pure core: a short walk keeps that feasible.
+MUTATION = os.environ.get("CANARIUM_MUTATION", "") not in ("", "0")
 
 ANALYSED = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 3}}
 POLICIES: dict[str, dict[str, Any]] = {
@@ -388,7 +390,7 @@ def plan_revisions(plan: Plan) -> list[Any]:
 
 RolloutMachine.TestCase.settings = settings(
     derandomize=True,
-    max_examples=3000 if DEEP else 300,
+    max_examples=3000 if DEEP else 20 if MUTATION else 300,
     stateful_step_count=100 if DEEP else 50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
