@@ -373,14 +373,15 @@ class Controller:
                     self._queue.put_nowait(key)
 
     def _retry(self, key: Key, exc: Exception) -> None:
+        if isinstance(exc, KubeError) and exc.status == 409:
+            # A conflict is a stale read, not a failure: retried soon, never backed off.
+            log.debug("conflict on %s/%s, retrying: %s", *key, exc)
+            self.enqueue_after(key, 0.2)
+            return
         failures = self._failures[key] = self._failures[key] + 1
         delay = min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 10))
-        if isinstance(exc, KubeError) and exc.status == 409:
-            log.debug("conflict on %s/%s, retrying: %s", *key, exc)
-            delay = 0.2
-        else:
-            log.error("reconcile of %s/%s failed; retry in %.1fs", *key, delay, exc_info=exc)
-            metrics.RECONCILE_ERRORS.labels("ModelDeployment").inc()
+        log.error("reconcile of %s/%s failed; retry in %.1fs", *key, delay, exc_info=exc)
+        metrics.RECONCILE_ERRORS.labels("ModelDeployment").inc()
         self.enqueue_after(key, delay)
 
     # --- reconcile ---------------------------------------------------------------------------
