@@ -77,11 +77,12 @@ def bucket_masses(cumulative: Mapping[float, float]) -> list[float]:
 
 def _cdf_at(points: Sequence[tuple[float, float]], x: float) -> float:
     """A cumulative histogram's value at x, by linear interpolation between finite edges.
-    `points` are the finite (le, cumulative) pairs in order and x lies within their range."""
+    `points` are the finite (le, cumulative) pairs in order (distinct edges: they come from a
+    mapping) and x lies within their range."""
     for (le0, c0), (le1, c1) in itertools.pairwise(points):
         if le0 <= x <= le1:
-            return c0 if le1 == le0 else c0 + (c1 - c0) * (x - le0) / (le1 - le0)
-    return points[0][1] if x <= points[0][0] else points[-1][1]
+            return c0 + (c1 - c0) * (x - le0) / (le1 - le0)
+    return points[0][1]  # a single edge, so x is that edge
 
 
 def align(
