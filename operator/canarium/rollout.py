@@ -11,6 +11,12 @@ phase Degraded, the spec left as the user wrote it. A canary whose pods fail to 
 model does not load, the image cannot be pulled: `PodFailure`, from canarium.pods) is rolled
 back the same way at once, without waiting for the progress deadline. The operator does not
 retry that revision by itself: a new spec, reverting to the stable version, or `retry` moves on.
+
+After promotion the bake (`bake`) still analyses the promoted revision, with the previous one
+kept at zero pods: a failure, or `abort`, rolls back to it. `pause` stops the bake's clock (it
+does not complete while paused; a resume starts it again in full); a failure still rolls back.
+When the previous revision is gone, a failure leaves the promoted one serving but Degraded
+(BakeFailedPreviousGone) until a new spec, and `abort` is refused (CommandIgnored).
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ FailureReason = Literal[
 CAUSE_MODEL_LOAD_FAILED = "ModelLoadFailed"  # the server reported that the model did not load
 CAUSE_REVISION_FAILED = "RevisionFailed"  # the pods do not start for another reason
 CAUSE_SPEC_REVERTED = "SpecReverted"  # a rollout ended by the spec going back to stable
+# A promoted revision failed its bake and the previous revision is gone: nothing to go back to.
+CAUSE_BAKE_FAILED = "BakeFailedPreviousGone"
 # How canarium-serve starts its termination message (serving_image/canarium_serving/app.py);
 # only dropped from what is shown, never read to decide anything.
 SERVER_LOAD_FAILURE_PREFIX = "model not loaded: "
@@ -552,7 +560,7 @@ class _Machine:
             return self.first_deploy()
         self.record_analysis()
         if inp.desired == stable_name:
-            return self.steady(stable_name, stable_spec)
+            return self.steady(stable_name, stable_spec, verb)
         return self.rolling(stable_name, stable_spec, verb)
 
     def first_deploy(self) -> Decision:
@@ -576,7 +584,9 @@ class _Machine:
             [RevisionPlan(name, inp.spec, replicas, "stable")], name, None, 0, reason
         )
 
-    def steady(self, stable: str, stable_spec: ModelDeploymentSpec) -> Decision:
+    def steady(
+        self, stable: str, stable_spec: ModelDeploymentSpec, verb: str | None = None
+    ) -> Decision:
         """The spec asks for the stable revision: no rollout, or a bake after promotion, or a
         rollout that the user ended by reverting the spec."""
         inp = self.inp
@@ -611,27 +621,62 @@ class _Machine:
 
         previous = status.previous
         if previous is not None and previous.name and status.bake_until is not None:
+            prev_obs = self.observed(previous.name)
+            fallback = prev_obs.spec if prev_obs is not None else None
             if self.analysis_failed():
-                return self.bake_rollback(stable, stable_spec, previous.name)
-            if inp.now < status.bake_until:
-                prev_obs = self.observed(previous.name)
-                if prev_obs is not None and prev_obs.spec is not None:
-                    plans.append(RevisionPlan(previous.name, prev_obs.spec, 0, "previous"))
-                self.after(_seconds_until(inp.now, status.bake_until))
+                if fallback is None:
+                    return self.bake_failed_without_fallback(stable, stable_spec, previous)
+                status.previous = None
+                status.bake_until = None
+                return self.rollback(
+                    previous.name, fallback, stable, "RolledBack", self.failure_summary()
+                )
+            if verb == "abort":
+                if fallback is not None:
+                    status.previous = None
+                    status.bake_until = None
+                    return self.rollback(
+                        previous.name, fallback, stable, "Aborted",
+                        "aborted by a person during its bake",
+                    )  # fmt: skip
+                self.event(
+                    "Warning", "CommandIgnored",
+                    f"abort ignored: the previous revision {previous.name} is gone, there is "
+                    f"nothing to roll back to; {stable} keeps serving",
+                )  # fmt: skip
+            if status.phase == "Paused" and not inp.paused:
+                # Resumed: the bake starts again, in full (as a step's pause does).
+                status.bake_until = inp.now + timedelta(seconds=inp.policy.bake_seconds)
+            if inp.paused or inp.now < status.bake_until:
+                if fallback is not None:
+                    plans.append(RevisionPlan(previous.name, fallback, 0, "previous"))
+                if not inp.paused:
+                    # While paused the bake's clock is stopped: nothing ends it but a failure.
+                    self.after(_seconds_until(inp.now, status.bake_until))
                 self.schedule_analysis()
                 self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
-                status.phase = "Progressing"
-                status.message = (
-                    f"model {stable_spec.model.version} promoted; baking under analysis until "
-                    f"{status.bake_until.isoformat()} ({previous.name} kept scaled down)"
-                )
+                if inp.paused:
+                    status.phase = "Paused"
+                    status.pause_reason = "paused by a person (canarium.dev/paused)"
+                    status.message = (
+                        f"model {stable_spec.model.version} promoted; its bake is paused "
+                        f"({previous.name} kept scaled down): it starts again, in full, "
+                        "when resumed"
+                    )
+                else:
+                    status.phase = "Progressing"
+                    status.message = (
+                        f"model {stable_spec.model.version} promoted; baking under analysis "
+                        f"until {status.bake_until.isoformat()} ({previous.name} kept scaled "
+                        "down)"
+                    )
                 return self.decision(plans, stable, None, 0, "Baking")
             self.event(
                 "Normal", "BakeCompleted", f"{stable} passed its bake; {previous.name} removed"
             )
-            status.previous = None
-            status.bake_until = None
-            status.analysis = None
+        status.previous = None
+        status.bake_until = None
+        status.analysis = None
         if kept is not None and kept.spec is not None:
             plans.append(RevisionPlan(kept.name, kept.spec, kept.replicas, "canary"))
             route = self.set_serving_status(
@@ -642,13 +687,27 @@ class _Machine:
                 status, stable, stable_spec.model.version, self.observed(stable), self.total
             )
             status.message = f"{status.message}; {kept.name} serves until then"
-            status.analysis = None
             return self.decision(plans, stable, kept.name, route, reason)
         self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
         reason = serving_phase(
             status, stable, stable_spec.model.version, self.observed(stable), self.total
         )
-        status.analysis = None if status.previous is None else status.analysis
+        last = status.history[0] if status.history else None
+        if (
+            status.phase == "Healthy"
+            and last is not None
+            and last.revision == stable
+            and last.cause == CAUSE_BAKE_FAILED
+        ):
+            # Its bake failed with nothing to go back to: it serves, but it is not Healthy
+            # until a person moves on (a new version, or the old one rolled out again).
+            status.phase = "Degraded"
+            status.message = (
+                f"model {stable_spec.model.version} ({stable}) {last.reason}. It keeps serving "
+                "all traffic: apply a fixed version, or revert the spec to roll the previous "
+                "version out again."
+            )
+            reason = CAUSE_BAKE_FAILED
         return self.decision(plans, stable, None, 0, reason)
 
     def rolling(self, stable: str, stable_spec: ModelDeploymentSpec, verb: str | None) -> Decision:
@@ -910,7 +969,7 @@ class _Machine:
         status.step_started_at = None
         status.pause_reason = None
         plans = [RevisionPlan(canary, inp.spec, replicas, "stable")]
-        bake = inp.policy.bake_seconds if inp.policy.bake else 0.0
+        bake = inp.policy.bake_seconds
         if bake > 0 and inp.policy.analysis is not None:
             status.previous = RevisionStatus(
                 name=stable, model_version=stable_spec.model.version, replicas=0, weight=0
@@ -935,30 +994,30 @@ class _Machine:
         self.set_serving_status(canary, inp.spec.model.version, replicas, None, None, 0)
         return self.decision(plans, canary, None, 0, reason)
 
-    def bake_rollback(
-        self, promoted: str, promoted_spec: ModelDeploymentSpec, previous: str
+    def bake_failed_without_fallback(
+        self, promoted: str, promoted_spec: ModelDeploymentSpec, previous: RevisionStatus
     ) -> Decision:
-        """A failure during the bake: back to the previous revision, which scales up again;
-        the promoted one serves until the previous one has ready pods."""
+        """A failure during the bake when the previous revision is gone (its Deployment was
+        deleted): nothing to roll back to. The promoted revision keeps serving, Degraded, and
+        its history entry says why until a person moves on."""
         status = self.status
-        prev_obs = self.observed(previous)
-        if prev_obs is None or prev_obs.spec is None:
-            status.previous = None
-            status.bake_until = None
-            return self.steady(promoted, promoted_spec)
-        why = self.failure_summary()
-        push_history(
-            status, promoted, promoted_spec.model.version, "RolledBack", self.inp.now, why,
-            "AnalysisFailed",
-        )  # fmt: skip
-        self.event(
-            "Warning", "RolledBack", f"{promoted} failed its bake, back to {previous}: {why}"
-        )
+        inp = self.inp
+        why = (
+            f"failed its bake ({self.failure_summary()}); the previous revision "
+            f"{previous.name} (model {previous.model_version}) is gone and cannot be restored"
+        )[:1024]
+        last = status.history[0] if status.history else None
+        if last is not None and last.revision == promoted and last.outcome == "Promoted":
+            status.history[0] = last.model_copy(update={"reason": why, "cause": CAUSE_BAKE_FAILED})
+        else:
+            push_history(
+                status, promoted, promoted_spec.model.version, "Promoted", inp.now, why,
+                CAUSE_BAKE_FAILED,
+            )  # fmt: skip
+        self.event("Warning", CAUSE_BAKE_FAILED, f"{promoted} {why}")
         status.previous = None
         status.bake_until = None
-        decision = self.hold_rolled_back(previous, prev_obs.spec, promoted)
-        decision.reason = "AnalysisFailed"
-        return decision
+        return self.steady(promoted, promoted_spec)
 
 
 def rollback_cause(entry: HistoryEntry | None) -> str:
