@@ -339,6 +339,266 @@ def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:
         m.to_dict()  # valid status
 
 
+def test_min_samples_requests_are_enough_to_judge() -> None:
+    a = spec({"errorRate": {"max": 0.05}}, min_samples=50)
+    j = judge(a, metrics(requests=50, errors=1), None, NOW)
+    assert j.verdict == "Passed"
+    m = by_check(j)["samples"]
+    assert (m.verdict, m.value, m.reason) == ("Passed", 50, "50 requests >= 50")
+    assert j.summary == "Passed: 1 checks passed (50 requests >= 50)"
+
+
+def test_a_hold_keeps_the_reason_the_check_would_have_given() -> None:
+    a = spec({"errorRate": {"max": 0.01}}, min_samples=50)
+    m = by_check(judge(a, metrics(requests=12, errors=12), None, NOW))["errorRate"]
+    assert m.reason == "12 requests < minSamples 50 (12 non-2xx of 12 requests: 1 > 0.01)"
+
+
+def test_summaries_name_the_checks_behind_the_verdict() -> None:
+    a = spec({"errorRate": {"max": 0.05}, "latencyP99": {"maxMs": 50}})
+    assert judge(a, metrics(requests=100), None, NOW).summary == (
+        "Passed: 2 checks passed (100 requests >= 50)"
+    )
+    # Failed: only the failed checks, not the latency check that passed.
+    assert judge(a, metrics(requests=200, errors=20), None, NOW).summary == (
+        "Failed: errorRate: 20 non-2xx of 200 requests: 0.1 > 0.05"
+    )
+    # Too few samples: that alone is the reason, not every check it held.
+    drift = spec({"errorRate": {"max": 0.05}, "predictionDrift": {}})
+    assert judge(drift, metrics(requests=12), None, NOW).summary == (
+        "Inconclusive: samples: 12 requests < minSamples 50"
+    )
+    # Enough samples: the inconclusive checks, and only those.
+    assert judge(drift, metrics(requests=100), None, NOW).summary == (
+        "Inconclusive: predictionDrift: no stable metrics to compare with"
+    )
+
+
+def test_measured_values_keep_six_significant_digits() -> None:
+    a = spec({"errorRate": {"max": 0.01}})
+    m = by_check(judge(a, metrics(requests=300, errors=100), None, NOW))["errorRate"]
+    assert m.value == 0.333333
+    assert m.reason == "100 non-2xx of 300 requests: 0.3333 > 0.01"
+
+
+def test_error_rate_of_a_single_request() -> None:
+    a = spec({"errorRate": {"max": 0.01}}, min_samples=1)
+    m = by_check(judge(a, metrics(requests=1, errors=1), None, NOW))["errorRate"]
+    assert (m.verdict, m.value, m.reason) == ("Failed", 1.0, "1 non-2xx of 1 requests: 1 > 0.01")
+
+
+def test_error_rate_without_requests_is_inconclusive() -> None:
+    a = spec({"errorRate": {"max": 0.01}})
+    # Latency series but no request counted in the window.
+    canary = RevisionMetrics(latency_buckets={0.1: 0.0, INF: 0.0}, pods=1)
+    m = by_check(judge(a, canary, None, NOW))["errorRate"]
+    assert (m.verdict, m.value, m.reason) == ("Inconclusive", None, "no canary requests")
+
+
+def test_latency_reasons_and_boundaries() -> None:
+    a = spec({"latencyP99": {"maxMs": 400}})
+    buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, INF: 100.0}  # p99 = 470 ms
+    m = by_check(judge(a, metrics(latency_buckets=buckets), None, NOW))["latencyP99"]
+    assert m.reason == "p99 ms 470 > 400"
+    # 10 of 100 above the 200 ms bucket: p99 > 200 ms, which already fails a 200 ms limit.
+    top = {0.2: 90.0, INF: 100.0}
+    at_limit = spec({"latencyP99": {"maxMs": 200}})
+    m = by_check(judge(at_limit, metrics(latency_buckets=top), None, NOW))["latencyP99"]
+    assert (m.verdict, m.value, m.reason) == ("Failed", 200.0, "p99 > 200 ms (the highest bucket)")
+    # ... but says nothing about a 250 ms limit.
+    above = spec({"latencyP99": {"maxMs": 250}})
+    m = by_check(judge(above, metrics(latency_buckets=top), None, NOW))["latencyP99"]
+    assert (m.verdict, m.value) == ("Inconclusive", 200.0)
+    assert m.reason == "p99 above the highest bucket (200 ms), cannot compare with 250 ms"
+    # 99 of 100 within 10 ms: the p99 is the bucket's bound, 10 ms, not above it.
+    edge = {0.01: 99.0, INF: 100.0}
+    ten = spec({"latencyP99": {"maxMs": 10}})
+    m = by_check(judge(ten, metrics(latency_buckets=edge), None, NOW))["latencyP99"]
+    assert (m.verdict, m.value) == ("Passed", 10.0)
+    m = by_check(judge(a, metrics(latency_buckets={}), None, NOW))["latencyP99"]
+    assert (m.verdict, m.value, m.reason) == ("Inconclusive", None, "no latency observations")
+
+
+def test_prediction_drift_judges_from_min_samples_stable_requests() -> None:
+    a = spec({"predictionDrift": {}}, min_samples=50)
+    stable = metrics(requests=50, prediction_classes=classes({"0": 25, "1": 25}))
+    canary = metrics(requests=50, prediction_classes=classes({"0": 25, "1": 25}))
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    assert (m.verdict, m.value) == ("Passed", 0.0)
+    assert m.reason == "PSI of output 'label' vs stable 0 <= 0.2"
+    m = by_check(judge(a, canary, None, NOW))["predictionDrift"]
+    assert m.reason == "no stable metrics to compare with"
+    m = by_check(judge(a, metrics(), metrics(), NOW))["predictionDrift"]
+    assert m.reason == "no prediction metrics (no classifier or regressor outputs)"
+
+
+def test_prediction_drift_of_a_class_the_canary_never_predicts() -> None:
+    a = spec({"predictionDrift": {"maxPSI": 0.2}})
+    stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
+    canary = metrics(prediction_classes=classes({"0": 100}))
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    # stable 0.5 | 0.5, canary 1 | 0 -> 1e-4: (1 - 0.5) ln 2 + (1e-4 - 0.5) ln(1e-4 / 0.5)
+    # = 0.346574 + 4.257745 = 4.604318, six significant digits in the status
+    assert (m.verdict, m.value) == ("Failed", 4.60432)
+
+
+def test_prediction_drift_without_predictions_on_one_side_is_inconclusive() -> None:
+    a = spec({"predictionDrift": {}})
+    stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
+    silent = metrics(prediction_classes=classes({"0": 0}))
+    m = by_check(judge(a, silent, stable, NOW))["predictionDrift"]
+    assert (m.verdict, m.reason) == ("Inconclusive", "no predictions of output 'label' from canary")
+    m = by_check(judge(a, stable, silent, NOW))["predictionDrift"]
+    assert (m.verdict, m.reason) == ("Inconclusive", "no predictions of output 'label' from stable")
+    hist = {"score": cumulative([50, 50], [1.0])}
+    regressor = metrics(prediction_value_buckets=hist)
+    m = by_check(judge(a, metrics(), regressor, NOW))["predictionDrift"]
+    assert m.reason == "no predictions of output 'score' from canary"
+    m = by_check(judge(a, regressor, metrics(), NOW))["predictionDrift"]
+    assert m.reason == "no predictions of output 'score' from stable"
+
+
+def test_prediction_drift_needs_20_predictions_per_bin_on_both_sides() -> None:
+    a = spec({"predictionDrift": {}})
+    forty = metrics(prediction_classes=classes({"0": 20, "1": 20}))
+    assert by_check(judge(a, forty, forty, NOW))["predictionDrift"].verdict == "Passed"
+    few = metrics(prediction_classes=classes({"0": 20, "1": 19}))
+    m = by_check(judge(a, forty, few, NOW))["predictionDrift"]
+    assert m.verdict == "Inconclusive"
+    assert m.reason == (
+        "39 stable predictions of 'label' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+    # One class: 20 predictions are one bin's worth.
+    one = metrics(prediction_classes=classes({"0": 20}))
+    assert by_check(judge(a, one, one, NOW))["predictionDrift"].verdict == "Passed"
+    # A regressor: 20 per aligned bucket, here 2 (le 1 and +Inf).
+    hist = metrics(prediction_value_buckets={"score": cumulative([20, 20], [1.0])})
+    assert by_check(judge(a, hist, hist, NOW))["predictionDrift"].verdict == "Passed"
+    thin = metrics(prediction_value_buckets={"score": cumulative([20, 19], [1.0])})
+    m = by_check(judge(a, hist, thin, NOW))["predictionDrift"]
+    assert m.reason == (
+        "39 stable predictions of 'score' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+
+
+def test_prediction_drift_reports_the_output_that_moved_most() -> None:
+    a = spec({"predictionDrift": {"maxPSI": 0.2}})
+    even = {"0": 50, "1": 50}
+    shifted = {"0": 25, "1": 75}  # PSI 0.274653 against even
+    stable = metrics(prediction_classes={**classes(even, "a"), **classes(even, "b")})
+    for moved, same in (("a", "b"), ("b", "a")):
+        canary = metrics(prediction_classes={**classes(shifted, moved), **classes(even, same)})
+        m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+        assert m.value == pytest.approx(0.274653, abs=1e-6)
+        assert m.reason == f"PSI of output '{moved}' vs stable 0.2747 > 0.2"
+    # A classifier output and a regressor output: the larger PSI of the two.
+    hist_even = {"score": cumulative([50, 50], [1.0])}
+    hist_shifted = {"score": cumulative([25, 75], [1.0])}
+    stable = metrics(prediction_classes=classes(even), prediction_value_buckets=hist_even)
+    canary = metrics(prediction_classes=classes(even), prediction_value_buckets=hist_shifted)
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    assert m.reason == "PSI of output 'score' vs stable 0.2747 > 0.2"
+    canary = metrics(prediction_classes=classes(shifted), prediction_value_buckets=hist_even)
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    assert m.reason == "PSI of output 'label' vs stable 0.2747 > 0.2"
+    # Two regressor outputs, the first one moved.
+    stable = metrics(prediction_value_buckets={"p": hist_even["score"], "q": hist_even["score"]})
+    canary = metrics(prediction_value_buckets={"p": hist_shifted["score"], "q": hist_even["score"]})
+    m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+    assert m.reason == "PSI of output 'p' vs stable 0.2747 > 0.2"
+
+
+def test_data_drift_reasons() -> None:
+    a = spec({"dataDrift": {"maxPSI": 0.2}})
+    ref = {"x": cumulative([0.5, 0.5], [1.0]), "y": cumulative([0.5, 0.5], [3.0])}
+    # x moved, y did not: the largest PSI is x's.
+    live = {"x": cumulative([25, 75], [1.0]), "y": cumulative([50, 50], [3.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=live), None, NOW)
+    )["dataDrift"]
+    assert (m.verdict, m.threshold) == ("Failed", "<= 0.2")
+    assert m.reason == "largest PSI, feature 'x', vs reference 0.2747 > 0.2"
+    # A feature without live series is left out; the others are judged.
+    only_x = {"x": cumulative([50, 50], [1.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=only_x), None, NOW)
+    )["dataDrift"]
+    assert (m.verdict, m.reason) == ("Passed", "largest PSI, feature 'x', vs reference 0 <= 0.2")
+    # No live observation at all.
+    m = by_check(judge(a, metrics(reference_input_ratios=ref), None, NOW))["dataDrift"]
+    assert (m.verdict, m.reason) == ("Inconclusive", "no live input observations")
+    # Live buckets that do not overlap the reference's.
+    apart = {"x": cumulative([50, 50], [100.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=apart), None, NOW)
+    )["dataDrift"]
+    assert (m.verdict, m.reason) == (
+        "Inconclusive",
+        "feature 'x': live and reference buckets differ",
+    )
+    m = by_check(judge(a, metrics(), None, NOW))["dataDrift"]
+    assert m.reason == "the model has no reference input statistics"
+
+
+def test_data_drift_needs_20_live_values_per_bin() -> None:
+    a = spec({"dataDrift": {"maxPSI": 0.2}})
+    ref = {"x": cumulative([0.5, 0.5], [1.0]), "y": cumulative([0.5, 0.5], [3.0])}
+    enough = {"x": cumulative([20, 20], [1.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=enough), None, NOW)
+    )["dataDrift"]
+    assert m.verdict == "Passed"
+    # x too few, y without live series: the reason is x's.
+    few = {"x": cumulative([20, 19], [1.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=few), None, NOW)
+    )["dataDrift"]
+    assert (m.verdict, m.reason) == (
+        "Inconclusive",
+        "39 live values of 'x' < 40 for a reliable PSI over 2 bins (20 per bin)",
+    )
+
+
+def test_custom_check_bounds_are_inclusive() -> None:
+    prom = {"prometheus": {"address": "http://prometheus:9090"}}
+    a = spec(
+        {
+            "custom": [
+                {"name": "accuracy", "query": "q1", "min": 0.9},
+                {"name": "queue", "query": "q2", "min": 0, "max": 10},
+                {"name": "lag", "query": "q3", "max": 1},
+            ]
+        },
+        provider=prom,
+    )
+    j = judge(a, metrics(), None, NOW, {"accuracy": 0.9, "queue": 10.0, "lag": 1.0})
+    assert j.verdict == "Passed"
+    m = by_check(j)
+    assert m["accuracy"].reason == "0.9 within >= 0.9"
+    assert m["queue"].reason == "10 within >= 0 and <= 10"
+    assert (m["lag"].threshold, m["lag"].reason) == ("<= 1", "1 within <= 1")
+    m = by_check(judge(a, metrics(), None, NOW, {"queue": 11.0}))
+    assert (m["queue"].verdict, m["queue"].reason) == ("Failed", "11 > max 10")
+    # An infinite value fails, and is not put in the status (no JSON number for it).
+    m = by_check(judge(a, metrics(), None, NOW, {"queue": INF}))
+    assert (m["queue"].verdict, m["queue"].value) == ("Failed", None)
+    # NaN or nothing from Prometheus: no data, never a failure.
+    m = by_check(judge(a, metrics(), None, NOW, {"accuracy": math.nan}))
+    assert (m["accuracy"].verdict, m["accuracy"].value) == ("Inconclusive", None)
+    assert m["accuracy"].reason == "no data (the query returned nothing)"
+    assert m["lag"].reason == "no data (the query returned nothing)"
+
+
+def test_a_long_reason_is_cut_to_what_the_status_holds() -> None:
+    a = spec({"predictionDrift": {}})
+    name = "o" * 2000
+    stable = metrics(prediction_classes=classes({"0": 50}, name))
+    silent = metrics(prediction_classes=classes({"0": 0}, name))
+    m = by_check(judge(a, silent, stable, NOW))["predictionDrift"]
+    assert len(m.reason) == 1024
+    assert m.reason.startswith("no predictions of output 'ooo")
+
+
 # ---------------------------------------------------------------------------------------------
 # The podMetrics provider against a fake API client
 # ---------------------------------------------------------------------------------------------
