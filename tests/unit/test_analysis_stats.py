@@ -62,11 +62,17 @@ def test_quantile_without_observations_or_inf_bucket_is_none() -> None:
 
 
 def test_quantile_with_a_first_bound_at_or_below_zero() -> None:
-    buckets = {-1.0: 10.0, 0.0: 10.0, 1.0: 20.0, INF: 20.0}
+    buckets = {-1.0: 5.0, 0.0: 10.0, 1.0: 20.0, INF: 20.0}
     # The rank falls in the first bucket, whose bound is <= 0: that bound is the answer.
     assert histogram_quantile(0.25, buckets) == -1.0
-    # rank 18 lies in (0, 1]: 8 of its 10 -> 0 + 1 * 0.8; the first bound plays no part.
+    # rank 8 lies in (-1, 0]: 3 of its 5 -> -1 + 1 * 3/5; the first bound is only its start.
+    assert histogram_quantile(0.4, buckets) == pytest.approx(-0.4)
+    # rank 18 lies in (0, 1]: 8 of its 10 -> 0 + 1 * 0.8
     assert histogram_quantile(0.9, buckets) == pytest.approx(0.8)
+
+
+def test_quantile_of_a_single_observation() -> None:
+    assert histogram_quantile(0.5, {0.1: 1.0, INF: 1.0}) == pytest.approx(0.05)
 
 
 def test_quantile_zero_with_an_empty_first_bucket_is_its_bound() -> None:

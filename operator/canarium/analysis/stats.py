@@ -80,7 +80,7 @@ def _cdf_at(points: Sequence[tuple[float, float]], x: float) -> float:
     `points` are the finite (le, cumulative) pairs in order (distinct edges: they come from a
     mapping) and x lies within their range."""
     for (le0, c0), (le1, c1) in itertools.pairwise(points):
-        if le0 <= x <= le1:
+        if x <= le1:  # the first bucket that reaches x holds it (x >= the lowest edge)
             return c0 + (c1 - c0) * (x - le0) / (le1 - le0)
     return points[0][1]  # a single edge, so x is that edge
 
