@@ -51,18 +51,22 @@ def test_paused_rollout_shows_steps_weights_and_analysis() -> None:
         ),
         POLICY,
     )  # fmt: skip
-    assert "Phase:      Paused" in text
-    assert "Paused:     paused until promoted" in text
-    assert "iris-a  model 1.0.0  4/4 ready  weight 90%  effective 80.00%" in text
-    assert "iris-b  model 2.0.0  1/1 ready  weight 10%  effective 20.00%" in text
-    assert "✔ 1. setWeight 10" in text
-    assert "⏸ 2. pause (until promoted)" in text
-    assert "· 3. setWeight 100" in text
-    assert "failures 0/2" in text
-    assert "errorRate" in text
-    assert "0.002" in text
-    assert "Passed" in text
-    assert "Ready=False (Paused)" in text
+    assert text.splitlines() == [
+        "Name:       iris (namespace ml)",
+        "Model:      2.0.0  https://m.example.org/iris.onnx",
+        "Phase:      Paused",
+        "Paused:     paused until promoted (kubectl canarium promote)",
+        "Stable:     iris-a  model 1.0.0  4/4 ready  weight 90%  effective 80.00%",
+        "Canary:     iris-b  model 2.0.0  1/1 ready  weight 10%  effective 20.00%",
+        "Steps:",
+        "  ✔ 1. setWeight 10",
+        "  ⏸ 2. pause (until promoted)",
+        "  · 3. setWeight 100",
+        "Analysis:   3 intervals, failures 0/2, inconclusive in a row 0, last Passed at -",
+        # One row per measurement: check, value, threshold, verdict.
+        "  errorRate              0.002  <= 0.01     Passed",
+        "Conditions: Ready=False (Paused)",
+    ]
 
 
 def test_degraded_shows_the_failed_check_and_history() -> None:
@@ -80,6 +84,12 @@ def test_degraded_shows_the_failed_check_and_history() -> None:
         ),
         None,
     )  # fmt: skip
-    assert "Degraded  rolled back: errorRate 0.4 (limit <= 0.01)" in text
-    assert "RolledBack iris-b (model 2.0.0)" in text
-    assert "Steps:" not in text
+    # No policy: no Steps section; no analysis, conditions or endpoint: none of their lines.
+    assert text.splitlines() == [
+        "Name:       iris (namespace ml)",
+        "Model:      2.0.0  https://m.example.org/iris.onnx",
+        "Phase:      Degraded  rolled back: errorRate 0.4 (limit <= 0.01)",
+        "Stable:     iris-a  model 1.0.0  4/4 ready  weight 100%  effective 100.00%",
+        "History:",
+        "  2026-11-23T12:00:00Z  RolledBack iris-b (model 2.0.0) errorRate 0.4 (limit <= 0.01)",
+    ]
