@@ -342,7 +342,7 @@ def render_httproute(
     canary Services, an optional header match that always reaches the canary (A/B), and an
     optional mirror of stable traffic to the canary (shadow)."""
     gateway = mdep.spec.traffic.gateway_api
-    if mdep.spec.traffic.router != "gatewayAPI" or gateway is None:
+    if gateway is None:  # set exactly when the router is gatewayAPI (TrafficSpec validates it)
         return None
     _, stable, canary = service_names(mdep.metadata.name)
     parent_refs = []

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any
 
+import pytest
+from canarium.api import ModelDeployment
 from canarium.render import (
     ANNOTATION_REVISION_SPEC,
     LABEL_DEPLOYMENT,
     LABEL_REVISION,
+    hash_of_revision,
     render_hpa,
+    render_httproute,
     render_revision,
     render_services,
     revision_hash,
+    revision_name,
     spec_of_revision,
 )
+from canarium.settings import Settings
 from canarium_serving import contract
 
 from tests.unit.operator_fixtures import SETTINGS, mdep
@@ -145,3 +153,418 @@ def test_hpa_only_with_autoscaling_and_then_no_replicas_written() -> None:
         settings=SETTINGS,
     )
     assert "replicas" not in dep["spec"]
+
+
+# --- Whole manifests, written out: every field is read by Kubernetes or by the server ------
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+LABELS = {"app.kubernetes.io/managed-by": "canarium", "canarium.dev/deployment": "iris"}
+OWNER = {
+    "apiVersion": "canarium.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "name": "iris",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+
+
+def _rich() -> ModelDeployment:
+    return mdep(
+        "2.0.0",
+        model={"uri": "configmap://iris-model/model.onnx", "version": "2.0.0", "sha256": SHA},
+        serving={
+            "replicas": 4,
+            "image": "registry.example.org/serving:9",
+            "env": [{"name": "CANARIUM_BATCH_MAX_SIZE", "value": "8"}],
+            "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "512Mi"}},
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "pool", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    )
+
+
+def test_a_revision_deployment_in_full() -> None:
+    obj = _rich()
+    settings = Settings(serving_image="example.org/serving:default", progress_deadline_seconds=300)
+    dep = render_revision(
+        obj,
+        "abc1234567",
+        spec=obj.spec,
+        replicas=4,
+        role="stable",
+        created_as="canary",
+        settings=settings,
+    )
+    annotations = dep["metadata"].pop("annotations")
+    assert annotations.pop("canarium.dev/revision-spec") == (
+        '{"model": {"format": "onnx", "sha256": "'
+        + SHA
+        + '", "uri": "configmap://iris-model/model.onnx", '
+        '"version": "2.0.0"}, "serving": {"env": [{"name": "CANARIUM_BATCH_MAX_SIZE", '
+        '"value": "8"}], "image": "registry.example.org/serving:9", "nodeSelector": '
+        '{"pool": "cpu"}, "resources": {"limits": {"memory": "512Mi"}, "requests": '
+        '{"cpu": "100m"}}, "tolerations": [{"effect": "NoSchedule", "key": "pool", '
+        '"operator": "Exists"}]}}'
+    )
+    assert annotations == {
+        "canarium.dev/model-version": "2.0.0",
+        "canarium.dev/created-as": "canary",
+    }
+    pod_labels = {**LABELS, "canarium.dev/revision": "abc1234567"}
+    assert dep == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "iris-abc1234567",
+            "namespace": "ml",
+            # The role label is the current role; the pods keep the one they were created as.
+            "labels": {**pod_labels, "canarium.dev/role": "stable"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    "canarium.dev/deployment": "iris",
+                    "canarium.dev/revision": "abc1234567",
+                }
+            },
+            "progressDeadlineSeconds": 300,
+            "revisionHistoryLimit": 2,
+            # Never fewer ready pods than asked for while a revision's pods are replaced.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "replicas": 4,
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": "8080",
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "registry.example.org/serving:9",
+                            "env": [
+                                {
+                                    "name": "CANARIUM_MODEL_URI",
+                                    "value": "configmap://iris-model/model.onnx",
+                                },
+                                {"name": "CANARIUM_MODEL_NAME", "value": "iris"},
+                                {"name": "CANARIUM_MODEL_VERSION", "value": "2.0.0"},
+                                {"name": "CANARIUM_DEPLOYMENT", "value": "iris"},
+                                {"name": "CANARIUM_NAMESPACE", "value": "ml"},
+                                {"name": "CANARIUM_REVISION", "value": "iris-abc1234567"},
+                                {"name": "CANARIUM_ROLE", "value": "canary"},
+                                {"name": "CANARIUM_PORT", "value": "8080"},
+                                {
+                                    "name": "CANARIUM_MODEL_CACHE_DIR",
+                                    "value": "/tmp/canarium-models",
+                                },
+                                {"name": "CANARIUM_MODEL_SHA256", "value": SHA},
+                                {"name": "CANARIUM_BATCH_MAX_SIZE", "value": "8"},
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "startupProbe": {
+                                "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                "periodSeconds": 5,
+                                "timeoutSeconds": 2,
+                                "failureThreshold": 60,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 2,
+                                "failureThreshold": 3,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                                "periodSeconds": 5,
+                                "timeoutSeconds": 2,
+                                "failureThreshold": 2,
+                            },
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "model-cache", "mountPath": "/tmp"},
+                                {
+                                    "name": "model-configmap",
+                                    "mountPath": "/mnt/canarium/configmap/iris-model",
+                                    "readOnly": True,
+                                },
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "100m"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "model-cache", "emptyDir": {}},
+                        {"name": "model-configmap", "configMap": {"name": "iris-model"}},
+                    ],
+                    "nodeSelector": {"pool": "cpu"},
+                    "tolerations": [{"key": "pool", "operator": "Exists", "effect": "NoSchedule"}],
+                },
+            },
+        },
+    }
+
+
+def test_a_plain_revision_has_only_the_cache_volume_and_the_default_image() -> None:
+    obj = mdep("1.0.0")  # an https:// model, no sha256, image, resources or placement
+    dep = render_revision(
+        obj, "h", spec=obj.spec, replicas=3, role="stable", created_as="stable", settings=SETTINGS
+    )
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "example.org/serving:test"
+    assert pod["volumes"] == [{"name": "model-cache", "emptyDir": {}}]
+    assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/tmp"}]
+    assert [e["name"] for e in container["env"]][-1] == "CANARIUM_MODEL_CACHE_DIR"
+    assert "resources" not in container
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+
+
+def test_a_pvc_model_mounts_its_claim_read_only() -> None:
+    obj = mdep(model={"uri": "pvc://models/iris/model.onnx", "version": "1"})
+    dep = render_revision(
+        obj, "h", spec=obj.spec, replicas=1, role="stable", created_as="stable", settings=SETTINGS
+    )
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["volumes"][1] == {
+        "name": "model-pvc",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    }
+    assert pod["containers"][0]["volumeMounts"][1] == {
+        "name": "model-pvc",
+        "mountPath": "/mnt/canarium/pvc/models",
+        "readOnly": True,
+    }
+
+
+def test_the_three_services_in_full() -> None:
+    def service(name: str, role: str, selector: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": "ml",
+                "labels": {**LABELS, "canarium.dev/role": role},
+                "ownerReferences": [OWNER],
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [
+                    {
+                        "name": "http",
+                        "port": 80,
+                        "targetPort": "http",
+                        "protocol": "TCP",
+                        "appProtocol": "http",
+                    }
+                ],
+            },
+        }
+
+    iris = {"canarium.dev/deployment": "iris"}
+    assert render_services(mdep(), "aaa", "bbb") == [
+        service("iris", "entry", iris),
+        service("iris-stable", "stable", {**iris, "canarium.dev/revision": "aaa"}),
+        service("iris-canary", "canary", {**iris, "canarium.dev/revision": "bbb"}),
+    ]
+
+
+def test_an_hpa_in_full() -> None:
+    scaled = mdep(
+        serving={
+            "autoscaling": {
+                "minReplicas": 2,
+                "maxReplicas": 6,
+                "targetCPUUtilizationPercentage": 70,
+            }
+        }
+    )
+    assert render_hpa(scaled, "aaa") == {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": "iris-aaa",
+            "namespace": "ml",
+            "labels": {**LABELS, "canarium.dev/revision": "aaa"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "iris-aaa"},
+            "minReplicas": 2,
+            "maxReplicas": 6,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _gateway(**gateway: Any) -> ModelDeployment:
+    return mdep(traffic={"router": "gatewayAPI", "gatewayAPI": gateway})
+
+
+def test_no_httproute_with_the_replicas_router() -> None:
+    assert render_httproute(mdep(), 0, False) is None
+    assert render_httproute(mdep(traffic={"router": "replicas"}), 30, True) is None
+
+
+def test_an_httproute_in_full_with_header_match_and_mirror() -> None:
+    obj = _gateway(
+        parentRefs=[
+            {"name": "edge", "namespace": "gateways", "sectionName": "https"},
+            {"name": "internal"},
+        ],
+        hostnames=["iris.example.org"],
+        headerMatch={"name": "X-Canary", "value": "yes"},
+        mirrorPercent=20,
+    )
+    assert render_httproute(obj, 30, True) == {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": "iris",
+            "namespace": "ml",
+            "labels": LABELS,
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "parentRefs": [
+                {"name": "edge", "namespace": "gateways", "sectionName": "https"},
+                {"name": "internal"},
+            ],
+            "rules": [
+                # Testers' requests reach the canary whatever the weights: a rule before the
+                # weighted one.
+                {
+                    "matches": [
+                        {"headers": [{"type": "Exact", "name": "X-Canary", "value": "yes"}]}
+                    ],
+                    "backendRefs": [
+                        {"kind": "Service", "name": "iris-canary", "port": 80, "weight": 1}
+                    ],
+                },
+                {
+                    "backendRefs": [
+                        {"kind": "Service", "name": "iris-stable", "port": 80, "weight": 70},
+                        {"kind": "Service", "name": "iris-canary", "port": 80, "weight": 30},
+                    ],
+                    "filters": [
+                        {
+                            "type": "RequestMirror",
+                            "requestMirror": {
+                                "backendRef": {
+                                    "kind": "Service",
+                                    "name": "iris-canary",
+                                    "port": 80,
+                                },
+                                "percent": 20,
+                            },
+                        }
+                    ],
+                },
+            ],
+            "hostnames": ["iris.example.org"],
+        },
+    }
+
+
+def test_without_a_canary_the_route_has_no_header_rule_and_no_mirror() -> None:
+    obj = _gateway(
+        parentRefs=[{"name": "edge"}],
+        headerMatch={"name": "X-Canary", "value": "yes"},
+        mirrorPercent=20,
+    )
+    route = render_httproute(obj, 0, False)
+    assert route is not None
+    assert route["spec"] == {
+        "parentRefs": [{"name": "edge"}],
+        "rules": [
+            {
+                "backendRefs": [
+                    {"kind": "Service", "name": "iris-stable", "port": 80, "weight": 100},
+                    {"kind": "Service", "name": "iris-canary", "port": 80, "weight": 0},
+                ]
+            }
+        ],
+    }
+
+
+def test_a_zero_mirror_percent_mirrors_nothing() -> None:
+    route = render_httproute(_gateway(parentRefs=[{"name": "edge"}], mirrorPercent=0), 10, True)
+    assert route is not None
+    assert "filters" not in route["spec"]["rules"][0]
+
+
+def test_revision_names_survive_an_operator_upgrade() -> None:
+    # The hash is sha256 over the sorted, compact-separated JSON of the model and of the
+    # serving spec without its pod count, cut to 10 hex digits: a different recipe would
+    # rename, and so restart, every revision in every cluster.
+    material = (
+        '{"model": {"format": "onnx", "uri": "https://models.example.org/iris/1.0.0.onnx", '
+        '"version": "1.0.0"}, "serving": {"env": [], "nodeSelector": {}, "tolerations": []}}'
+    )
+    expected = hashlib.sha256(material.encode()).hexdigest()[:10]
+    assert revision_hash(mdep("1.0.0", replicas=3).spec) == expected
+    scaled = mdep("1.0.0", serving={"replicas": 2, "autoscaling": {"maxReplicas": 9}})
+    assert revision_hash(scaled.spec) == expected
+    assert revision_name("iris", expected) == f"iris-{expected}"
+    assert hash_of_revision("iris", f"iris-{expected}") == expected
+
+
+def test_hash_of_revision_strips_only_the_deployment_name() -> None:
+    assert hash_of_revision("iris", "iris-abc") == "abc"
+    assert hash_of_revision("iris", "iris-v2-abc") == "v2-abc"
+    assert hash_of_revision("iris", "other-abc") == "other-abc"
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        None,
+        {},
+        {"canarium.dev/revision-spec": ""},
+        {"canarium.dev/revision-spec": "{not json"},
+        {"canarium.dev/revision-spec": '{"model": {"uri": "x"}}'},  # no version
+    ],
+)
+def test_a_deployment_without_a_readable_spec_has_none(annotations: dict[str, str] | None) -> None:
+    assert spec_of_revision({"metadata": {"annotations": annotations}}) is None
+
+
+def test_a_deployment_without_metadata_has_no_spec() -> None:
+    assert spec_of_revision({}) is None
