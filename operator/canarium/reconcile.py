@@ -178,6 +178,11 @@ def replace_decision(inp: ReconcileInput) -> Decision:
     stable_ready = stable_obs.ready_replicas if stable_obs else 0
     canary_ready = canary_obs.ready_replicas if canary_obs else 0
     stable_effective, canary_effective = effective_weights(stable_ready, canary_ready)
+    # An HTTPRoute keeps everything on the old revision until the new one replaces it, unless
+    # only the new one has ready pods; the entry Service spreads over both revisions' pods.
+    route_weight = 100 if canary_ready and not stable_ready else 0
+    if mdep.spec.traffic.router == "gatewayAPI" and stable_ready + canary_ready:
+        stable_effective, canary_effective = 100.0 - route_weight, float(route_weight)
     status.stable = RevisionStatus(
         name=stable_name,
         model_version=stable_spec.model.version,
@@ -187,11 +192,12 @@ def replace_decision(inp: ReconcileInput) -> Decision:
         effective_weight=stable_effective,
     )
     status.canary = None
+    canary_pods = canary_obs.replicas if canary_obs else replicas  # None: left to its HPA
     if canary_name:
         status.canary = RevisionStatus(
             name=canary_name,
             model_version=spec.model.version,
-            replicas=canary_obs.replicas if canary_obs else replicas,
+            replicas=canary_pods,
             ready_replicas=canary_ready,
             weight=100,
             effective_weight=canary_effective,
@@ -226,7 +232,7 @@ def replace_decision(inp: ReconcileInput) -> Decision:
         reason = "NewRevisionNotReady"
         status.message = (
             f"revision {canary_name} (model {spec.model.version}) "
-            f"{canary_ready}/{status.canary.replicas if status.canary else 0} ready; "
+            f"{canary_ready}/{canary_pods if canary_pods is not None else '?'} ready; "
             f"{stable_name} keeps serving"
         )
         if canary_obs is not None and canary_obs.failure is not None:
@@ -241,7 +247,7 @@ def replace_decision(inp: ReconcileInput) -> Decision:
         revisions=plans,
         stable=stable_name,
         canary=canary_name,
-        route_canary_weight=100 if canary_name and canary_ready else 0,
+        route_canary_weight=route_weight,
         reason=reason,
         events=events,
     )
@@ -312,7 +318,10 @@ def reconcile(inp: ReconcileInput) -> Plan:
         status.message = f"{inp.policy_error}; new revisions replace the old once Ready. " + (
             status.message or ""
         )
-        reason = "PolicyNotFound" if "not found" in inp.policy_error else "PolicyInvalid"
+        # "RolloutPolicy 'x' not found", or "RolloutPolicy 'x' is invalid: <validation error>":
+        # that error quotes the user's values (any text) and ends with its own last line.
+        missing = inp.policy_error.endswith(" not found")
+        reason = "PolicyNotFound" if missing else "PolicyInvalid"
     _set_conditions(status, mdep.metadata.generation, inp.now, reason)
     if old.phase != status.phase:
         plan.events.append(
@@ -347,13 +356,12 @@ def _set_conditions(
     by_type = {c.type: c for c in status.conditions}
     for type_, value in values.items():
         previous = by_type.get(type_)
-        changed = previous is None or previous.status != value
         by_type[type_] = Condition(
             type=type_,
             status=value,
             observed_generation=generation,
             last_transition_time=now
-            if changed or previous is None
+            if previous is None or previous.status != value
             else previous.last_transition_time,
             reason=reason,
             message=message,

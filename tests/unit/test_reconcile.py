@@ -2,11 +2,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from canarium.api import ModelDeployment
-from canarium.reconcile import ChildRef, effective_weights, reconcile
+from canarium.api import ModelDeployment, RolloutPolicySpec
+from canarium.reconcile import (
+    ChildRef,
+    RevisionObservation,
+    effective_weights,
+    observe_deployment,
+    reconcile,
+)
+from canarium.render import render_revision, revision_hash
+from canarium.rollout import Event
 
 from tests.unit.operator_fixtures import (
     NOW,
+    SETTINGS,
     crashloop_pod,
     inp,
     mdep,
@@ -232,3 +241,396 @@ def test_one_failing_pod_beside_ready_ones_is_reported_not_degraded() -> None:
     plan = reconcile(inp(obj, observed(obj, ready=2, pods=pods)))
     assert plan.status["phase"] == "Progressing"
     assert plan.status["message"].startswith(f"revision {rev} 2/3 ready; model failed to load")
+
+
+# --- Reading a revision's Deployment -----------------------------------------------------------
+def _deployment_body(
+    *,
+    generation: int | None = 1,
+    status: dict | None = None,
+    **spec: object,  # type: ignore[type-arg]
+) -> dict:  # type: ignore[type-arg]
+    meta: dict = {  # type: ignore[type-arg]
+        "name": "iris-abc",
+        "labels": {"canarium.dev/revision": "abc"},
+        "annotations": {"canarium.dev/created-as": "canary"},
+    }
+    if generation is not None:
+        meta["generation"] = generation
+    return {"metadata": meta, "spec": spec, "status": status}
+
+
+def test_observe_deployment_reads_what_the_api_server_returns() -> None:
+    body = _deployment_body(
+        generation=3,
+        replicas=4,
+        status={"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 3},
+    )
+    seen = observe_deployment(body)
+    assert (seen.name, seen.rev_hash, seen.created_as) == ("iris-abc", "abc", "canary")
+    assert (seen.replicas, seen.ready_replicas, seen.updated_replicas) == (4, 2, 3)
+    assert seen.up_to_date is True
+    assert seen.deadline_exceeded is False
+    assert seen.spec is None  # no revision-spec annotation
+    assert (seen.failure, seen.failing_pods) == (None, 0)
+
+
+def test_observe_deployment_of_a_bare_object_uses_kubernetes_defaults() -> None:
+    seen = observe_deployment({})
+    assert (seen.name, seen.rev_hash, seen.spec) == ("", "", None)
+    assert seen.created_as == "stable"  # Deployments made before the annotation existed
+    assert (seen.replicas, seen.ready_replicas, seen.updated_replicas) == (1, 0, 0)
+    assert seen.up_to_date is False  # no status yet: the Deployment controller has not seen it
+    assert seen.deadline_exceeded is False
+    seen = observe_deployment({"metadata": {"labels": None, "annotations": None}, "status": None})
+    assert (seen.rev_hash, seen.created_as) == ("", "stable")
+
+
+def test_a_deployment_is_up_to_date_once_its_controller_saw_the_latest_generation() -> None:
+    def up_to_date(generation: int | None, observed: int | None) -> bool:
+        status = {} if observed is None else {"observedGeneration": observed}
+        return observe_deployment(_deployment_body(generation=generation, status=status)).up_to_date
+
+    assert up_to_date(2, 2) is True
+    assert up_to_date(2, 3) is True
+    assert up_to_date(3, 2) is False
+    assert up_to_date(None, 1) is True  # a generation starts at 1
+    assert up_to_date(1, None) is False
+
+
+def test_only_a_false_progressing_condition_for_the_deadline_is_a_missed_deadline() -> None:
+    def deadline(*conditions: dict) -> bool:  # type: ignore[type-arg]
+        body = _deployment_body(status={"conditions": list(conditions)})
+        return observe_deployment(body).deadline_exceeded
+
+    missed = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    assert deadline(missed) is True
+    assert deadline({"type": "Available", "status": "True"}, missed) is True
+    assert deadline({**missed, "status": "True"}) is False
+    assert deadline({**missed, "type": "Available"}) is False
+    assert deadline({**missed, "reason": "ReplicaSetUpdated"}) is False
+    assert deadline() is False
+
+
+def test_observe_deployment_summarises_failing_pods() -> None:
+    obj = mdep()
+    rev = name_of(obj)
+    seen = observed(obj, ready=0, pods=[crashloop_pod(rev, "aaaaa"), crashloop_pod(rev, "bbbbb")])
+    assert seen.failing_pods == 2
+    assert seen.failure is not None
+    assert seen.failure.pod == f"{rev}-7c9d8b6f4-aaaaa"
+
+
+# --- The issue's reconcile items: policy errors, a lost stable Deployment, lagging Deployments --
+def _healthy(version: str = "1.0.0", **spec: object) -> ModelDeployment:
+    """A ModelDeployment whose revision of `version` was reconciled Ready (its status set)."""
+    obj = mdep(version, **spec)  # type: ignore[arg-type]
+    return with_status(obj, reconcile(inp(obj, observed(obj))).status)
+
+
+def test_a_missing_policy_is_reported_and_new_versions_replace_the_old_once_ready() -> None:
+    v1 = _healthy(rollout={"policyRef": {"name": "safe"}})
+    error = "RolloutPolicy 'safe' not found"
+    plan = reconcile(inp(v1, observed(v1), policy_error=error))
+    assert plan.status["phase"] == "Healthy"
+    assert plan.status["message"] == (
+        f"RolloutPolicy 'safe' not found; new revisions replace the old once Ready. "
+        f"model 1.0.0 served by {name_of(v1)}"
+    )
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+    assert conditions == {
+        "Ready": ("True", "PolicyNotFound"),
+        "Progressing": ("False", "PolicyNotFound"),
+        "Degraded": ("False", "PolicyNotFound"),
+    }
+    # A new version still rolls out, without a canary: beside the old one at full size.
+    v2 = with_status(
+        mdep("2.0.0", generation=2, rollout={"policyRef": {"name": "safe"}}), plan.status
+    )
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=0), policy_error=error))
+    assert kinds(plan.apply)[:2] == [("Deployment", name_of(v1)), ("Deployment", name_of(v2))]
+    assert [m["spec"]["replicas"] for m in plan.apply[:2]] == [3, 3]
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["conditions"][1]["reason"] == "PolicyNotFound"
+
+
+def test_an_invalid_policy_is_reported_as_invalid() -> None:
+    v1 = _healthy(rollout={"policyRef": {"name": "safe"}})
+    error = "RolloutPolicy 'safe' is invalid: 1 validation error for RolloutPolicySpec\nsteps\n..."
+    plan = reconcile(inp(v1, observed(v1), policy_error=error))
+    assert {c["reason"] for c in plan.status["conditions"]} == {"PolicyInvalid"}
+    assert plan.status["message"].startswith(f"{error}; new revisions replace the old once Ready. ")
+
+
+def test_an_invalid_policy_whose_bad_value_reads_not_found_is_still_invalid() -> None:
+    # The validation error quotes the user's input, which may say anything.
+    v1 = _healthy(rollout={"policyRef": {"name": "safe"}})
+    error = (
+        "RolloutPolicy 'safe' is invalid: 1 validation error for RolloutPolicySpec\n"
+        "analysis.interval\n  String should match pattern '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$' "
+        "[type=string_pattern_mismatch, input_value='not found', input_type=str]\n"
+        "    For further information visit "
+        "https://errors.pydantic.dev/2.14/v/string_pattern_mismatch"
+    )
+    plan = reconcile(inp(v1, observed(v1), policy_error=error))
+    assert {c["reason"] for c in plan.status["conditions"]} == {"PolicyInvalid"}
+
+
+def test_a_lost_stable_deployment_starts_over_from_the_spec_without_a_policy() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    # The stable revision's Deployment is gone (deleted by hand): nothing knows its spec.
+    plan = reconcile(inp(v2, observed(v2, ready=0)))
+    assert kinds(plan.apply)[0] == ("Deployment", name_of(v2))
+    assert [k for k in kinds(plan.apply) if k[0] == "Deployment"] == [("Deployment", name_of(v2))]
+    assert plan.status["stable"]["name"] == name_of(v2)
+    assert plan.status["stable"]["modelVersion"] == "2.0.0"
+    assert "canary" not in plan.status
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["ready"] == "0/3"
+    # And nothing at all observed: the same, the revision is created again.
+    plan = reconcile(inp(v2))
+    assert [k for k in kinds(plan.apply) if k[0] == "Deployment"] == [("Deployment", name_of(v2))]
+    assert plan.status["stable"]["name"] == name_of(v2)
+
+
+def test_a_lost_stable_deployment_starts_over_from_the_spec_with_a_policy() -> None:
+    policy = RolloutPolicySpec.model_validate({"steps": [{"setWeight": 50}]})
+    v1 = mdep("1.0.0")
+    v1 = with_status(v1, reconcile(inp(v1, observed(v1), policy=policy)).status)
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v2), policy=policy))
+    assert [k for k in kinds(plan.apply) if k[0] == "Deployment"] == [("Deployment", name_of(v2))]
+    assert plan.status["stable"]["name"] == name_of(v2)
+    assert "canary" not in plan.status
+    assert plan.status["phase"] == "Healthy"
+
+
+def _lagging(obj: ModelDeployment) -> RevisionObservation:
+    """`obj`'s revision Deployment changed (generation 2) but its controller still reports the
+    previous generation's pods: all ready and updated, for a template that is no more."""
+    body = render_revision(
+        obj,
+        revision_hash(obj.spec),
+        spec=obj.spec,
+        replicas=3,
+        role="stable",
+        created_as="stable",
+        settings=SETTINGS,
+    )
+    body["metadata"]["generation"] = 2
+    body["status"] = {
+        "observedGeneration": 1,
+        "replicas": 3,
+        "readyReplicas": 3,
+        "updatedReplicas": 3,
+    }
+    return observe_deployment(body)
+
+
+def test_a_revision_is_not_ready_before_its_controller_saw_its_latest_generation() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1), _lagging(v2)))
+    assert plan.delete == []
+    assert plan.status["stable"]["name"] == name_of(v1)
+    assert plan.status["canary"]["name"] == name_of(v2)
+    assert plan.status["phase"] == "Progressing"
+    # Once it has: it replaces the old revision.
+    plan = reconcile(inp(v2, observed(v1), observed(v2)))
+    assert plan.delete == [ChildRef("apps/v1", "Deployment", name_of(v1))]
+    # A lagging stable revision alone is not Healthy either.
+    plan = reconcile(inp(v1, _lagging(v1)))
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["conditions"][0]["status"] == "False"
+
+
+# --- Without a rollout policy, through a Gateway API HTTPRoute --------------------------------
+GATEWAY = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "edge"}]}}
+
+
+def _route_weights(plan_apply: list[dict]) -> dict[str, int]:  # type: ignore[type-arg]
+    (route,) = [m for m in plan_apply if m["kind"] == "HTTPRoute"]
+    return {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+
+
+def test_the_route_stays_on_the_old_revision_until_the_new_one_replaces_it() -> None:
+    v1 = _healthy(traffic=GATEWAY)
+    assert _route_weights(reconcile(inp(v1, observed(v1))).apply) == {
+        "iris-stable": 100,
+        "iris-canary": 0,
+    }
+    v2 = with_status(mdep("2.0.0", generation=2, traffic=GATEWAY), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=1)))
+    # One of three new pods is ready: the old revision keeps serving everything, as said.
+    assert _route_weights(plan.apply) == {"iris-stable": 100, "iris-canary": 0}
+    assert plan.status["message"].endswith(f"; {name_of(v1)} keeps serving")
+    assert plan.status["stable"]["effectiveWeight"] == 100.0
+    assert plan.status["canary"]["effectiveWeight"] == 0.0
+    # Ready: it replaces the old one; the stable Service now selects it.
+    plan = reconcile(inp(v2, observed(v1), observed(v2)))
+    assert _route_weights(plan.apply) == {"iris-stable": 100, "iris-canary": 0}
+    stable_service = next(m for m in plan.apply if m["metadata"]["name"] == "iris-stable")
+    assert stable_service["spec"]["selector"]["canarium.dev/revision"] == revision_hash(v2.spec)
+
+
+def test_the_route_goes_to_the_new_revision_while_it_alone_has_ready_pods() -> None:
+    v1 = _healthy(traffic=GATEWAY)
+    v2 = with_status(mdep("2.0.0", generation=2, traffic=GATEWAY), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1, ready=0), observed(v2, ready=1)))
+    assert _route_weights(plan.apply) == {"iris-stable": 0, "iris-canary": 100}
+    assert plan.status["stable"]["effectiveWeight"] == 0.0
+    assert plan.status["canary"]["effectiveWeight"] == 100.0
+    # Nothing ready anywhere: nothing delivered, the route stays on the old revision.
+    plan = reconcile(inp(v2, observed(v1, ready=0), observed(v2, ready=0)))
+    assert _route_weights(plan.apply) == {"iris-stable": 100, "iris-canary": 0}
+    assert (plan.status["stable"]["effectiveWeight"], plan.status["canary"]["effectiveWeight"]) == (
+        0.0,
+        0.0,
+    )
+
+
+# --- What the status and the events say while a new version replaces the old -----------------
+def test_a_starting_revision_reports_its_ready_pods_and_who_keeps_serving() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=1)))
+    assert plan.status["message"] == (
+        f"revision {name_of(v2)} (model 2.0.0) 1/3 ready; {name_of(v1)} keeps serving"
+    )
+    assert plan.status["stable"] == {
+        "name": name_of(v1),
+        "modelVersion": "1.0.0",
+        "replicas": 3,
+        "readyReplicas": 3,
+        "weight": 0,
+        "effectiveWeight": 75.0,
+    }
+    assert plan.status["canary"] == {
+        "name": name_of(v2),
+        "modelVersion": "2.0.0",
+        "replicas": 3,
+        "readyReplicas": 1,
+        "weight": 100,
+        "effectiveWeight": 25.0,
+    }
+    assert plan.status["ready"] == "4/6"
+    assert plan.events == [
+        Event("Normal", "Progressing", plan.status["message"]),
+    ]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+    assert conditions == {
+        "Ready": ("False", "NewRevisionNotReady"),
+        "Progressing": ("True", "NewRevisionNotReady"),
+        "Degraded": ("False", "NewRevisionNotReady"),
+    }
+    # Both Deployments at full size, the new one made as what it becomes: the stable one.
+    (old_dep, new_dep) = plan.apply[:2]
+    assert (old_dep["spec"]["replicas"], new_dep["spec"]["replicas"]) == (3, 3)
+    assert new_dep["metadata"]["labels"]["canarium.dev/role"] == "stable"
+    assert new_dep["metadata"]["annotations"]["canarium.dev/created-as"] == "stable"
+
+
+def test_the_replacement_is_announced_and_recorded() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    v2 = with_status(v2, reconcile(inp(v2, observed(v1), observed(v2, ready=1))).status)
+    plan = reconcile(inp(v2, observed(v1), observed(v2), now=NOW + timedelta(minutes=1)))
+    assert plan.events == [
+        Event(
+            "Normal",
+            "Replaced",
+            f"revision {name_of(v2)} (model 2.0.0) is Ready and replaces {name_of(v1)}",
+        ),
+        Event("Normal", "Healthy", f"model 2.0.0 served by {name_of(v2)}"),
+    ]
+    (entry,) = plan.status["history"]
+    assert entry == {
+        "revision": name_of(v1),
+        "modelVersion": "1.0.0",
+        "outcome": "Replaced",
+        "time": "2026-11-23T12:01:00Z",
+        "reason": f"replaced by {name_of(v2)}",
+    }
+    assert plan.status["ready"] == "3/3"
+    assert plan.delete == [ChildRef("apps/v1", "Deployment", name_of(v1))]
+
+
+def test_a_new_revision_past_its_deadline_is_degraded_with_the_deadline_in_the_message() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=0, deadline=True)))
+    message = (
+        f"revision {name_of(v2)} did not become Ready within 600s; traffic stays on {name_of(v1)}"
+    )
+    assert plan.status["message"] == message
+    assert plan.events == [Event("Warning", "Degraded", message)]
+
+
+def test_conditions_keep_their_transition_time_until_their_status_changes() -> None:
+    obj = mdep()
+    first = reconcile(inp(obj))
+    times = {c["type"]: c["lastTransitionTime"] for c in first.status["conditions"]}
+    assert times == dict.fromkeys(("Ready", "Progressing", "Degraded"), "2026-11-23T12:00:00Z")
+    obj = with_status(obj, first.status)
+    later = NOW + timedelta(minutes=5)
+    plan = reconcile(inp(obj, observed(obj), now=later))
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert [c["type"] for c in plan.status["conditions"]] == ["Ready", "Progressing", "Degraded"]
+    assert conditions["Ready"]["lastTransitionTime"] == "2026-11-23T12:05:00Z"  # False -> True
+    assert conditions["Progressing"]["lastTransitionTime"] == "2026-11-23T12:05:00Z"
+    assert conditions["Degraded"]["lastTransitionTime"] == "2026-11-23T12:00:00Z"  # still False
+    assert conditions["Degraded"]["message"] == f"model 1.0.0 served by {name_of(obj)}"
+    assert conditions["Degraded"]["reason"] == "Available"
+
+
+def test_conditions_follow_the_generation_they_describe() -> None:
+    obj = mdep(generation=7)
+    plan = reconcile(inp(obj, observed(obj)))
+    assert {c["observedGeneration"] for c in plan.status["conditions"]} == {7}
+    assert plan.status["observedGeneration"] == 7
+
+
+def test_a_command_without_a_policy_is_used_up() -> None:
+    v1 = _healthy()
+    data = v1.model_dump(by_alias=True, mode="json")
+    data["metadata"]["annotations"] = {"canarium.dev/command": "promote@7"}
+    plan = reconcile(inp(ModelDeployment.model_validate(data), observed(v1)))
+    assert plan.status["lastCommand"] == "promote@7"
+    # The last command stays recorded once the annotation is gone.
+    v1 = with_status(v1, plan.status)
+    assert reconcile(inp(v1, observed(v1))).status["lastCommand"] == "promote@7"
+
+
+def test_autoscaled_revisions_leave_their_size_to_their_hpas() -> None:
+    scaled = {"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+    v1 = _healthy(serving=scaled)
+    v2 = with_status(mdep("2.0.0", generation=2, serving=scaled), v1.status.to_dict())
+    old_hpa = "iris-0123456789"
+    plan = reconcile(inp(v2, observed(v1), hpas=frozenset({name_of(v1), old_hpa})))
+    deployments = [m for m in plan.apply if m["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in deployments] == [name_of(v1), name_of(v2)]
+    assert all("replicas" not in d["spec"] for d in deployments)
+    hpas = [m["metadata"]["name"] for m in plan.apply if m["kind"] == "HorizontalPodAutoscaler"]
+    assert hpas == [name_of(v1), name_of(v2)]
+    assert plan.delete == [ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", old_hpa)]
+    # The sizes the HPAs chose, as observed; the new revision has none yet.
+    assert plan.status["stable"]["replicas"] == 2
+    assert "replicas" not in plan.status["canary"]
+    assert plan.status["ready"] == "2/2"
+    assert plan.status["message"] == (
+        # Its HPA has not sized it yet.
+        f"revision {name_of(v2)} (model 2.0.0) 0/? ready; {name_of(v1)} keeps serving"
+    )
+
+
+def test_children_no_revision_needs_are_deleted_in_name_order() -> None:
+    v1 = _healthy()
+    strays = [observed(mdep(v)) for v in ("9.0.0", "8.0.0", "7.0.0")]
+    plan = reconcile(inp(v1, *strays, observed(v1), hpas=frozenset({"iris-b", "iris-a"})))
+    assert plan.delete == [
+        *(ChildRef("apps/v1", "Deployment", n) for n in sorted(s.name for s in strays)),
+        ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "iris-a"),
+        ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "iris-b"),
+    ]
+    assert plan.status["ready"] == "3/3"  # the strays' pods are not counted
