@@ -48,7 +48,14 @@ def test_first_reconcile_creates_the_revision_and_services() -> None:
     ]
     assert plan.delete == []
     assert plan.status["phase"] == "Progressing"
-    assert plan.status["stable"]["name"] == rev
+    assert plan.status["stable"] == {
+        "name": rev,
+        "modelVersion": "1.0.0",
+        "replicas": 3,
+        "readyReplicas": 0,
+        "weight": 100,
+        "effectiveWeight": 0.0,
+    }
     assert plan.status["ready"] == "0/3"
     ready = {c["type"]: c["status"] for c in plan.status["conditions"]}
     assert ready == {"Ready": "False", "Progressing": "True", "Degraded": "False"}
@@ -61,6 +68,15 @@ def test_ready_revision_makes_it_healthy_and_ready() -> None:
     plan = reconcile(inp(obj, observed(obj)))
     assert plan.status["phase"] == "Healthy"
     assert plan.status["ready"] == "3/3"
+    assert plan.status["stable"] == {
+        "name": name_of(obj),
+        "modelVersion": "1.0.0",
+        "replicas": 3,
+        "readyReplicas": 3,
+        "weight": 100,
+        "effectiveWeight": 100.0,
+    }
+    assert "canary" not in plan.status
     conditions = {c["type"]: c for c in plan.status["conditions"]}
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Ready"]["observedGeneration"] == 1
@@ -467,6 +483,14 @@ def test_the_route_stays_on_the_old_revision_until_the_new_one_replaces_it() -> 
     assert plan.status["message"].endswith(f"; {name_of(v1)} keeps serving")
     assert plan.status["stable"]["effectiveWeight"] == 100.0
     assert plan.status["canary"]["effectiveWeight"] == 0.0
+    assert plan.status["ready"] == "4/6"
+    # Half ready on each side: still all on the old revision, and so reported.
+    plan = reconcile(inp(v2, observed(v1, ready=1), observed(v2, ready=1)))
+    assert _route_weights(plan.apply) == {"iris-stable": 100, "iris-canary": 0}
+    assert (plan.status["stable"]["effectiveWeight"], plan.status["canary"]["effectiveWeight"]) == (
+        100.0,
+        0.0,
+    )
     # Ready: it replaces the old one; the stable Service now selects it.
     plan = reconcile(inp(v2, observed(v1), observed(v2)))
     assert _route_weights(plan.apply) == {"iris-stable": 100, "iris-canary": 0}
@@ -523,6 +547,18 @@ def test_a_starting_revision_reports_its_ready_pods_and_who_keeps_serving() -> N
         "Ready": ("False", "NewRevisionNotReady"),
         "Progressing": ("True", "NewRevisionNotReady"),
         "Degraded": ("False", "NewRevisionNotReady"),
+    }
+    services = {m["metadata"]["name"]: m["spec"]["selector"] for m in plan.apply[2:5]}
+    assert services == {
+        "iris": {"canarium.dev/deployment": "iris"},
+        "iris-stable": {
+            "canarium.dev/deployment": "iris",
+            "canarium.dev/revision": revision_hash(v1.spec),
+        },
+        "iris-canary": {
+            "canarium.dev/deployment": "iris",
+            "canarium.dev/revision": revision_hash(v2.spec),
+        },
     }
     # Both Deployments at full size, the new one made as what it becomes: the stable one.
     (old_dep, new_dep) = plan.apply[:2]
@@ -622,6 +658,11 @@ def test_autoscaled_revisions_leave_their_size_to_their_hpas() -> None:
         # Its HPA has not sized it yet.
         f"revision {name_of(v2)} (model 2.0.0) 0/? ready; {name_of(v1)} keeps serving"
     )
+    # Its Deployment is there, at the size it has.
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=0)))
+    assert plan.status["canary"]["replicas"] == 2
+    assert plan.status["ready"] == "2/4"
+    assert plan.status["message"].startswith(f"revision {name_of(v2)} (model 2.0.0) 0/2 ready;")
 
 
 def test_children_no_revision_needs_are_deleted_in_name_order() -> None:
@@ -634,3 +675,67 @@ def test_children_no_revision_needs_are_deleted_in_name_order() -> None:
         ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "iris-b"),
     ]
     assert plan.status["ready"] == "3/3"  # the strays' pods are not counted
+
+
+def test_a_rollout_left_without_its_policy_drops_its_step_pause_bake_and_analysis() -> None:
+    v1 = _healthy()
+    v2 = mdep("2.0.0", generation=2)
+    rollout_status = {
+        **v1.status.to_dict(),
+        "phase": "Paused",
+        "currentStep": 1,
+        "stepStartedAt": "2026-11-23T11:59:00Z",
+        "pauseReason": "paused until promoted (kubectl canarium promote)",
+        "bakeUntil": "2026-11-23T12:30:00Z",
+        "previous": {"name": "iris-0000000000", "modelVersion": "0.9.0"},
+        "analysis": {"intervals": 2, "failures": 1},
+        "canary": {"name": name_of(v2), "modelVersion": "2.0.0", "weight": 25},
+    }
+    v2 = with_status(v2, rollout_status)
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=1, role="canary")))
+    for gone in ("currentStep", "stepStartedAt", "pauseReason", "bakeUntil", "previous"):
+        assert gone not in plan.status, gone
+    assert "analysis" not in plan.status
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["canary"]["weight"] == 100
+    # The canary's pods were made as a canary: they keep that role (no restart); the
+    # Deployment's role label says what it is now.
+    canary = next(m for m in plan.apply if m["metadata"]["name"] == name_of(v2))
+    env = {
+        e["name"]: e["value"] for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CANARIUM_ROLE"] == "canary"
+    assert canary["metadata"]["annotations"]["canarium.dev/created-as"] == "canary"
+    assert canary["metadata"]["labels"]["canarium.dev/role"] == "stable"
+
+
+def test_a_starting_revision_with_a_failing_pod_beside_a_ready_one_says_why() -> None:
+    v1 = _healthy()
+    v2 = with_status(mdep("2.0.0", generation=2), v1.status.to_dict())
+    rev = name_of(v2)
+    pods = [pod(rev, "aaaaa", ready=True), crashloop_pod(rev, "bbbbb")]
+    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=1, pods=pods)))
+    assert plan.status["phase"] == "Progressing"  # one ready pod: not failed (yet)
+    assert plan.status["message"].startswith(
+        f"revision {rev} (model 2.0.0) 1/3 ready; {name_of(v1)} keeps serving; "
+        f"model failed to load in pod {rev}-7c9d8b6f4-bbbbb"
+    )
+
+
+def test_a_header_match_reaches_the_new_revision_only_while_there_is_one() -> None:
+    traffic = {
+        "router": "gatewayAPI",
+        "gatewayAPI": {
+            "parentRefs": [{"name": "edge"}],
+            "headerMatch": {"name": "X-Canary", "value": "yes"},
+        },
+    }
+
+    def rules(plan_apply: list[dict]) -> int:  # type: ignore[type-arg]
+        (route,) = [m for m in plan_apply if m["kind"] == "HTTPRoute"]
+        return len(route["spec"]["rules"])
+
+    v1 = _healthy(traffic=traffic)
+    assert rules(reconcile(inp(v1, observed(v1))).apply) == 1
+    v2 = with_status(mdep("2.0.0", generation=2, traffic=traffic), v1.status.to_dict())
+    assert rules(reconcile(inp(v2, observed(v1), observed(v2, ready=0))).apply) == 2

@@ -93,3 +93,49 @@ def test_degraded_shows_the_failed_check_and_history() -> None:
         "History:",
         "  2026-11-23T12:00:00Z  RolledBack iris-b (model 2.0.0) errorRate 0.4 (limit <= 0.01)",
     ]
+
+
+def test_a_bake_shows_the_previous_revision_the_bake_end_and_missing_data() -> None:
+    text = render_status(
+        obj(
+            {
+                "phase": "Progressing",
+                "stable": {"name": "iris-b", "modelVersion": "2.0.0", "replicas": 4,
+                           "readyReplicas": 4, "weight": 100, "effectiveWeight": 100.0},
+                "previous": {"name": "iris-a", "modelVersion": "1.0.0", "replicas": 0,
+                             "readyReplicas": 0, "weight": 0},
+                "bakeUntil": "2026-11-23T12:05:00Z",
+                "analysis": {
+                    "intervals": 1,
+                    "failures": 0,
+                    "consecutiveInconclusive": 1,
+                    "lastVerdict": "Inconclusive",
+                    "lastRunTime": "2026-11-23T12:01:00Z",
+                    "measurements": [
+                        {"check": "latencyP99", "value": None, "threshold": "<= 200ms",
+                         "verdict": "Inconclusive", "reason": "no requests",
+                         "time": "2026-11-23T12:01:00Z"},
+                    ],
+                },
+                "endpoint": "http://iris.ml.svc:80/v2/models/iris",
+            }
+        ),
+        POLICY,
+    )  # fmt: skip
+    assert text.splitlines() == [
+        "Name:       iris (namespace ml)",
+        "Model:      2.0.0  https://m.example.org/iris.onnx",
+        "Phase:      Progressing",
+        "Stable:     iris-b  model 2.0.0  4/4 ready  weight 100%  effective 100.00%",
+        "Previous:   iris-a  model 1.0.0  0/0 ready  weight 0%  effective -",
+        "Bake until: 2026-11-23T12:05:00Z",
+        # No canary: no step is current.
+        "Steps:",
+        "    1. setWeight 10",
+        "    2. pause (until promoted)",
+        "    3. setWeight 100",
+        "Analysis:   1 intervals, failures 0/2, inconclusive in a row 1, "
+        "last Inconclusive at 2026-11-23T12:01:00Z",
+        "  latencyP99           no data  <= 200ms    Inconclusive  no requests",
+        "Endpoint:   http://iris.ml.svc:80/v2/models/iris",
+    ]
