@@ -7,8 +7,9 @@ with a message that says what is wrong and the HTTP status it deserves, never an
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -124,9 +125,12 @@ def _parse_shape(name: str, shape: object) -> tuple[int, ...]:
 
 
 def _to_array(
-    name: str, datatype: str, data: object, shape: tuple[int, ...]
+    name: str, datatype: str, data: object, shape: tuple[int, ...], check_bools: bool
 ) -> np.ndarray[Any, Any]:
-    """Turn the JSON `data` of one input into a numpy array of `datatype` and `shape`."""
+    """Turn the JSON `data` of one input into a numpy array of `datatype` and `shape`.
+
+    `check_bools=False` when the request holds no JSON true/false at all (a fast path).
+    """
     if isinstance(data, dict) or data is None:
         raise ProtocolError(f"input '{name}': 'data' must be an array, got {_type_name(data)}")
     if not isinstance(data, list):
@@ -153,12 +157,13 @@ def _to_array(
         raise ProtocolError(
             f"input '{name}': shape {list(shape)} needs {expected} elements, got {raw.size}"
         )
-    if expected == 0:
-        return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[datatype])
     if datatype == "BOOL":
         if kind != "b":
             raise ProtocolError(f"input '{name}': datatype BOOL needs true/false values")
         return raw.reshape(shape)
+    if check_bools and kind in "iuf" and _has_bools(data, raw.ndim):
+        # numpy takes true and false next to numbers for 1 and 0: a client's mistake, no cast
+        kind = "b"
     if datatype in _FLOAT_DATATYPES:
         if kind not in "iuf":
             raise ProtocolError(
@@ -166,11 +171,12 @@ def _to_array(
             )
         return raw.astype(DATATYPE_TO_NUMPY[datatype], copy=False).reshape(shape)
     if datatype in _INT_DATATYPES:
-        if kind in "fO" and datatype == "UINT64":
-            # numpy turns a mix of int64 and uint64-only values into float64: look closer
-            # (a slow path for values >= 2**63 only).
-            raw = _exact_uint64(data, raw)
-            kind = raw.dtype.kind
+        if kind in "fO":
+            # numpy makes float64 of integers that no one numpy integer type holds (values
+            # >= 2**63 next to smaller ones): look at them as Python ints (a slow path).
+            exact = _exact_integers(data)
+            if exact is not None:
+                raw, kind = exact.reshape(raw.shape), "i"
         if kind not in "iu":
             raise ProtocolError(
                 f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
@@ -185,22 +191,25 @@ def _to_array(
     raise ProtocolError(f"input '{name}': datatype {datatype} is not supported")  # pragma: no cover
 
 
-def _exact_uint64(data: list[Any], raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    try:
-        values = np.asarray(data, dtype=np.object_).ravel().tolist()
-    except (ValueError, TypeError):
-        return raw
-    if not all(type(v) is int and 0 <= v < 2**64 for v in values):
-        return raw
-    return np.asarray(values, dtype=np.uint64).reshape(raw.shape)
+def _has_bools(data: list[Any], depth: int) -> bool:
+    items: Iterable[Any] = data
+    for _ in range(depth - 1):
+        items = itertools.chain.from_iterable(items)
+    return bool in set(map(type, items))
+
+
+def _exact_integers(data: list[Any]) -> np.ndarray[Any, Any] | None:
+    """`data` (already known to be rectangular) as an array of Python ints, or None."""
+    values = np.asarray(data, dtype=np.object_).ravel().tolist()
+    if not all(type(v) is int for v in values):
+        return None
+    return np.asarray(values, dtype=np.object_)
 
 
 def _kind_name(kind: str) -> str:
     return {
         "b": "booleans",
         "f": "floating-point numbers",
-        "i": "integers",
-        "u": "integers",
         "U": "strings",
         "O": "mixed or nested values",
     }.get(kind, "unsupported values")
@@ -236,11 +245,13 @@ def parse_request(body: bytes, model_inputs: Sequence[TensorSpec]) -> InferenceR
         raise ProtocolError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"request body must be a JSON object, got {_type_name(doc)}")
-    return parse_request_object(doc, model_inputs)
+    # Without a JSON true or false anywhere in the body, no numbers array can hide a boolean.
+    check_bools = b"true" in body or b"false" in body
+    return parse_request_object(doc, model_inputs, check_bools=check_bools)
 
 
 def parse_request_object(
-    doc: Mapping[str, Any], model_inputs: Sequence[TensorSpec]
+    doc: Mapping[str, Any], model_inputs: Sequence[TensorSpec], *, check_bools: bool = True
 ) -> InferenceRequest:
     specs = {spec.name: spec for spec in model_inputs}
     request_id = doc.get("id")
@@ -281,7 +292,7 @@ def parse_request_object(
         _check_shape(name, shape, spec.shape)
         if "data" not in item:
             raise ProtocolError(f"input '{name}': 'data' is missing (binary data is not supported)")
-        arrays[name] = _to_array(name, datatype, item["data"], shape)
+        arrays[name] = _to_array(name, datatype, item["data"], shape, check_bools)
     missing = [name for name in specs if name not in arrays]
     if missing:
         raise ProtocolError(f"missing model input(s): {missing}")
