@@ -185,7 +185,8 @@ def test_no_data_is_inconclusive(canary: RevisionMetrics | None) -> None:
     j = judge(a, canary, None, NOW)
     assert j.verdict == "Inconclusive"
     assert all(m.verdict == "Inconclusive" for m in j.measurements)
-    assert "no canary metrics" in j.summary
+    assert by_check(j)["samples"].reason == "no canary metrics in this window"
+    assert j.summary == "Inconclusive: samples: no canary metrics in this window"
 
 
 def test_latency_check() -> None:
@@ -372,6 +373,11 @@ def test_summaries_name_the_checks_behind_the_verdict() -> None:
     assert judge(drift, metrics(requests=100), None, NOW).summary == (
         "Inconclusive: predictionDrift: no stable metrics to compare with"
     )
+    both = spec({"predictionDrift": {}, "dataDrift": {}})
+    assert judge(both, metrics(requests=100), None, NOW).summary == (
+        "Inconclusive: predictionDrift: no stable metrics to compare with; "
+        "dataDrift: the model has no reference input statistics"
+    )
 
 
 def test_measured_values_keep_six_significant_digits() -> None:
@@ -455,6 +461,44 @@ def test_prediction_drift_without_predictions_on_one_side_is_inconclusive() -> N
     m = by_check(judge(a, metrics(), regressor, NOW))["predictionDrift"]
     assert m.reason == "no predictions of output 'score' from canary"
     m = by_check(judge(a, regressor, metrics(), NOW))["predictionDrift"]
+    assert m.reason == "no predictions of output 'score' from stable"
+
+
+def test_prediction_drift_of_a_single_prediction_is_too_few_not_none() -> None:
+    a = spec({"predictionDrift": {}})
+    many = metrics(prediction_classes=classes({"0": 50, "1": 50}))
+    one = metrics(prediction_classes=classes({"0": 1}))
+    none = metrics(prediction_classes=classes({"0": 0}))
+    m = by_check(judge(a, one, many, NOW))["predictionDrift"]
+    assert (
+        m.reason
+        == "1 canary predictions of 'label' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+    m = by_check(judge(a, many, one, NOW))["predictionDrift"]
+    assert (
+        m.reason
+        == "1 stable predictions of 'label' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+    m = by_check(judge(a, one, none, NOW))["predictionDrift"]
+    assert m.reason == "no predictions of output 'label' from stable"
+    # An output only one side predicts at all.
+    m = by_check(judge(a, many, metrics(), NOW))["predictionDrift"]
+    assert m.reason == "no predictions of output 'label' from stable"
+    # The same for a regressor's histogram.
+    hist_many = metrics(prediction_value_buckets={"score": cumulative([50, 50], [1.0])})
+    hist_one = metrics(prediction_value_buckets={"score": cumulative([1, 0], [1.0])})
+    hist_none = metrics(prediction_value_buckets={"score": cumulative([0, 0], [1.0])})
+    m = by_check(judge(a, hist_one, hist_many, NOW))["predictionDrift"]
+    assert (
+        m.reason
+        == "1 canary predictions of 'score' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+    m = by_check(judge(a, hist_many, hist_one, NOW))["predictionDrift"]
+    assert (
+        m.reason
+        == "1 stable predictions of 'score' < 40 for a reliable PSI over 2 bins (20 per bin)"
+    )
+    m = by_check(judge(a, hist_one, hist_none, NOW))["predictionDrift"]
     assert m.reason == "no predictions of output 'score' from stable"
 
 
@@ -548,6 +592,22 @@ def test_data_drift_needs_20_live_values_per_bin() -> None:
         judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=enough), None, NOW)
     )["dataDrift"]
     assert m.verdict == "Passed"
+    # Features are judged on their own: x without live series or with too few, y enough.
+    for x_live in ({}, {"x": cumulative([20, 19], [1.0])}):
+        live = {**x_live, "y": cumulative([20, 20], [3.0])}
+        m = by_check(
+            judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=live), None, NOW)
+        )["dataDrift"]
+        assert (m.verdict, m.reason) == (
+            "Passed",
+            "largest PSI, feature 'y', vs reference 0 <= 0.2",
+        )
+    # A single live value is too few, not none.
+    one = {"x": cumulative([1, 0], [1.0])}
+    m = by_check(
+        judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=one), None, NOW)
+    )["dataDrift"]
+    assert m.reason == "1 live values of 'x' < 40 for a reliable PSI over 2 bins (20 per bin)"
     # x too few, y without live series: the reason is x's.
     few = {"x": cumulative([20, 19], [1.0])}
     m = by_check(
@@ -574,11 +634,14 @@ def test_custom_check_bounds_are_inclusive() -> None:
     j = judge(a, metrics(), None, NOW, {"accuracy": 0.9, "queue": 10.0, "lag": 1.0})
     assert j.verdict == "Passed"
     m = by_check(j)
-    assert m["accuracy"].reason == "0.9 within >= 0.9"
+    assert (m["accuracy"].value, m["accuracy"].reason) == (0.9, "0.9 within >= 0.9")
     assert m["queue"].reason == "10 within >= 0 and <= 10"
     assert (m["lag"].threshold, m["lag"].reason) == ("<= 1", "1 within <= 1")
     m = by_check(judge(a, metrics(), None, NOW, {"queue": 11.0}))
-    assert (m["queue"].verdict, m["queue"].reason) == ("Failed", "11 > max 10")
+    assert (m["queue"].verdict, m["queue"].value) == ("Failed", 11.0)
+    assert m["queue"].reason == "11 > max 10"
+    m = by_check(judge(a, metrics(), None, NOW, {"accuracy": 0.5}))
+    assert (m["accuracy"].verdict, m["accuracy"].value) == ("Failed", 0.5)
     # An infinite value fails, and is not put in the status (no JSON number for it).
     m = by_check(judge(a, metrics(), None, NOW, {"queue": INF}))
     assert (m["queue"].verdict, m["queue"].value) == ("Failed", None)
