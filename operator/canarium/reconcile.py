@@ -151,10 +151,11 @@ def replace_decision(inp: ReconcileInput) -> Decision:
 
     stable_name = status.stable.name if status.stable and status.stable.name else desired
     stable_obs = inp.revisions.get(stable_name)
-    stable_spec = spec if stable_name == desired else (stable_obs.spec if stable_obs else None)
+    # The spec the stable revision was made from: the user's spec may already name a newer one.
+    stable_spec = stable_obs.spec if stable_obs else None
     if stable_spec is None:
-        # The stable revision's Deployment (and the spec it carried) is gone or unreadable:
-        # start over from the spec the user asks for now.
+        # A first revision, or the stable revision's Deployment (and the spec it carried) is
+        # gone or unreadable: start over from the spec the user asks for now.
         stable_name, stable_spec, stable_obs = desired, spec, inp.revisions.get(desired)
     canary_name = desired if stable_name != desired else None
     canary_obs = inp.revisions.get(desired) if canary_name else None

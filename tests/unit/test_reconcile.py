@@ -563,6 +563,7 @@ def test_a_starting_revision_reports_its_ready_pods_and_who_keeps_serving() -> N
     # Both Deployments at full size, the new one made as what it becomes: the stable one.
     (old_dep, new_dep) = plan.apply[:2]
     assert (old_dep["spec"]["replicas"], new_dep["spec"]["replicas"]) == (3, 3)
+    assert old_dep["metadata"]["labels"]["canarium.dev/role"] == "stable"
     assert new_dep["metadata"]["labels"]["canarium.dev/role"] == "stable"
     assert new_dep["metadata"]["annotations"]["canarium.dev/created-as"] == "stable"
 
@@ -739,3 +740,18 @@ def test_a_header_match_reaches_the_new_revision_only_while_there_is_one() -> No
     assert rules(reconcile(inp(v1, observed(v1))).apply) == 1
     v2 = with_status(mdep("2.0.0", generation=2, traffic=traffic), v1.status.to_dict())
     assert rules(reconcile(inp(v2, observed(v1), observed(v2, ready=0))).apply) == 2
+
+
+def test_during_an_autoscaled_rollout_only_the_stable_revision_has_an_hpa() -> None:
+    policy = RolloutPolicySpec.model_validate({"steps": [{"setWeight": 50}, {"pause": {}}]})
+    scaled = {"replicas": 4, "autoscaling": {"minReplicas": 4, "maxReplicas": 8}}
+    v1 = mdep("1.0.0", serving=scaled)
+    v1 = with_status(v1, reconcile(inp(v1, observed(v1), policy=policy)).status)
+    v2 = with_status(mdep("2.0.0", generation=2, serving=scaled), v1.status.to_dict())
+    plan = reconcile(inp(v2, observed(v1), policy=policy, hpas=frozenset({name_of(v1)})))
+    assert plan.status["canary"]["name"] == name_of(v2)
+    hpas = [m["metadata"]["name"] for m in plan.apply if m["kind"] == "HorizontalPodAutoscaler"]
+    assert hpas == [name_of(v1)]  # the canary is sized by its weight, not by an HPA
+    canary = next(m for m in plan.apply if m["metadata"]["name"] == name_of(v2))
+    assert canary["spec"]["replicas"] == 2
+    assert plan.delete == []
