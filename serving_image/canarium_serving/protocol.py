@@ -176,7 +176,7 @@ def _to_array(
             # >= 2**63 next to smaller ones): look at them as Python ints (a slow path).
             exact = _exact_integers(data)
             if exact is not None:
-                raw, kind = exact.reshape(raw.shape), "i"
+                raw, kind = exact, "i"
         if kind not in "iu":
             raise ProtocolError(
                 f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
@@ -353,9 +353,9 @@ _NUMPY_TO_DATATYPE: Final = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.it
 
 def datatype_of(arr: np.ndarray[Any, Any]) -> str:
     datatype = _NUMPY_TO_DATATYPE.get(arr.dtype)
-    if datatype is not None and datatype != "BYTES":
+    if datatype is not None:
         return datatype
-    if arr.dtype.kind in "OUS":
+    if arr.dtype.kind in "US":
         return "BYTES"
     raise ValueError(f"no V2 datatype for numpy dtype {arr.dtype}")
 

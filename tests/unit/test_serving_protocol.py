@@ -613,6 +613,25 @@ def test_ints_are_accepted_for_float_inputs() -> None:
     assert arr.tolist() == [[1.0, 2.0, 3.0, 4.0]]
 
 
+@pytest.mark.parametrize(
+    ("datatype", "flat"),
+    [
+        ("BOOL", [True, False, False, True]),
+        ("INT16", [1, -2, 3, -4]),
+        ("UINT64", [1, 2**63, 3, 2**64 - 1]),
+        ("FP64", [0.5, 1, 2, 3]),
+        ("BYTES", ["a", "b", "c", "d"]),
+    ],
+)
+def test_flat_data_takes_the_shape_of_the_request(datatype: str, flat: list[Any]) -> None:
+    # V2 `data` may be flat, row-major, whatever the shape.
+    spec = (TensorSpec("v", datatype, (-1, 2)),)
+    body = _body({"name": "v", "shape": [2, 2], "datatype": datatype, "data": flat})
+    arr = parse_request(body, spec).inputs["v"]
+    assert arr.shape == (2, 2)
+    assert arr.tolist() == [flat[:2], flat[2:]]
+
+
 def test_a_single_scalar_is_a_one_element_tensor() -> None:
     arr = parse_request(_body(_tensor(2.5, shape=[1, 1])), (TensorSpec("input", "FP32", (-1, 1)),))
     assert arr.inputs["input"].tolist() == [[2.5]]
