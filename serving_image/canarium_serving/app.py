@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import __version__
 from .batching import Batcher
 from .contract import (
+    DEFAULT_BODY_READ_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MODEL_CACHE_DIR,
     DEFAULT_TERMINATION_LOG,
@@ -54,6 +55,7 @@ class ServerConfig:
     role: str = ""
     model_cache_dir: str = DEFAULT_MODEL_CACHE_DIR
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
     batch_max_size: int = 32
     batch_max_wait_ms: float = 0.0
     ort_threads: int = 1
@@ -280,8 +282,10 @@ class ModelServer:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.config.max_body_bytes
+        declared: int | None = None
         for key, value in scope["headers"]:
             if key == b"content-length":
+                # uvicorn's parsers (httptools, h11) already refuse a malformed one with a 400.
                 try:
                     declared = int(value)
                 except ValueError:
@@ -292,26 +296,31 @@ class ModelServer:
                         413,
                     )
                 break
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > limit:
-                raise ProtocolError(f"request body exceeds the limit of {limit} bytes", 413)
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
-            message = await receive()
+        timeout = self.config.body_read_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        more_body = True
+        while more_body:
+            try:
+                # A body shorter than its Content-Length would otherwise be waited for forever.
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                of = "" if declared is None else f" of the {declared} declared by Content-Length"
+                raise ProtocolError(
+                    f"request body incomplete: {size} bytes{of} received, then nothing "
+                    f"for {timeout:g} s",
+                    408,
+                ) from None
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            chunk = message.get("body", b"")
+            chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise ProtocolError(f"request body exceeds the limit of {limit} bytes", 413)
             chunks.append(chunk)
-        return b"".join(chunks)
+            more_body = message.get("more_body", False)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _infer(self, body: bytes) -> bytes:
         model = self.model
@@ -339,14 +348,9 @@ class ModelServer:
 async def _respond(
     send: Send, status: int, body: bytes, content_type: bytes = b"application/json"
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if status == 408:
+        # The rest of a body given up on may still arrive: it must not be read as a request.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -32,6 +32,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _positive_float(value: str) -> float:
+    x = float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
+
+
 def _default_name(uri: str) -> str:
     stem = Path(uri.split("?", 1)[0]).stem if uri else ""
     return stem if stem and stem != "model" else "model"
@@ -57,6 +64,10 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
      "where remote models are downloaded (an emptyDir under a read-only root filesystem)"),
     ("--max-body-bytes", contract.ENV_MAX_BODY_BYTES, _positive_int,
      contract.DEFAULT_MAX_BODY_BYTES, "largest request body accepted (larger: 413)"),
+    ("--body-read-timeout-s", contract.ENV_BODY_READ_TIMEOUT_S, _positive_float,
+     contract.DEFAULT_BODY_READ_TIMEOUT_S,
+     "seconds a request body may go without data before the request is answered with 408 "
+     "(a Content-Length larger than the body sent)"),
     ("--batch-max-size", contract.ENV_BATCH_MAX_SIZE, _positive_int, 32,
      "dynamic batching: most rows per model execution; 0 or 1 = off"),
     ("--batch-max-wait-ms", contract.ENV_BATCH_MAX_WAIT_MS, float, 0.0,

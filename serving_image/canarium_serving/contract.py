@@ -48,9 +48,11 @@ ENV_ORT_THREADS: Final = "CANARIUM_ORT_THREADS"  # onnxruntime intra-op threads 
 ENV_LOG_LEVEL: Final = "CANARIUM_LOG_LEVEL"  # debug, info, warning, error
 ENV_EXIT_ON_LOAD_FAILURE: Final = "CANARIUM_EXIT_ON_LOAD_FAILURE"  # "true" (default) / "false"
 ENV_TERMINATION_LOG: Final = "CANARIUM_TERMINATION_LOG"  # where the load failure reason goes
+ENV_BODY_READ_TIMEOUT_S: Final = "CANARIUM_BODY_READ_TIMEOUT_S"  # a body that stops arriving: 408
 ENV_PVC_ROOT: Final = "CANARIUM_PVC_ROOT"  # override of PVC_MOUNT_ROOT (tests)
 ENV_CONFIGMAP_ROOT: Final = "CANARIUM_CONFIGMAP_ROOT"  # override of CONFIGMAP_MOUNT_ROOT (tests)
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_BODY_READ_TIMEOUT_S: Final = 30.0
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"  # Kubernetes' terminationMessagePath
 # pvc://<claim>/<path> is read from PVC_MOUNT_ROOT/<claim>/<path>: the operator mounts the claim
 # read-only at PVC_MOUNT_ROOT/<claim>. configmap://<name>/<key> likewise: the ConfigMap

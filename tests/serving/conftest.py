@@ -50,6 +50,37 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     return Models(built_iris, clf, x, built_reg, reg, xr)
 
 
+LOOKUP_TABLE = [0.5, 1.5, 2.5]
+
+
+@pytest.fixture(scope="session")
+def lookup_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """value = LOOKUP_TABLE[index] (ONNX Gather): onnxruntime refuses an index outside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(
+        np.asarray(LOOKUP_TABLE, dtype=np.float32).reshape(-1, 1), "table"
+    )
+    flat = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "flat")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "index"], ["rows"], axis=0),
+            helper.make_node("Reshape", ["rows", "flat"], ["value"]),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N"])],
+        [table, flat],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("lookup") / "lookup.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -101,21 +132,34 @@ def start_server(
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     server = Server(proc, f"http://{host}:{port}", log_path, cmd)
-    deadline = time.monotonic() + 30
-    path = "/v2/health/ready" if wait_ready else "/v2/health/live"
+    try:
+        wait_until_ok(server, "/v2/health/ready" if wait_ready else "/v2/health/live")
+    except ServerExited:
+        if wait_ready:
+            raise
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class ServerExited(AssertionError):
+    pass
+
+
+def wait_until_ok(server: Server, path: str, seconds: float = 30) -> None:
+    """Poll `path` until it answers 200 (a 503 while the model loads keeps it waiting)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            if wait_ready:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{server.log()}")
-            return server
+        if server.proc.poll() is not None:
+            raise ServerExited(f"server exited with {server.proc.returncode}:\n{server.log()}")
         try:
             if httpx.get(server.url + path, timeout=1.0).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    server.stop()
-    raise AssertionError(f"server not up in 30 s:\n{server.log()}")
+    raise AssertionError(f"{path} not 200 in {seconds:g} s:\n{server.log()}")
 
 
 SERVING_ENV = {
@@ -127,18 +171,42 @@ SERVING_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def iris_server(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
+def iris_env(models: Models) -> dict[str, str]:
+    return {
         **SERVING_ENV,
         "CANARIUM_MODEL_URI": models.iris.model_path.as_uri(),
         "CANARIUM_MODEL_SHA256": models.iris.sha256,
         "CANARIUM_MODEL_NAME": "iris",
         "CANARIUM_MAX_BODY_BYTES": "65536",
+        "CANARIUM_BODY_READ_TIMEOUT_S": "1",
     }
-    server = start_server([], tmp_path_factory.mktemp("iris-server"), env=env)
+
+
+@pytest.fixture(scope="session")
+def iris_server(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Dynamic batching on (the default: up to 32 rows, no added wait)."""
+    server = start_server([], tmp_path_factory.mktemp("iris-server"), env=iris_env(models))
     yield server
     assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="session")
+def iris_unbatched_server(
+    models: Models, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The same model and settings with dynamic batching off: every request runs alone."""
+    env = {**iris_env(models), "CANARIUM_BATCH_MAX_SIZE": "1"}
+    server = start_server([], tmp_path_factory.mktemp("iris-unbatched"), env=env)
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(params=["batched", "unbatched"])
+def any_iris_server(request: pytest.FixtureRequest) -> Server:
+    """The iris server with dynamic batching on, then off: both must answer alike."""
+    name = "iris_server" if request.param == "batched" else "iris_unbatched_server"
+    server: Server = request.getfixturevalue(name)
+    return server
 
 
 @pytest.fixture(scope="session")

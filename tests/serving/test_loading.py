@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import orjson
 import pytest
 from canarium_serving.fetch import sigv4_headers
 
-from .conftest import Models, Server, infer_body, start_server
+from .conftest import (
+    LOOKUP_TABLE,
+    Models,
+    Server,
+    infer_body,
+    start_server,
+    wait_until_ok,
+)
 
 pytestmark = pytest.mark.serving
 
@@ -39,10 +48,13 @@ class _Files(http.server.BaseHTTPRequestHandler):
     files: ClassVar[dict[str, bytes]] = {}
     s3_secret: ClassVar[str | None] = None
     requests: ClassVar[list[dict[str, str]]] = []
+    gate: ClassVar[threading.Event | None] = None  # when set: answers wait until it opens
 
     def do_GET(self) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
         type(self).requests.append({"path": self.path, **headers})
+        if self.gate is not None:
+            self.gate.wait(60)
         if self.s3_secret is not None and not self._signature_ok(headers):
             self._send(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
             return
@@ -81,11 +93,15 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def file_server() -> Iterator[tuple[str, type[_Files]]]:
-    handler = type("Handler", (_Files,), {"files": {}, "s3_secret": None, "requests": []})
+    handler = type(
+        "Handler", (_Files,), {"files": {}, "s3_secret": None, "requests": [], "gate": None}
+    )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    if handler.gate is not None:
+        handler.gate.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -210,9 +226,11 @@ def test_load_failure_without_exit_keeps_serving_not_ready(tmp_path: Path) -> No
     )
     try:
         with server.client() as c:
-            for _ in range(100):
-                if c.get("/v2/models/nope").status_code == 503:
-                    break
+            # 503 "still loading" comes first: wait for the failure itself
+            deadline = time.monotonic() + 30
+            while "failed to load" not in c.get("/v2/models/nope").text:
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)
             assert c.get("/v2/health/live").status_code == 200
             ready = c.get("/v2/health/ready")
             assert ready.status_code == 503
@@ -227,6 +245,100 @@ def test_load_failure_without_exit_keeps_serving_not_ready(tmp_path: Path) -> No
             assert "} 0.0" in metrics.split("canarium_model_ready{", 1)[1].split("\n", 1)[0]
     finally:
         assert server.stop() == 0
+
+
+def test_not_ready_while_the_model_loads(
+    models: Models, file_server: tuple[str, type[_Files]], tmp_path: Path
+) -> None:
+    url, handler = file_server
+    handler.files["/models/iris.onnx"] = models.iris.model_path.read_bytes()
+    handler.gate = threading.Event()  # the download hangs until the test opens the gate
+    server = start_server(
+        ["--model-uri", f"{url}/models/iris.onnx"], tmp_path, env=NO_PROXY, wait_ready=False
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not handler.requests:  # the server is fetching the model
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        with server.client() as c:
+            assert c.get("/v2/health/live").status_code == 200
+            ready = c.get("/v2/health/ready")
+            assert (ready.status_code, ready.json()) == (503, {"ready": False})
+            model_ready = c.get("/v2/models/iris/ready")
+            assert model_ready.status_code == 503
+            assert model_ready.json() == {"name": "iris", "ready": False}
+            meta = c.get("/v2/models/iris")
+            assert meta.status_code == 503
+            assert meta.json() == {"error": "model 'iris' is still loading"}
+            r = c.post("/v2/models/iris/infer", content=orjson.dumps(infer_body(models.iris_x[:1])))
+            assert (r.status_code, r.json()) == (503, {"error": "model 'iris' is still loading"})
+            assert "\ncanarium_model_ready{" in c.get("/metrics").text
+            assert "} 0.0" in c.get("/metrics").text.split("\ncanarium_model_ready{", 1)[1][:300]
+        # the helper the other tests use waits for 200: it does not return while loading
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(wait_until_ok, server, "/v2/health/ready")
+            time.sleep(1.0)
+            assert not waiting.done()
+            handler.gate.set()
+            waiting.result(timeout=30)
+        predict_one(server, models)
+    finally:
+        handler.gate.set()
+        assert server.stop() == 0, server.log()
+
+
+def test_a_bad_request_inside_a_batch_fails_alone(lookup_model: Path, tmp_path: Path) -> None:
+    # A lookup model: value = TABLE[index]; an index outside the table passes the protocol's
+    # checks (an INT64 in an INT64 input) and only onnxruntime refuses it, inside the batch.
+    server = start_server(
+        [
+            "--model-uri",
+            str(lookup_model),
+            "--model-name",
+            "lookup",
+            "--batch-max-size",
+            "64",
+            "--batch-max-wait-ms",
+            "300",
+            "--log-level",
+            "debug",
+        ],
+        tmp_path,
+    )
+    bodies = [
+        {"inputs": [{"name": "index", "shape": [2], "datatype": "INT64", "data": [i % 3, 2]}]}
+        for i in range(12)
+    ]
+    bodies[5]["inputs"][0]["data"] = [1, 7]  # one row out of the table
+    bodies[8] = {"inputs": [{"name": "index", "shape": [2], "datatype": "INT64", "data": [1]}]}
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            c.post("/v2/models/lookup/infer", content=orjson.dumps(bodies[0])).raise_for_status()
+
+            def one(body: dict[str, Any]) -> httpx.Response:
+                return c.post("/v2/models/lookup/infer", content=orjson.dumps(body))
+
+            with ThreadPoolExecutor(len(bodies)) as pool:
+                answers = list(pool.map(one, bodies))
+        for i, r in enumerate(answers):
+            if i == 5:
+                assert r.status_code == 400, r.text
+                assert r.json()["error"].startswith("the model rejected the input:")
+                assert "out of data bounds" in r.json()["error"]
+            elif i == 8:  # refused by the protocol before it could join the batch
+                assert r.status_code == 400, r.text
+                assert "needs 2 elements, got 1" in r.json()["error"]
+            else:
+                assert r.status_code == 200, r.text
+                (out,) = r.json()["outputs"]
+                assert out["data"] == [LOOKUP_TABLE[i % 3], LOOKUP_TABLE[2]]
+        # the evidence that the bad request shared a batch with the good ones
+        batch = re.search(r"batch of (\d+) failed; running its requests one by one", server.log())
+        assert batch is not None, server.log()
+        assert int(batch.group(1)) >= 2
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 def test_missing_uri_is_a_usage_error(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,8 +36,8 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 # --- health and metadata ----------------------------------------------------------------
 
 
-def test_health_and_server_metadata(iris_server: Server) -> None:
-    with iris_server.client() as c:
+def test_health_and_server_metadata(any_iris_server: Server) -> None:
+    with any_iris_server.client() as c:
         assert c.get("/v2/health/live").json() == {"live": True}
         assert c.get("/v2/health/ready").json() == {"ready": True}
         meta = c.get("/v2").json()
@@ -45,8 +47,8 @@ def test_health_and_server_metadata(iris_server: Server) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["/v2/models/iris", "/v2/models/iris/versions/2"])
-def test_model_metadata_and_ready(iris_server: Server, prefix: str) -> None:
-    with iris_server.client() as c:
+def test_model_metadata_and_ready(any_iris_server: Server, prefix: str) -> None:
+    with any_iris_server.client() as c:
         meta = c.get(prefix).json()
         assert meta["name"] == "iris"
         assert meta["versions"] == ["2"]
@@ -68,11 +70,11 @@ def test_model_metadata_and_ready(iris_server: Server, prefix: str) -> None:
 # --- predictions ------------------------------------------------------------------------
 
 
-def test_predictions_equal_the_estimators(iris_server: Server, models: Models) -> None:
+def test_predictions_equal_the_estimators(any_iris_server: Server, models: Models) -> None:
     x = models.iris_x
     expected_labels = models.iris_estimator.predict(x)
     expected_proba = models.iris_estimator.predict_proba(x)
-    with iris_server.client() as c:
+    with any_iris_server.client() as c:
         r = infer(c, infer_body(x, id="batch-1"))
         assert r.status_code == 200, r.text
         doc = r.json()
@@ -99,9 +101,9 @@ def test_predictions_equal_the_estimators(iris_server: Server, models: Models) -
             assert label["data"] == [int(expected_labels[i])]
 
 
-def test_outputs_selection(iris_server: Server, models: Models) -> None:
+def test_outputs_selection(any_iris_server: Server, models: Models) -> None:
     x = models.iris_x[:5]
-    with iris_server.client() as c:
+    with any_iris_server.client() as c:
         r = infer(c, infer_body(x, outputs=[{"name": "probabilities"}]))
         assert r.status_code == 200, r.text
         outs = r.json()["outputs"]
@@ -122,12 +124,12 @@ def test_regressor_predictions(reg_server: Server, models: Models) -> None:
         np.testing.assert_allclose(np.asarray(out["data"]), expected, rtol=1e-4, atol=1e-3)
 
 
-def test_concurrent_requests(iris_server: Server, models: Models) -> None:
+def test_concurrent_requests(any_iris_server: Server, models: Models) -> None:
     x = models.iris_x
     expected = models.iris_estimator.predict(x)
 
     def one(i: int) -> int:
-        with httpx.Client(base_url=iris_server.url) as c:
+        with httpx.Client(base_url=any_iris_server.url) as c:
             r = infer(c, infer_body(x[i : i + 1], outputs=[{"name": "label"}]))
             assert r.status_code == 200
             return int(r.json()["outputs"][0]["data"][0])
@@ -176,9 +178,9 @@ BAD_BODIES: list[tuple[str, bytes | dict[str, Any], int, str]] = [
     ("case", "body", "status", "message"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
 )
 def test_bad_requests_get_4xx_json(
-    iris_server: Server, case: str, body: bytes | dict[str, Any], status: int, message: str
+    any_iris_server: Server, case: str, body: bytes | dict[str, Any], status: int, message: str
 ) -> None:
-    with iris_server.client() as c:
+    with any_iris_server.client() as c:
         r = infer(c, body)
         assert r.status_code == status, (case, r.text)
         assert r.headers["content-type"] == "application/json"
@@ -201,14 +203,16 @@ def test_bad_requests_get_4xx_json(
         ("GET", "/v2/models/iris/explain", 404, "no such endpoint"),
     ],
 )
-def test_bad_paths(iris_server: Server, method: str, path: str, status: int, message: str) -> None:
-    with iris_server.client() as c:
+def test_bad_paths(
+    any_iris_server: Server, method: str, path: str, status: int, message: str
+) -> None:
+    with any_iris_server.client() as c:
         r = c.request(method, path, content=orjson.dumps({"inputs": [GOOD]}))
         assert r.status_code == status, r.text
         assert message in r.json()["error"]
 
 
-def test_oversized_body_is_413(iris_server: Server) -> None:
+def test_oversized_body_is_413(any_iris_server: Server) -> None:
     # The fixture sets CANARIUM_MAX_BODY_BYTES=65536.
     n = 5000
     body = {
@@ -216,7 +220,7 @@ def test_oversized_body_is_413(iris_server: Server) -> None:
     }
     content = orjson.dumps(body)
     assert len(content) > 65536
-    with iris_server.client() as c:
+    with any_iris_server.client() as c:
         r = infer(c, content)
         assert r.status_code == 413
         assert "exceeds the limit of 65536 bytes" in r.json()["error"]
@@ -232,8 +236,8 @@ def test_oversized_body_is_413(iris_server: Server) -> None:
         assert c.get("/v2/health/live").status_code == 200
 
 
-def test_integer_overflow_and_garbage_bytes(iris_server: Server) -> None:
-    with iris_server.client() as c:
+def test_integer_overflow_and_garbage_bytes(any_iris_server: Server) -> None:
+    with any_iris_server.client() as c:
         r = infer(c, b"\xff\xfe\x00garbage")
         assert r.status_code == 400
         big = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,' + (
@@ -241,6 +245,158 @@ def test_integer_overflow_and_garbage_bytes(iris_server: Server) -> None:
         )
         r = infer(c, big)
         assert r.status_code == 400, r.text
+
+
+# --- Content-Length that does not match the body: a 4xx, never a 500 or a hang -----------
+
+
+def raw_exchange(
+    server: Server, *parts: bytes, half_close: bool = False, pause: float = 0.0
+) -> bytes:
+    """Send raw bytes on one connection (`pause` s before each part after the first); return
+    what the server answers, up to the end of its first response or until it closes."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(pause)
+            sock.sendall(part)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):  # socket.timeout (10 s) = the server hangs
+            answer += chunk
+            if b"\r\n\r\n" in answer and not half_close:
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if length and len(rest) >= int(length.group(1)):
+                    break
+        return answer
+
+
+def post_with_length(length: bytes, body: bytes) -> bytes:
+    return (
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + length + b"\r\n\r\n" + body
+    )
+
+
+GOOD_BODY = orjson.dumps({"inputs": [GOOD]})
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"12x", b"1e3", b"0x10", b""])
+def test_malformed_content_length_is_400(any_iris_server: Server, length: bytes) -> None:
+    answer = raw_exchange(any_iris_server, post_with_length(length, GOOD_BODY))
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"connection: close" in answer.lower()
+    with any_iris_server.client() as c:
+        assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_content_length_larger_than_the_body_is_408_not_a_hang(any_iris_server: Server) -> None:
+    # The fixture sets CANARIUM_BODY_READ_TIMEOUT_S=1: the server gives up on the missing bytes.
+    declared = len(GOOD_BODY) + 50
+    started = time.monotonic()
+    answer = raw_exchange(any_iris_server, post_with_length(str(declared).encode(), GOOD_BODY))
+    assert 0.9 < time.monotonic() - started < 8
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower()
+    assert orjson.loads(body) == {
+        "error": f"request body incomplete: {len(GOOD_BODY)} bytes of the {declared} declared "
+        "by Content-Length received, then nothing for 1 s"
+    }
+    # a client that says it is done sending (half-close) gets the connection closed at once
+    started = time.monotonic()
+    answer = raw_exchange(
+        any_iris_server, post_with_length(str(declared).encode(), GOOD_BODY), half_close=True
+    )
+    assert time.monotonic() - started < 0.9
+    assert not answer.startswith(b"HTTP/1.1 5"), answer
+    with any_iris_server.client() as c:
+        assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_content_length_smaller_than_the_body_is_400(any_iris_server: Server) -> None:
+    # The server reads what Content-Length says: a truncated JSON document, then bytes that are
+    # no HTTP request. Both are a 400, and the connection is closed.
+    answer = raw_exchange(any_iris_server, post_with_length(b"20", GOOD_BODY))
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b" 500 " not in answer
+    with any_iris_server.client() as c:
+        assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_body_arriving_in_slow_chunks_is_served(any_iris_server: Server, models: Models) -> None:
+    # The read timeout is the time without data, not for the whole body.
+    content = orjson.dumps(infer_body(models.iris_x[:2]))
+    third = len(content) // 3 + 1
+    chunks = [content[i : i + third] for i in range(0, len(content), third)]
+    started = time.monotonic()
+    answer = raw_exchange(
+        any_iris_server, post_with_length(str(len(content)).encode(), b""), *chunks, pause=0.6
+    )
+    assert time.monotonic() - started > 1.5  # longer than the 1 s timeout, in all
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    expected = models.iris_estimator.predict(models.iris_x[:2]).tolist()
+    doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    assert next(o for o in doc["outputs"] if o["name"] == "label")["data"] == expected
+
+
+# --- dynamic batching off and on ---------------------------------------------------------
+
+
+def batch_size_metrics(server: Server) -> tuple[float, float]:
+    """(model executions, rows) so far, from canarium_inference_batch_size."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    count = sum(v for _, v in metric_samples(text, "canarium_inference_batch_size_count"))
+    rows = sum(v for _, v in metric_samples(text, "canarium_inference_batch_size_sum"))
+    return count, rows
+
+
+def concurrent_single_rows(server: Server, x: np.ndarray[Any, Any]) -> list[dict[str, Any]]:
+    def one(i: int) -> dict[str, Any]:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            r = infer(c, infer_body(x[i : i + 1]))
+            assert r.status_code == 200, r.text
+            return {o["name"]: o["data"] for o in r.json()["outputs"]}
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(len(x))))
+
+
+def test_unbatched_server_runs_every_request_alone(
+    iris_unbatched_server: Server, models: Models
+) -> None:
+    x = models.iris_x[::3]
+    before = batch_size_metrics(iris_unbatched_server)
+    got = concurrent_single_rows(iris_unbatched_server, x)
+    after = batch_size_metrics(iris_unbatched_server)
+    assert (after[0] - before[0], after[1] - before[1]) == (len(x), len(x))
+    assert [g["label"][0] for g in got] == models.iris_estimator.predict(x).tolist()
+    np.testing.assert_allclose(
+        [g["probabilities"] for g in got], models.iris_estimator.predict_proba(x), atol=1e-5
+    )
+    assert "dynamic batching is off" not in iris_unbatched_server.log()
+
+
+def test_batched_and_unbatched_servers_answer_alike(
+    iris_server: Server, iris_unbatched_server: Server, models: Models
+) -> None:
+    x = models.iris_x[1::3]
+    batched = concurrent_single_rows(iris_server, x)
+    unbatched = concurrent_single_rows(iris_unbatched_server, x)
+    assert [b["label"] for b in batched] == [u["label"] for u in unbatched]
+    np.testing.assert_allclose(
+        [b["probabilities"] for b in batched],
+        [u["probabilities"] for u in unbatched],
+        rtol=0,
+        atol=1e-6,
+    )
+    for _, body, _, _ in BAD_BODIES:
+        with iris_server.client() as b, iris_unbatched_server.client() as u:
+            one, other = infer(b, body), infer(u, body)
+        assert (one.status_code, one.json()) == (other.status_code, other.json())
 
 
 # --- metrics ----------------------------------------------------------------------------
