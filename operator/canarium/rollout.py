@@ -373,8 +373,6 @@ class _Machine:
 
     def step_label(self, index: int) -> str:
         steps = self.inp.policy.steps
-        if index >= len(steps):
-            return "promotion"
         step = steps[index]
         if step.set_weight is not None:
             what = f"setWeight {step.set_weight}"
@@ -453,25 +451,21 @@ class _Machine:
         else:
             self.after(_seconds_until(self.inp.now, due))
 
-    def analysis_failed(self) -> bool:
+    def analysis_failure(self) -> str | None:
+        """Why the analysis failed when `failureLimit` intervals failed; None while it has not."""
         analysis = self.inp.policy.analysis
-        return bool(
-            analysis
-            and self.status.analysis
-            and self.status.analysis.failures >= analysis.failure_limit
-        )
-
-    def failure_summary(self) -> str:
-        measurements = self.status.analysis.measurements if self.status.analysis else []
-        failed = [m for m in measurements if m.verdict == "Failed"]
+        state = self.status.analysis
+        if analysis is None or state is None or state.failures < analysis.failure_limit:
+            return None
         parts = [
             f"{m.check} {_fmt(m.value)} (limit {m.threshold})"
             + (f": {m.reason}" if m.reason else "")
-            for m in failed
+            for m in state.measurements
+            if m.verdict == "Failed"
         ]
-        limit = self.inp.policy.analysis.failure_limit if self.inp.policy.analysis else 1
-        count = self.status.analysis.failures if self.status.analysis else 0
-        return f"analysis failed {count}/{limit} intervals: " + ("; ".join(parts) or "no detail")
+        return f"analysis failed {state.failures}/{analysis.failure_limit} intervals: " + (
+            "; ".join(parts) or "no detail"
+        )
 
     def revision_status(
         self, name: str, version: str, replicas: int | None, weight: int, effective: float
@@ -623,14 +617,13 @@ class _Machine:
         if previous is not None and previous.name and status.bake_until is not None:
             prev_obs = self.observed(previous.name)
             fallback = prev_obs.spec if prev_obs is not None else None
-            if self.analysis_failed():
+            failure = self.analysis_failure()
+            if failure is not None:
                 if fallback is None:
-                    return self.bake_failed_without_fallback(stable, stable_spec, previous)
+                    return self.bake_failed_without_fallback(stable, stable_spec, previous, failure)
                 status.previous = None
                 status.bake_until = None
-                return self.rollback(
-                    previous.name, fallback, stable, "RolledBack", self.failure_summary()
-                )
+                return self.rollback(previous.name, fallback, stable, "RolledBack", failure)
             if verb == "abort":
                 if fallback is not None:
                     status.previous = None
@@ -752,8 +745,9 @@ class _Machine:
                 f"revision {canary} did not become Ready within its progress deadline",
                 cause="ProgressDeadlineExceeded",
             )  # fmt: skip
-        if self.analysis_failed():
-            return self.rollback(stable, stable_spec, canary, "RolledBack", self.failure_summary())
+        failure = self.analysis_failure()
+        if failure is not None:
+            return self.rollback(stable, stable_spec, canary, "RolledBack", failure)
 
         index = status.current_step or 0
         # While paused by a person the step's clock is stopped (unset); a resume starts the
@@ -857,7 +851,9 @@ class _Machine:
         analysis = self.status.analysis
         if analysis is None or analysis.last_run_time is None or analysis.last_verdict is None:
             return "holding for a first analysis interval"
-        if analysis.last_run_time < step_started:
+        if analysis.last_run_time <= step_started:
+            # Measured when the step started (in the reconcile that started it): that interval
+            # judged the traffic of the step before.
             return "holding for an analysis interval of this step"
         if analysis.last_verdict == "Passed":
             return ""
@@ -995,7 +991,11 @@ class _Machine:
         return self.decision(plans, canary, None, 0, reason)
 
     def bake_failed_without_fallback(
-        self, promoted: str, promoted_spec: ModelDeploymentSpec, previous: RevisionStatus
+        self,
+        promoted: str,
+        promoted_spec: ModelDeploymentSpec,
+        previous: RevisionStatus,
+        failure: str,
     ) -> Decision:
         """A failure during the bake when the previous revision is gone (its Deployment was
         deleted): nothing to roll back to. The promoted revision keeps serving, Degraded, and
@@ -1003,7 +1003,7 @@ class _Machine:
         status = self.status
         inp = self.inp
         why = (
-            f"failed its bake ({self.failure_summary()}); the previous revision "
+            f"failed its bake ({failure}); the previous revision "
             f"{previous.name} (model {previous.model_version}) is gone and cannot be restored"
         )[:1024]
         last = status.history[0] if status.history else None

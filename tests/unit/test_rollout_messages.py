@@ -1,0 +1,441 @@
+"""What a person reads of a rollout: the events (type, reason, message), the status message and
+the fields of status and of the emitted Deployments, written out by hand; and the small pure
+helpers of the state machine (pod failure descriptions, commands, when analysis is due)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from canarium.api import (
+    AnalysisSpec,
+    AnalysisStatus,
+    Measurement,
+    ModelDeploymentStatus,
+    RolloutPolicySpec,
+)
+from canarium.rollout import (
+    AnalysisRun,
+    PodFailure,
+    RevisionObservation,
+    RolloutInput,
+    analysis_due,
+    next_analysis_at,
+    parse_command,
+    split_replicas,
+)
+
+from tests.unit.operator_fixtures import NOW, mdep
+from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash
+
+V1, V2, V3 = ("iris-" + _hash(v) for v in ("1.0.0", "2.0.0", "3.0.0"))
+# Events that reconcile adds on every phase change; these tests are about the rollout's own.
+PHASES = {"Pending", "Progressing", "Paused", "Healthy", "Degraded"}
+
+
+def rollout_events(sim: Sim) -> list[tuple[str, str, str]]:
+    return [(e.type, e.reason, e.message) for e in sim.events if e.reason not in PHASES]
+
+
+def role(sim: Sim, revision: str) -> str:
+    return str(sim.deployments[revision]["metadata"]["labels"]["canarium.dev/role"])
+
+
+# --- A whole rollout, as its events tell it ------------------------------------------------------
+def test_the_events_of_a_rollout_from_start_to_the_end_of_its_bake() -> None:
+    sim = Sim({**POLICY, "bake": "2m"})
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.status["message"] == (
+        f"canary {V2} (model 2.0.0) at step 2/5 (pause 1m), weight 25% (effective 25.0%); "
+        f"pausing until {(NOW + timedelta(minutes=1)).isoformat()}"
+    )
+    sim.walk_to_promotion()
+    assert sim.status["message"] == "model 2.0.0 promoted; baking for 2m"
+    sim.tick(121)
+    sim.settle()
+    assert rollout_events(sim) == [
+        ("Normal", "RolloutStarted", f"canary {V2} (model 2.0.0): step 1/5 (setWeight 25)"),
+        ("Normal", "StepStarted", f"{V2}: step 2/5 (pause 1m)"),
+        ("Normal", "StepStarted", f"{V2}: step 3/5 (setWeight 50)"),
+        ("Normal", "StepStarted", f"{V2}: step 4/5 (pause 1m)"),
+        ("Normal", "StepStarted", f"{V2}: step 5/5 (setWeight 100)"),
+        ("Normal", "Promoted", f"{V2} (model 2.0.0) is stable"),
+        ("Normal", "BakeCompleted", f"{V2} passed its bake; {V1} removed"),
+    ]
+    assert sim.status["message"] == f"model 2.0.0 served by {V2}"
+    assert sim.condition("Ready")["reason"] == "Available"
+
+
+def test_the_bake_keeps_the_previous_revision_at_zero_pods_and_no_traffic() -> None:
+    sim = Sim({**POLICY, "bake": "2m"})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    assert sim.status["previous"] == {
+        "name": V1, "modelVersion": "1.0.0", "replicas": 0, "weight": 0,
+    }  # fmt: skip
+    assert sim.status["stable"] == {
+        "name": V2, "modelVersion": "2.0.0", "replicas": 4, "readyReplicas": 4, "weight": 100,
+        "effectiveWeight": 100.0,
+    }  # fmt: skip
+    assert "canary" not in sim.status
+    assert (role(sim, V2), role(sim, V1)) == ("stable", "previous")
+    assert sim.replicas_of("1.0.0") == 0
+    assert sim.condition("Ready")["status"] == "True"
+    assert sim.condition("Progressing")["reason"] == "Baking"
+    assert sim.status["analysis"] == {
+        "intervals": 0, "failures": 0, "consecutiveInconclusive": 0, "measurements": [],
+    }  # fmt: skip
+    # Later reconciles of the bake say until when, and what is kept.
+    sim.tick(10)
+    sim.settle()
+    until = sim.status["bakeUntil"]
+    assert sim.status["message"] == (
+        f"model 2.0.0 promoted; baking under analysis until "
+        f"{until.replace('Z', '+00:00')} ({V1} kept scaled down)"
+    )
+    assert (role(sim, V2), role(sim, V1)) == ("stable", "previous")
+
+
+def test_a_promotion_without_a_bake_is_healthy_at_once() -> None:
+    sim = Sim(STEPS_ONLY)
+    sim.settle()
+    sim.release("2.0.0")
+    for _ in range(3):
+        sim.tick(21)
+        sim.settle()
+    assert sim.phase == "Healthy"
+    assert sim.status["message"] == f"model 2.0.0 served by {V2}"
+    assert sim.condition("Ready")["reason"] == "Available"
+    assert list(sim.deployments) == [V2]
+    assert role(sim, V2) == "stable"
+    assert sim.replicas_of("2.0.0") == 4
+    entry = sim.status["history"][0]
+    assert (entry["revision"], entry["modelVersion"], entry["outcome"], entry["reason"]) == (
+        V2, "2.0.0", "Promoted", f"replaced {V1} (model 1.0.0)",
+    )  # fmt: skip
+    assert "analysis" not in sim.status
+
+
+def test_roles_of_the_revisions_during_a_rollout_and_after_a_rollback() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    assert (role(sim, V1), role(sim, V2)) == ("stable", "canary")
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    assert (role(sim, V1), role(sim, V2)) == ("stable", "canary")
+    assert sim.status["canary"]["replicas"] == 0
+    assert sim.status["stable"]["replicas"] == 4
+
+
+# --- Rollbacks and aborts -------------------------------------------------------------------
+def test_what_a_rollback_on_analysis_says() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    for value in (0.4, 0.5):
+        sim.tick(30)
+        sim.analyse("Failed", value)
+    why = "analysis failed 2/2 intervals: errorRate 0.5 (limit <= 0.05): too many errors"
+    assert ("Warning", "RolledBack", f"{V2} rolled back, traffic back on {V1}: {why}") in (
+        rollout_events(sim)
+    )
+    assert sim.status["message"] == (
+        f"model 2.0.0 ({V2}) was rolled back: {why}. Traffic is on {V1} (model 1.0.0). "
+        "Revert the spec, apply a new version, or `kubectl canarium retry`."
+    )
+    entry = sim.status["history"][0]
+    assert (entry["modelVersion"], entry["reason"], entry["cause"]) == (
+        "2.0.0",
+        why,
+        "AnalysisFailed",
+    )
+    assert "currentStep" not in sim.status
+    assert "stepStartedAt" not in sim.status
+
+
+def test_what_an_abort_says() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert (
+        "Warning",
+        "Aborted",
+        f"{V2} rolled back, traffic back on {V1}: aborted by a person",
+    ) in (rollout_events(sim))
+    assert sim.status["message"] == (
+        f"model 2.0.0 ({V2}) was aborted: aborted by a person. Traffic is on {V1} (model "
+        "1.0.0). Revert the spec, apply a new version, or `kubectl canarium retry`."
+    )
+    assert sim.condition("Degraded")["reason"] == "Aborted"
+
+
+def test_a_failed_interval_without_failed_checks_rolls_back_with_no_detail() -> None:
+    sim = Sim({**POLICY, "analysis": {**POLICY["analysis"], "failureLimit": 1}})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    sim.reconcile(AnalysisRun(sim.now, Judgement("Failed", [])))
+    assert sim.condition("Degraded")["reason"] == "AnalysisFailed"
+    assert sim.status["history"][0]["reason"] == "analysis failed 1/1 intervals: no detail"
+
+
+def test_a_failed_check_without_a_value_or_reason_is_named_as_such() -> None:
+    sim = Sim({**POLICY, "analysis": {**POLICY["analysis"], "failureLimit": 1}})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    measurements = [
+        Measurement(check="latencyP99", value=None, threshold="<= 200ms", verdict="Failed",
+                    time=sim.now),
+        Measurement(check="errorRate", value=0.123456, threshold="<= 0.05", verdict="Failed",
+                    time=sim.now),
+        Measurement(check="samples", value=50, threshold=">= 10", verdict="Passed", time=sim.now),
+    ]  # fmt: skip
+    sim.reconcile(AnalysisRun(sim.now, Judgement("Failed", measurements)))
+    assert sim.status["history"][0]["reason"] == (
+        "analysis failed 1/1 intervals: latencyP99 no data (limit <= 200ms); "
+        "errorRate 0.1235 (limit <= 0.05)"
+    )
+
+
+def test_a_canary_that_is_asked_for_again_after_a_revert_starts_over() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.release("2.0.0")
+    sim.release("1.0.0")  # the canary serves on: the stable revision has no ready pod
+    sim.events.clear()
+    sim.release("2.0.0")
+    assert ("Normal", "RolloutStarted", f"canary {V2} (model 2.0.0): step 1/5 (setWeight 25)") in (
+        rollout_events(sim)
+    )
+
+
+def test_a_superseded_canary_is_recorded_with_its_version() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.release("3.0.0")
+    entry = sim.status["history"][0]
+    assert (entry["revision"], entry["modelVersion"], entry["outcome"], entry["reason"]) == (
+        V2, "2.0.0", "Replaced", f"superseded by {V3} before it finished",
+    )  # fmt: skip
+
+
+# --- Commands -------------------------------------------------------------------------------
+def test_what_promote_and_retry_say() -> None:
+    sim = Sim(MANUAL)
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.status["pauseReason"] == "paused until promoted (kubectl canarium promote)"
+    assert sim.status["message"] == (
+        f"canary {V2} (model 2.0.0) at step 2/3 (pause until promoted), weight 20% "
+        "(effective 20.0%); paused until promoted (kubectl canarium promote)"
+    )
+    sim.annotations["canarium.dev/command"] = "promote@1"
+    sim.settle()
+    assert ("Normal", "Promoted", "step 2/3 (pause until promoted) ended by a person") in (
+        rollout_events(sim)
+    )
+    sim.release("3.0.0")
+    sim.annotations["canarium.dev/command"] = "abort@2"
+    sim.settle()
+    sim.annotations["canarium.dev/command"] = "retry@3"
+    sim.settle()
+    assert ("Normal", "RolloutRetried", f"retrying {V3} from the first step") in rollout_events(sim)
+    sim.annotations["canarium.dev/command"] = "promote-full@4"
+    sim.settle()
+    assert ("Normal", "PromotedFully", "promoted to the end by a person") in rollout_events(sim)
+    assert sim.status["stable"]["name"] == V3
+
+
+def test_what_a_refused_promote_says() -> None:
+    sim = Sim(MANUAL)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.annotations["canarium.dev/command"] = "promote@1"
+    sim.settle()
+    assert (
+        "Warning", "CommandIgnored",
+        "promote ignored: the rollout is paused (canarium.dev/paused); resume it, then promote "
+        "again",
+    ) in rollout_events(sim)  # fmt: skip
+    assert sim.status["message"] == (
+        f"canary {V2} (model 2.0.0) at step 2/3 (pause until promoted), weight 20% "
+        "(effective 20.0%); paused by a person (canarium.dev/paused)"
+    )
+
+
+# --- Steps ----------------------------------------------------------------------------------
+def test_a_policy_that_starts_with_a_pause_gives_the_canary_no_traffic() -> None:
+    sim = Sim({"steps": [{"pause": {}}, {"setWeight": 100}]})
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.phase == "Paused"
+    assert sim.status["canary"]["weight"] == 0
+    assert sim.replicas_of("2.0.0") == 0
+    assert sim.replicas_of("1.0.0") == 4
+
+
+def test_a_pause_of_no_time_does_not_hold() -> None:
+    sim = Sim({"steps": [{"setWeight": 25}, {"pause": {"duration": "0s"}}, {"setWeight": 50},
+                         {"pause": {}}]})  # fmt: skip
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.status["currentStep"] == 3
+    assert sim.status["canary"]["weight"] == 50
+
+
+def test_an_interval_measured_as_a_step_starts_does_not_count_for_it() -> None:
+    """The interval that ends a pause judged the weight before; the next pause needs one of its
+    own, even when its setWeight needs no new pod (10% and 20% of 4 pods are one pod)."""
+    policy = {
+        "steps": [
+            {"setWeight": 10}, {"pause": {"duration": "1m"}},
+            {"setWeight": 20}, {"pause": {"duration": "1m"}}, {"setWeight": 100},
+        ],
+        "analysis": {**POLICY["analysis"], "interval": "5m"},
+    }  # fmt: skip
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.reconcile(AnalysisRun(sim.now, None))  # the first snapshot
+    sim.tick(300)
+    sim.analyse("Passed")
+    assert sim.status["currentStep"] == 3, "at 20%, pausing"
+    sim.tick(61)
+    sim.settle()
+    assert sim.status["currentStep"] == 3
+    assert sim.status["message"].endswith("holding for an analysis interval of this step")
+    sim.tick(240)
+    sim.analyse("Passed")
+    assert sim.status["currentStep"] == 4
+
+
+def test_an_overdue_analysis_asks_to_be_woken_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.reconcile(AnalysisRun(sim.now, None))
+    sim.tick(45)
+    assert sim.settle().requeue_after == 0
+
+
+# --- Pure helpers ---------------------------------------------------------------------------
+def test_no_pods_at_all_split_as_none() -> None:
+    assert split_replicas(0, 25, "replicas") == (0, 0)
+    assert split_replicas(0, 25, "gatewayAPI") == (0, 0)
+
+
+def test_parse_command_takes_the_verb_before_the_first_at() -> None:
+    assert parse_command("promote@1@2") == "promote"
+    assert parse_command(" abort @1") == "abort"
+    assert parse_command("retry") == "retry"
+    assert parse_command("") is None
+
+
+def failure(**kw: Any) -> PodFailure:
+    return PodFailure(**{"pod": "p-1", "container": "server", "reason": "CrashLoopBackOff",
+                         "restart_count": 1, **kw})  # fmt: skip
+
+
+def test_how_failing_pods_are_described() -> None:
+    assert failure().describe() == (
+        "pod p-1 keeps crashing (1 restart); see `kubectl logs --previous p-1`"
+    )
+    assert failure(restart_count=2, exit_code=0).describe() == (
+        "pod p-1 keeps crashing (exit code 0, 2 restarts); see `kubectl logs --previous p-1`"
+    )
+    assert failure(reason="ErrImageNeverPull").describe() == (
+        "pod p-1 cannot pull its image (imagePullPolicy Never) (ErrImageNeverPull)"
+    )
+    assert failure(reason="CreateContainerConfigError").describe() == (
+        "pod p-1 cannot start its container (CreateContainerConfigError)"
+    )
+
+
+def observation(failing: int, pod_failure: PodFailure | None) -> RevisionObservation:
+    return RevisionObservation(
+        name="iris-a", rev_hash="a", spec=None, created_as="canary", replicas=3,
+        ready_replicas=0, updated_replicas=3, up_to_date=True, deadline_exceeded=False,
+        failure=pod_failure, failing_pods=failing,
+    )  # fmt: skip
+
+
+def test_the_failure_message_counts_the_other_failing_pods() -> None:
+    crash = failure()
+    base = "revision iris-a: pod p-1 keeps crashing (1 restart); see `kubectl logs --previous p-1`"
+    assert observation(0, None).failure_message() == ""
+    assert observation(1, crash).failure_message() == base
+    assert observation(2, crash).failure_message() == f"{base} (and 1 more failing pod)"
+    assert observation(3, crash).failure_message() == f"{base} (and 2 more failing pods)"
+
+
+ANALYSIS = {"interval": "30s", "checks": {"errorRate": {"max": 0.05}}}
+
+
+def rollout_input(status: dict[str, Any], analysis: dict[str, Any] | None = ANALYSIS,
+                  now_after: float = 0) -> RolloutInput:  # fmt: skip
+    policy: dict[str, Any] = {"steps": [{"setWeight": 50}]}
+    if analysis is not None:
+        policy["analysis"] = analysis
+    return RolloutInput(
+        spec=mdep("2.0.0").spec,
+        desired="iris-b",
+        status=ModelDeploymentStatus.model_validate(status),
+        policy=RolloutPolicySpec.model_validate(policy),
+        revisions={},
+        now=NOW + timedelta(seconds=now_after),
+        router="replicas",
+    )
+
+
+STABLE = {"name": "iris-a", "weight": 50}
+
+
+def canary(weight: int | None, ready: int | None) -> dict[str, Any]:
+    return {
+        "stable": STABLE,
+        "canary": {"name": "iris-b", "weight": weight, "readyReplicas": ready},
+        "phase": "Progressing",
+        "analysis": {"lastRunTime": NOW.isoformat(), "intervals": 1},
+    }
+
+
+def test_analysis_is_due_while_the_canary_takes_traffic_with_ready_pods() -> None:
+    assert analysis_due(rollout_input(canary(1, 1), now_after=30))
+    assert not analysis_due(rollout_input(canary(1, 1), now_after=29.5))
+    assert not analysis_due(rollout_input(canary(0, 1), now_after=30))
+    assert not analysis_due(rollout_input(canary(None, 1), now_after=30))
+    assert not analysis_due(rollout_input(canary(1, 0), now_after=30))
+    assert not analysis_due(rollout_input(canary(1, None), now_after=30))
+    assert analysis_due(rollout_input({**canary(1, 1), "phase": "Paused"}, now_after=30))
+    assert not analysis_due(rollout_input({**canary(1, 1), "phase": "Degraded"}, now_after=30))
+    assert not analysis_due(rollout_input(canary(1, 1), analysis=None, now_after=30))
+    no_stable = {k: v for k, v in canary(1, 1).items() if k != "stable"}
+    assert not analysis_due(rollout_input(no_stable, now_after=30))
+
+
+def test_analysis_is_due_during_a_bake_only() -> None:
+    previous = {"name": "iris-0", "weight": 0}
+    baking = {"stable": STABLE, "previous": previous, "bakeUntil": NOW.isoformat()}
+    assert analysis_due(rollout_input(baking))
+    assert not analysis_due(rollout_input({"stable": STABLE, "previous": previous}))
+    assert not analysis_due(rollout_input({"stable": STABLE, "bakeUntil": NOW.isoformat()}))
+
+
+def test_initial_delay_only_delays_the_first_judged_interval() -> None:
+    spec = AnalysisSpec.model_validate({**ANALYSIS, "initialDelay": "2m"})
+    first = AnalysisStatus(last_run_time=NOW, intervals=0)
+    later = AnalysisStatus(last_run_time=NOW, intervals=3)
+    assert next_analysis_at(first, spec) == NOW + timedelta(minutes=2)
+    assert next_analysis_at(later, spec) == NOW + timedelta(seconds=30)
+    short = AnalysisSpec.model_validate({**ANALYSIS, "initialDelay": "10s"})
+    assert next_analysis_at(first, short) == NOW + timedelta(seconds=30)
+    assert next_analysis_at(None, spec) is None
