@@ -809,15 +809,15 @@ class _Machine:
             # Analysed only while the canary takes traffic (analysis_due); its pods getting
             # ready is a watch event.
             self.schedule_analysis()
-        analysis = status.analysis
+        inconclusive = status.analysis.consecutive_inconclusive if status.analysis else 0
         limit = inp.policy.analysis.inconclusive_limit if inp.policy.analysis else None
-        paused_by_data = bool(limit and analysis and analysis.consecutive_inconclusive >= limit)
+        paused_by_data = limit is not None and 0 < limit <= inconclusive  # 0: never
         if inp.paused or paused_by_data or held.startswith("paused until promoted"):
             status.phase = "Paused"
             status.pause_reason = (
                 "paused by a person (canarium.dev/paused)"
                 if inp.paused
-                else f"{analysis.consecutive_inconclusive if analysis else 0} inconclusive "
+                else f"{inconclusive} inconclusive "
                 f"intervals in a row (inconclusiveLimit {limit}): check the traffic, then promote"
                 if paused_by_data
                 else held

@@ -13,6 +13,7 @@ from canarium.api import (
     Measurement,
     ModelDeploymentStatus,
     RolloutPolicySpec,
+    Verdict,
 )
 from canarium.rollout import (
     AnalysisRun,
@@ -439,3 +440,150 @@ def test_initial_delay_only_delays_the_first_judged_interval() -> None:
     short = AnalysisSpec.model_validate({**ANALYSIS, "initialDelay": "10s"})
     assert next_analysis_at(first, short) == NOW + timedelta(seconds=30)
     assert next_analysis_at(None, spec) is None
+
+
+# --- Status fields during a rollout ---------------------------------------------------------
+def test_status_and_conditions_while_a_canary_takes_its_share() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.status["stable"] == {
+        "name": V1, "modelVersion": "1.0.0", "replicas": 3, "readyReplicas": 3, "weight": 75,
+        "effectiveWeight": 75.0,
+    }  # fmt: skip
+    assert sim.status["canary"] == {
+        "name": V2, "modelVersion": "2.0.0", "replicas": 1, "readyReplicas": 1, "weight": 25,
+        "effectiveWeight": 25.0,
+    }  # fmt: skip
+    assert sim.condition("Progressing")["reason"] == "RolloutInProgress"
+    assert "pauseReason" not in sim.status
+    assert sim.last is not None
+    services = {m["metadata"]["name"]: m for m in sim.last.apply if m["kind"] == "Service"}
+    canary_service = services["iris-canary"]["spec"]["selector"]
+    assert canary_service["canarium.dev/revision"] == _hash("2.0.0")
+
+
+def test_a_paused_rollout_says_so_in_its_condition_and_clears_it_on_resume() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.settle()
+    assert sim.condition("Progressing")["reason"] == "Paused"
+    del sim.annotations["canarium.dev/paused"]
+    sim.settle()
+    assert sim.condition("Progressing")["reason"] == "RolloutInProgress"
+    assert "pauseReason" not in sim.status
+
+
+def test_what_an_inconclusive_pause_says() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 2}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    for _ in range(2):
+        sim.tick(30)
+        sim.analyse("Inconclusive", None)
+    assert sim.phase == "Paused"
+    assert sim.status["pauseReason"] == (
+        "2 inconclusive intervals in a row (inconclusiveLimit 2): check the traffic, then promote"
+    )
+    # The message says what holds the step (why it is paused is in pauseReason).
+    assert sim.status["message"] == (
+        f"canary {V2} (model 2.0.0) at step 2/5 (pause 1m), weight 25% (effective 25.0%); "
+        "holding: analysis inconclusive (3 requests < minSamples 10)"
+    )
+
+
+def test_inconclusive_counts_only_in_a_row() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "failureLimit": 3}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    verdicts: tuple[Verdict, ...] = ("Inconclusive", "Inconclusive", "Failed")
+    for verdict in verdicts:
+        sim.tick(30)
+        sim.analyse(verdict)
+    assert sim.status["analysis"]["consecutiveInconclusive"] == 0
+    passed: tuple[Verdict, ...] = ("Inconclusive", "Passed")
+    for verdict in passed:
+        sim.tick(30)
+        sim.analyse(verdict)
+    assert sim.status["analysis"]["consecutiveInconclusive"] == 0
+    assert sim.status["analysis"]["intervals"] == 5
+    assert sim.status["analysis"]["failures"] == 1
+
+
+def test_an_interval_keeps_at_most_twenty_measurements() -> None:
+    """The status schema allows 20: more would be refused by the API server."""
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    many = [
+        Measurement(check=f"custom{i}", value=1.0, threshold="<= 2", verdict="Passed", time=sim.now)
+        for i in range(25)
+    ]
+    sim.reconcile(AnalysisRun(sim.now, Judgement("Passed", many)))
+    assert [m["check"] for m in sim.status["analysis"]["measurements"]] == [
+        f"custom{i}" for i in range(20)
+    ]
+
+
+def test_reverting_records_the_dropped_canary_even_while_paused() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/paused"] = "true"
+    sim.settle()
+    sim.release("1.0.0")
+    entry = sim.status["history"][0]
+    assert (entry["revision"], entry["modelVersion"], entry["outcome"], entry["cause"]) == (
+        V2, "2.0.0", "Aborted", "SpecReverted",
+    )  # fmt: skip
+    assert entry["reason"] == "the spec went back to the stable version"
+    assert ("Normal", "RolloutAborted", f"spec reverted to {V1}: canary {V2} dropped") in (
+        rollout_events(sim)
+    )
+
+
+def test_reverting_drops_a_canary_without_ready_pods_even_when_stable_has_none() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.update({V1, V2})
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    assert V2 not in sim.deployments
+    assert "canary" not in sim.status
+
+
+def test_the_smallest_weights_still_get_a_pod() -> None:
+    assert split_replicas(4, 1, "replicas") == (4, 1)
+    assert split_replicas(201, 1, "replicas") == (199, 3)
+    assert split_replicas(201, 1, "gatewayAPI") == (201, 3)
+
+
+def test_a_canary_at_weight_1_is_analysed() -> None:
+    sim = Sim({**POLICY, "steps": [{"setWeight": 1}, {"pause": {"duration": "1m"}}]})
+    sim.settle()
+    plan = sim.release("2.0.0")
+    assert plan.requeue_after == 1.0, "the first snapshot at once"
+
+
+def test_inconclusive_limit_does_not_pause_before_any_interval() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 1}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.phase == "Progressing"
+
+
+def test_an_inconclusive_limit_of_0_never_pauses() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 0}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    for _ in range(3):
+        sim.tick(30)
+        sim.analyse("Inconclusive", None)
+    assert sim.phase == "Progressing"
