@@ -1062,6 +1062,8 @@ def test_reverting_while_stable_has_no_ready_pod_keeps_the_canary_serving() -> N
     assert sim.status["canary"]["weight"] == 0
     assert sim.status["canary"]["effectiveWeight"] == 100.0
     assert sim.status["canary"]["modelVersion"] == "2.0.0"
+    assert sim.status["canary"]["replicas"] == 1
+    assert sim.status["stable"]["replicas"] == 4, "back to its full size"
     assert "serves until then" in sim.status["message"]
     # Asked for again, it starts from the first step.
     sim.release("2.0.0")

@@ -4,7 +4,7 @@ bake; when it is gone, a failure is reported, never hidden."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from canarium.rollout import Event
@@ -242,3 +242,39 @@ def test_a_paused_bake_can_be_aborted() -> None:
     assert sim.phase == "Degraded"
     assert sim.condition("Degraded")["reason"] == "Aborted"
     assert sim.status["stable"]["name"] == V1
+
+
+def test_later_reconciles_of_a_bake_keep_all_traffic_on_the_promoted_revision() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(BAKED, traffic=traffic)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    sim.tick(10)
+    sim.settle()
+    assert sim.status["stable"] == {
+        "name": V2, "modelVersion": "2.0.0", "replicas": 4, "readyReplicas": 4, "weight": 100,
+        "effectiveWeight": 100.0,
+    }  # fmt: skip
+    assert sim.last is not None
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 100, "iris-canary": 0}
+    assert sim.replicas_of("1.0.0") == 0
+
+
+def test_a_bake_ends_at_its_end_time() -> None:
+    sim = _baking()
+    sim.now = datetime.fromisoformat(sim.status["bakeUntil"].replace("Z", "+00:00"))
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert V1 not in sim.deployments
+
+
+def test_a_bake_end_time_without_a_previous_revision_is_dropped() -> None:
+    sim = Sim(BAKED)
+    sim.settle()
+    sim.status["bakeUntil"] = "2030-01-01T00:00:00Z"  # e.g. a status edited by hand
+    sim.settle()
+    assert sim.phase == "Healthy"
+    assert "bakeUntil" not in sim.status
