@@ -230,12 +230,17 @@ def split_replicas(total: int, weight: int, router: str) -> tuple[int, int]:
     reports the split the ready pods really deliver. With Gateway API the route sets the split
     and the stable revision keeps its full size, so an abort needs no scale-up.
     """
-    if weight <= 0:
-        return total, 0
-    canary = max(1, math.ceil(total * weight / 100))
+    canary = canary_pods(total, weight)
     if router == "gatewayAPI":
-        return total, min(canary, total)
-    return max(0, total - math.floor(total * weight / 100)), min(canary, total)
+        return total, canary
+    return total - math.floor(total * weight / 100), canary
+
+
+def canary_pods(total: int, weight: int) -> int:
+    """The canary's share of `total` pods at a weight: rounded up, at least one."""
+    if weight <= 0:
+        return 0
+    return min(total, max(1, math.ceil(total * weight / 100)))
 
 
 def effective_weights(stable_ready: int, canary_ready: int) -> tuple[float, float]:
@@ -382,16 +387,16 @@ class _Machine:
             what = "pause until promoted"
         return f"step {index + 1}/{len(steps)} ({what})"
 
-    def split(self, weight: int) -> tuple[int | None, int]:
+    def split(self, weight: int, stable: str) -> tuple[int | None, int]:
         """(stable, canary) pods at a canary weight. With autoscaling the stable revision stays
         under its HorizontalPodAutoscaler (None) and the canary is sized from the stable's
         current size, as with Gateway API: the replicas router then delivers
         canary / (stable + canary) of the traffic, reported as the effective weight."""
         if not self.autoscaled:
             return split_replicas(self.total, weight, self.inp.router)
-        stable = self.observed(self.status.stable.name if self.status.stable else None)
-        size = stable.replicas if stable is not None and stable.replicas > 0 else self.total
-        return None, split_replicas(size, weight, "gatewayAPI")[1]
+        observed = self.observed(stable)
+        size = observed.replicas if observed is not None and observed.replicas > 0 else self.total
+        return None, canary_pods(size, weight)
 
     def weight_at(self, index: int) -> int:
         """The canary weight in force at a step: the last setWeight at or before it."""
@@ -769,7 +774,7 @@ class _Machine:
         while index < len(steps) and not inp.paused:
             weight = self.weight_at(index)
             step = steps[index]
-            _, canary_replicas = self.split(weight)
+            _, canary_replicas = self.split(weight, stable)
             if step.set_weight is not None:
                 if self.ready_count(canary) < canary_replicas:
                     held = f"waiting for {canary} to have {canary_replicas} ready pods"
@@ -801,7 +806,7 @@ class _Machine:
         status.current_step = index
         status.step_started_at = None if inp.paused else started
         weight = self.weight_at(index)
-        stable_replicas, canary_replicas = self.split(weight)
+        stable_replicas, canary_replicas = self.split(weight, stable)
         route = self.set_serving_status(
             stable, stable_spec.model.version, stable_replicas, canary, canary_replicas, weight
         )
@@ -909,7 +914,6 @@ class _Machine:
         status = self.status
         cause = cause or ("AnalysisFailed" if outcome == "RolledBack" else "Aborted")
         push_history(status, canary, self.inp.spec.model.version, outcome, self.inp.now, why, cause)
-        status.phase = "Degraded"
         self.event(
             "Warning",
             "RolledBack" if outcome == "RolledBack" else "Aborted",
@@ -933,15 +937,15 @@ class _Machine:
         route = self.set_serving_status(
             stable, stable_spec.model.version, replicas, canary, canary_replicas, 0
         )
-        last = status.history[0] if status.history else None
+        last = status.history[0]  # the rollback's: rollback() or an earlier reconcile wrote it
         status.phase = "Degraded"
         status.current_step = None
         status.step_started_at = None
         status.pause_reason = None
         status.message = (
             f"model {self.inp.spec.model.version} ({canary}) was "
-            f"{'rolled back' if last and last.outcome == 'RolledBack' else 'aborted'}: "
-            f"{last.reason if last else ''}. Traffic is on {stable} (model "
+            f"{'rolled back' if last.outcome == 'RolledBack' else 'aborted'}: "
+            f"{last.reason}. Traffic is on {stable} (model "
             f"{stable_spec.model.version}). Revert the spec, apply a new version, or "
             f"`kubectl canarium retry`."
         )

@@ -587,3 +587,98 @@ def test_an_inconclusive_limit_of_0_never_pauses() -> None:
         sim.tick(30)
         sim.analyse("Inconclusive", None)
     assert sim.phase == "Progressing"
+
+
+# --- Promotion, rollback: what the reconcile that does it emits -----------------------------
+def test_promote_full_at_25_percent_scales_the_canary_up_and_the_old_one_down() -> None:
+    sim = Sim({**POLICY, "bake": "1s"})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "promote-full@1"
+    sim.reconcile()
+    assert (sim.replicas_of("2.0.0"), sim.replicas_of("1.0.0")) == (4, 0)
+    assert (role(sim, V2), role(sim, V1)) == ("stable", "previous")
+    assert sim.status["stable"]["replicas"] == 4
+    assert sim.status["previous"]["name"] == V1, "a bake of one second is a bake"
+    assert "pauseReason" not in sim.status
+
+
+def test_promote_full_without_a_bake_is_available_at_once() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(MANUAL, traffic=traffic)
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.phase == "Paused"
+    sim.annotations["canarium.dev/command"] = "promote-full@1"
+    sim.reconcile()
+    assert sim.phase == "Healthy"
+    assert sim.condition("Ready")["reason"] == "Available"
+    assert "pauseReason" not in sim.status
+    assert sim.replicas_of("2.0.0") == 4
+    assert sim.last is not None
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 100, "iris-canary": 0}
+
+
+def test_the_reconcile_that_aborts_sets_stable_back_to_full_size() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.replicas_of("1.0.0") == 3
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert sim.status["stable"]["replicas"] == 4
+    assert sim.status["canary"]["replicas"] == 0
+    assert sim.status["canary"]["weight"] == 0
+    assert sim.replicas_of("1.0.0") == 4
+
+
+def test_a_rolled_back_canary_that_alone_has_ready_pods_keeps_them_and_its_service() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(traffic=traffic)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.not_ready.add(V1)
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert sim.status["canary"]["replicas"] == 1
+    assert sim.last is not None
+    services = {m["metadata"]["name"]: m for m in sim.last.apply if m["kind"] == "Service"}
+    assert services["iris-canary"]["spec"]["selector"]["canarium.dev/revision"] == _hash("2.0.0")
+
+
+def test_a_very_long_rollback_reason_is_cut_to_what_status_holds() -> None:
+    sim = Sim({**POLICY, "analysis": {**POLICY["analysis"], "failureLimit": 1}})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    failed = [
+        Measurement(check=f"custom{i}", value=1.0, threshold="<= 0.5", verdict="Failed",
+                    reason="x" * 100, time=sim.now)
+        for i in range(20)
+    ]  # fmt: skip
+    sim.reconcile(AnalysisRun(sim.now, Judgement("Failed", failed)))
+    reason = sim.status["history"][0]["reason"]
+    assert len(reason) == 1024
+    assert reason.startswith("analysis failed 1/1 intervals: custom0 1 (limit <= 0.5): xxx")
+
+
+# --- Autoscaling ----------------------------------------------------------------------------
+AUTOSCALED = {"serving": {"replicas": 4, "autoscaling": {"minReplicas": 1, "maxReplicas": 8}}}
+
+
+def test_an_autoscaled_canary_is_sized_from_the_stables_current_size() -> None:
+    sim = Sim({**POLICY, "steps": [{"setWeight": 50}, {"pause": {}}]}, **AUTOSCALED)
+    sim.settle()
+    sim.deployments[V1]["spec"]["replicas"] = 1  # the HPA scaled it down
+    sim.release("2.0.0")
+    assert sim.replicas_of("2.0.0") == 1
+
+
+def test_an_autoscaled_canary_of_a_stable_at_zero_pods_is_sized_from_the_spec() -> None:
+    sim = Sim({**POLICY, "steps": [{"setWeight": 50}, {"pause": {}}]}, **AUTOSCALED)
+    sim.settle()
+    sim.deployments[V1]["spec"]["replicas"] = 0
+    sim.release("2.0.0")
+    assert sim.replicas_of("2.0.0") == 2
