@@ -682,3 +682,20 @@ def test_an_autoscaled_canary_of_a_stable_at_zero_pods_is_sized_from_the_spec() 
     sim.deployments[V1]["spec"]["replicas"] = 0
     sim.release("2.0.0")
     assert sim.replicas_of("2.0.0") == 2
+
+
+def test_what_a_pause_held_by_analysis_says() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(61)
+    sim.settle()
+    at = f"canary {V2} (model 2.0.0) at step 2/5 (pause 1m), weight 25% (effective 25.0%)"
+    assert sim.status["message"] == f"{at}; holding for a first analysis interval"
+    sim.analyse("Failed", 0.4)  # one of failureLimit 2: holds, says so, without the check's why
+    assert sim.status["message"] == f"{at}; holding: analysis failed"
+    sim.tick(30)
+    sim.analyse("Inconclusive", None)
+    assert sim.status["message"] == (
+        f"{at}; holding: analysis inconclusive (3 requests < minSamples 10)"
+    )
