@@ -15,19 +15,21 @@ from canarium.api import (
     RolloutPolicySpec,
     Verdict,
 )
+from canarium.reconcile import rollout_input as make_input
 from canarium.rollout import (
     AnalysisRun,
     PodFailure,
     RevisionObservation,
     RolloutInput,
     analysis_due,
+    decide,
     next_analysis_at,
     parse_command,
     split_replicas,
 )
 
 from tests.unit.operator_fixtures import NOW, mdep
-from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash
+from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash, judgement
 
 V1, V2, V3 = ("iris-" + _hash(v) for v in ("1.0.0", "2.0.0", "3.0.0"))
 # Events that reconcile adds on every phase change; these tests are about the rollout's own.
@@ -699,3 +701,84 @@ def test_what_a_pause_held_by_analysis_says() -> None:
     assert sim.status["message"] == (
         f"{at}; holding: analysis inconclusive (3 requests < minSamples 10)"
     )
+
+
+# --- Purity, sizes and traffic when pods are missing ----------------------------------------
+def test_decide_does_not_change_its_input() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    inp = make_input(sim.input(AnalysisRun(sim.now, judgement("Failed", 0.4, sim.now))))
+    assert inp is not None
+    before = inp.status.model_dump()
+    decide(inp)
+    assert inp.status.model_dump() == before
+
+
+def test_an_autoscaled_stable_reports_the_size_its_autoscaler_chose() -> None:
+    sim = Sim(**AUTOSCALED)
+    sim.settle()
+    sim.deployments[V1]["spec"]["replicas"] = 6
+    sim.settle()
+    assert sim.status["stable"]["replicas"] == 6
+
+
+def test_a_canary_not_created_yet_has_no_ready_pods() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.version = "2.0.0"
+    sim.generation += 1
+    sim.reconcile()
+    assert sim.status["canary"]["readyReplicas"] == 0
+    assert sim.status["canary"]["effectiveWeight"] == 0.0
+
+
+def test_gateway_with_no_ready_pod_anywhere_sends_nothing_to_the_canary() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(traffic=traffic)
+    sim.settle()
+    sim.not_ready.update({V1, V2})
+    sim.release("2.0.0")
+    assert sim.last is not None
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 100, "iris-canary": 0}
+    assert sim.status["stable"]["effectiveWeight"] == 0.0
+    assert sim.status["canary"]["effectiveWeight"] == 0.0
+
+
+def test_gateway_with_one_pod_each_delivers_the_route_weight() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(replicas=1, traffic=traffic)
+    sim.settle()
+    sim.release("2.0.0")
+    assert sim.status["canary"]["effectiveWeight"] == 25.0
+    assert sim.status["stable"]["effectiveWeight"] == 75.0
+
+
+def test_reverting_sets_the_stable_back_to_full_size_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.version = "1.0.0"
+    sim.generation += 1
+    sim.reconcile()
+    assert sim.status["stable"]["replicas"] == 4
+    assert sim.replicas_of("1.0.0") == 4
+
+
+def test_a_kept_canary_serves_through_its_service_and_route_until_stable_is_ready() -> None:
+    traffic = {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}
+    sim = Sim(traffic=traffic)
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    assert sim.status["message"] == f"revision {V1} 0/4 ready; {V2} serves until then"
+    assert sim.last is not None
+    services = {m["metadata"]["name"]: m for m in sim.last.apply if m["kind"] == "Service"}
+    assert services["iris-canary"]["spec"]["selector"]["canarium.dev/revision"] == _hash("2.0.0")
+    route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
+    assert weights == {"iris-stable": 0, "iris-canary": 100}
