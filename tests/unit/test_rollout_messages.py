@@ -708,6 +708,7 @@ def test_decide_does_not_change_its_input() -> None:
     sim = Sim()
     sim.settle()
     sim.release("2.0.0")
+    sim.reconcile(AnalysisRun(sim.now, None))  # analysis state to change
     sim.tick(30)
     inp = make_input(sim.input(AnalysisRun(sim.now, judgement("Failed", 0.4, sim.now))))
     assert inp is not None
