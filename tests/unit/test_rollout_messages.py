@@ -25,6 +25,7 @@ from canarium.rollout import (
     decide,
     next_analysis_at,
     parse_command,
+    serving_phase,
     split_replicas,
 )
 
@@ -783,3 +784,64 @@ def test_a_kept_canary_serves_through_its_service_and_route_until_stable_is_read
     route = next(m for m in sim.last.apply if m["kind"] == "HTTPRoute")
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]}
     assert weights == {"iris-stable": 0, "iris-canary": 100}
+
+
+# --- One revision serving everything: phase, message, condition reason ----------------------
+def revision(ready: int, replicas: int = 3, **kw: Any) -> RevisionObservation:
+    fields: dict[str, Any] = {
+        "name": "iris-a", "rev_hash": "a", "spec": None, "created_as": "stable",
+        "replicas": replicas, "ready_replicas": ready, "updated_replicas": replicas,
+        "up_to_date": True, "deadline_exceeded": False, **kw,
+    }  # fmt: skip
+    return RevisionObservation(**fields)
+
+
+def phase_of(observed: RevisionObservation | None, desired: int | None = 3) -> tuple[str, ...]:
+    status = ModelDeploymentStatus()
+    reason = serving_phase(status, "iris-a", "1.0.0", observed, desired)
+    return str(status.phase), str(status.message), reason
+
+
+def test_serving_phase_of_one_revision() -> None:
+    assert phase_of(revision(3)) == ("Healthy", "model 1.0.0 served by iris-a", "Available")
+    assert phase_of(None) == ("Progressing", "revision iris-a 0/3 ready", "ReplicasNotReady")
+    assert phase_of(None, None) == ("Progressing", "revision iris-a 0/? ready", "ReplicasNotReady")
+    assert phase_of(revision(2)) == ("Progressing", "revision iris-a 2/3 ready", "ReplicasNotReady")
+    crash = failure()
+    assert phase_of(revision(2, failure=crash, failing_pods=1)) == (
+        "Progressing",
+        "revision iris-a 2/3 ready; pod p-1 keeps crashing (1 restart); see "
+        "`kubectl logs --previous p-1`",
+        "ReplicasNotReady",
+    )
+    assert phase_of(revision(0, failure=crash, failing_pods=1)) == (
+        "Degraded",
+        "revision iris-a: pod p-1 keeps crashing (1 restart); see `kubectl logs --previous p-1`",
+        "RevisionFailed",
+    )
+    assert phase_of(revision(0, deadline_exceeded=True)) == (
+        "Degraded",
+        "revision iris-a did not become Ready within its progress deadline",
+        "ProgressDeadlineExceeded",
+    )
+    # Ready beats an old deadline; failing pods beat the deadline.
+    assert phase_of(revision(3, deadline_exceeded=True))[0] == "Healthy"
+    assert phase_of(revision(0, deadline_exceeded=True, failure=crash, failing_pods=1))[2] == (
+        "RevisionFailed"
+    )
+
+
+def test_a_revision_is_ready_when_all_its_updated_pods_are() -> None:
+    assert revision(3).ready
+    assert revision(4).ready
+    assert not revision(2).ready
+    assert not revision(0, replicas=0).ready, "no pods is not ready"
+    assert not revision(3, updated_replicas=2).ready, "an old pod among them"
+    assert not revision(3, up_to_date=False).ready, "the Deployment controller has not caught up"
+
+
+def test_a_revision_has_failed_only_when_none_of_its_pods_is_ready() -> None:
+    crash = failure()
+    assert revision(0, failure=crash).failed
+    assert not revision(1, failure=crash).failed
+    assert not revision(0).failed
