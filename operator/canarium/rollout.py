@@ -499,14 +499,16 @@ class _Machine:
         gives the canary weight only once it has a ready pod)."""
         canary_ready = self.ready_count(canary)
         stable_ready = self.ready_count(stable)
+        route = weight
         if self.inp.router == "gatewayAPI":
-            route = weight if canary and canary_ready > 0 else 0
-            if stable_ready == 0 and canary_ready > 0:
+            # Exact weights, but never to a side without a ready pod while the other has one.
+            if canary_ready == 0:
+                route = 0
+            elif stable_ready == 0:
                 route = 100
-            eff_canary = float(route) if (stable_ready + canary_ready) else 0.0
-            eff_stable = 100.0 - eff_canary if (stable_ready + canary_ready) else 0.0
+            eff_canary = float(route) if stable_ready + canary_ready else 0.0
+            eff_stable = 100.0 - eff_canary if stable_ready + canary_ready else 0.0
         else:
-            route = weight
             eff_stable, eff_canary = effective_weights(stable_ready, canary_ready)
         self.status.stable = self.revision_status(
             stable, stable_version, stable_replicas, 100 - weight, eff_stable

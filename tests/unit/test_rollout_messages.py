@@ -29,7 +29,7 @@ from canarium.rollout import (
     split_replicas,
 )
 
-from tests.unit.operator_fixtures import NOW, mdep
+from tests.unit.operator_fixtures import NOW, crashloop_pod, mdep
 from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash, judgement
 
 V1, V2, V3 = ("iris-" + _hash(v) for v in ("1.0.0", "2.0.0", "3.0.0"))
@@ -733,6 +733,8 @@ def test_a_canary_not_created_yet_has_no_ready_pods() -> None:
     sim.generation += 1
     sim.reconcile()
     assert sim.status["canary"]["readyReplicas"] == 0
+    assert sim.status["canary"]["replicas"] == 1
+    assert sim.status["stable"]["replicas"] == 3
     assert sim.status["canary"]["effectiveWeight"] == 0.0
 
 
@@ -845,3 +847,67 @@ def test_a_revision_has_failed_only_when_none_of_its_pods_is_ready() -> None:
     assert revision(0, failure=crash).failed
     assert not revision(1, failure=crash).failed
     assert not revision(0).failed
+
+
+# --- The first revision, and revisions deleted by someone -----------------------------------
+def test_the_first_reconcile_of_a_new_model_deployment() -> None:
+    sim = Sim()  # one reconcile: the Deployment is not there yet
+    assert sim.phase == "Progressing"
+    assert sim.status["message"] == f"revision {V1} 0/4 ready"
+    assert sim.status["stable"] == {
+        "name": V1, "modelVersion": "1.0.0", "replicas": 4, "readyReplicas": 0, "weight": 100,
+        "effectiveWeight": 0.0,
+    }  # fmt: skip
+    assert sim.replicas_of("1.0.0") == 4
+    assert role(sim, V1) == "stable"
+
+
+def test_a_lost_status_is_rebuilt_from_what_is_observed() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.status = {}
+    sim.reconcile()
+    assert sim.phase == "Healthy"
+    assert sim.status["message"] == f"model 1.0.0 served by {V1}"
+    assert sim.status["stable"]["replicas"] == 4
+
+
+def test_a_promoted_revisions_deployment_deleted_during_its_bake_comes_back_and_bakes_on() -> None:
+    sim = Sim({**POLICY, "bake": "2m"})
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    del sim.deployments[V2]
+    sim.reconcile()
+    assert sim.replicas_of("2.0.0") == 4
+    assert sim.status["previous"]["name"] == V1
+    assert sim.condition("Ready")["reason"] == "Baking"
+
+
+def test_a_rollout_whose_stable_deployment_was_deleted_makes_the_canary_stable() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    del sim.deployments[V1]
+    sim.settle()
+    assert sim.status["stable"]["name"] == V2
+    assert "canary" not in sim.status
+    assert sim.phase == "Healthy"
+
+
+def test_what_replacing_a_stable_revision_that_never_started_says() -> None:
+    sim = Sim()
+    sim.not_ready.add(V1)
+    sim.pods[V1] = [crashloop_pod(V1)]
+    sim.settle()
+    v101 = "iris-" + _hash("1.0.1")
+    sim.release("1.0.1")
+    entry = next(h for h in sim.status["history"] if h["outcome"] == "Replaced")
+    assert (entry["revision"], entry["modelVersion"], entry["reason"]) == (
+        V1, "1.0.0", f"replaced by {v101} while its own pods failed to start",
+    )  # fmt: skip
+    assert (
+        "Normal", "Replaced",
+        f"{V1} cannot serve (its pods fail to start): {v101} (model 1.0.1) replaces it without "
+        "a canary",
+    ) in rollout_events(sim)  # fmt: skip
