@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from canarium.rollout import Event
+from canarium.api import Measurement
+from canarium.rollout import AnalysisRun, Event
 
-from tests.unit.test_rollout import POLICY, Sim, _hash
+from tests.unit.test_rollout import POLICY, Judgement, Sim, _hash
 
 BAKED = {**POLICY, "bake": "2m"}
 V1, V2 = "iris-" + _hash("1.0.0"), "iris-" + _hash("2.0.0")
@@ -278,3 +279,19 @@ def test_a_bake_end_time_without_a_previous_revision_is_dropped() -> None:
     sim.settle()
     assert sim.phase == "Healthy"
     assert "bakeUntil" not in sim.status
+
+
+def test_a_long_failed_bake_reason_is_cut_to_what_status_holds() -> None:
+    sim = _baking({**BAKED, "analysis": {**POLICY["analysis"], "failureLimit": 1}})
+    del sim.deployments[V1]
+    sim.tick(30)
+    failed = [
+        Measurement(check=f"custom{i}", value=1.0, threshold="<= 0.5", verdict="Failed",
+                    reason="x" * 100, time=sim.now)
+        for i in range(20)
+    ]  # fmt: skip
+    sim.reconcile(AnalysisRun(sim.now, Judgement("Failed", failed)))
+    assert sim.condition("Degraded")["reason"] == "BakeFailedPreviousGone"
+    reason = sim.status["history"][0]["reason"]
+    assert len(reason) == 1024
+    assert reason.startswith("failed its bake (analysis failed 1/1 intervals: custom0 1 (limit")
