@@ -18,11 +18,14 @@ from canarium.api import (
 from canarium.reconcile import rollout_input as make_input
 from canarium.rollout import (
     AnalysisRun,
+    Decision,
     PodFailure,
     RevisionObservation,
+    RevisionPlan,
     RolloutInput,
     analysis_due,
     decide,
+    keep_serving,
     next_analysis_at,
     parse_command,
     serving_phase,
@@ -911,3 +914,39 @@ def test_what_replacing_a_stable_revision_that_never_started_says() -> None:
         f"{V1} cannot serve (its pods fail to start): {v101} (model 1.0.1) replaces it without "
         "a canary",
     ) in rollout_events(sim)  # fmt: skip
+
+
+# --- Never nothing serving ------------------------------------------------------------------
+def test_keep_serving_keeps_the_revision_with_most_ready_pods() -> None:
+    spec = mdep("1.0.0").spec
+    revisions = {
+        name: RevisionObservation(
+            name=name, rev_hash=name, spec=spec, created_as=role_, replicas=3,
+            ready_replicas=ready, updated_replicas=3, up_to_date=True, deadline_exceeded=False,
+        )
+        for name, role_, ready in (("iris-a", "stable", 2), ("iris-b", "canary", 3),
+                                   ("iris-c", "canary", 0))
+    }  # fmt: skip
+
+    def decision(*plans: RevisionPlan, message: str = "rolling") -> Decision:
+        return Decision(
+            status=ModelDeploymentStatus(message=message), revisions=list(plans),
+            stable="iris-c", canary=None, route_canary_weight=0, reason="x",
+        )  # fmt: skip
+
+    kept = decision(RevisionPlan("iris-c", spec, 3, "stable"))
+    keep_serving(revisions, kept)
+    assert [(p.name, p.replicas, p.role) for p in kept.revisions] == [
+        ("iris-c", 3, "stable"), ("iris-b", 3, "canary"),
+    ]  # fmt: skip
+    assert kept.status.message == "rolling; iris-b keeps its 3 ready pod(s) until then"
+    # Planned at zero pods: it keeps the ones it has.
+    zero = decision(RevisionPlan("iris-b", spec, 0, "canary"), message="")
+    keep_serving(revisions, zero)
+    assert [(p.name, p.replicas) for p in zero.revisions] == [("iris-b", 3)]
+    assert zero.status.message == "; iris-b keeps its 3 ready pod(s) until then"
+    # A kept revision with ready pods: nothing to do.
+    fine = decision(RevisionPlan("iris-a", spec, 3, "stable"))
+    keep_serving(revisions, fine)
+    assert [(p.name, p.replicas) for p in fine.revisions] == [("iris-a", 3)]
+    assert fine.status.message == "rolling"
