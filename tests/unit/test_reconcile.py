@@ -408,6 +408,11 @@ def test_a_lost_stable_deployment_starts_over_from_the_spec_without_a_policy() -
     plan = reconcile(inp(v2))
     assert [k for k in kinds(plan.apply) if k[0] == "Deployment"] == [("Deployment", name_of(v2))]
     assert plan.status["stable"]["name"] == name_of(v2)
+    # Once the new revision is Ready, it is Healthy: its Deployment is the one observed.
+    plan = reconcile(inp(v2, observed(v2)))
+    assert plan.status["phase"] == "Healthy"
+    assert plan.status["stable"]["readyReplicas"] == 3
+    assert plan.status["stable"]["effectiveWeight"] == 100.0
 
 
 def test_a_lost_stable_deployment_starts_over_from_the_spec_with_a_policy() -> None:
