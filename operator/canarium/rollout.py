@@ -506,7 +506,7 @@ class _Machine:
                 route = 0
             elif stable_ready == 0:
                 route = 100
-            eff_canary = float(route) if stable_ready + canary_ready else 0.0
+            eff_canary = float(route)  # 0 when the canary has no ready pod
             eff_stable = 100.0 - eff_canary if stable_ready + canary_ready else 0.0
         else:
             eff_stable, eff_canary = effective_weights(stable_ready, canary_ready)

@@ -50,11 +50,12 @@ def test_a_failed_bake_without_its_previous_revision_is_degraded_never_healthy()
     degraded = sim.condition("Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"] == "BakeFailedPreviousGone"
-    assert (
+    assert degraded["message"] == (
         f"model 2.0.0 ({V2}) failed its bake (analysis failed 2/2 intervals: errorRate 0.3 "
         f"(limit <= 0.05): too many errors); the previous revision {V1} (model 1.0.0) is gone "
-        "and cannot be restored. It keeps serving all traffic"
-    ) in degraded["message"]
+        "and cannot be restored. It keeps serving all traffic: apply a fixed version, or revert "
+        "the spec to roll the previous version out again."
+    )
     assert sim.condition("Ready")["status"] == "False"
     warning = _event(sim, "BakeFailedPreviousGone")
     assert warning.type == "Warning"
@@ -138,8 +139,10 @@ def test_abort_during_a_bake_rolls_back_to_the_previous_revision() -> None:
     assert sim.phase == "Degraded"
     degraded = sim.condition("Degraded")
     assert degraded["reason"] == "Aborted"
-    assert "aborted by a person during its bake" in degraded["message"]
-    assert f"Traffic is on {V1} (model 1.0.0)" in degraded["message"]
+    assert degraded["message"] == (
+        f"model 2.0.0 ({V2}) was aborted: aborted by a person during its bake. Traffic is on "
+        f"{V1} (model 1.0.0). Revert the spec, apply a new version, or `kubectl canarium retry`."
+    )
     assert sim.status["stable"]["name"] == V1
     assert sim.status["canary"]["name"] == V2
     assert sim.status["canary"]["weight"] == 0
@@ -203,8 +206,12 @@ def test_a_paused_bake_does_not_complete() -> None:
         assert sim.replicas_of("1.0.0") == 0
         assert sim.condition("Ready")["status"] == "True", "the promoted version serves"
         assert sim.condition("Progressing")["status"] == "True"
-    assert "bake is paused" in sim.status["message"]
+    assert sim.status["message"] == (
+        f"model 2.0.0 promoted; its bake is paused ({V1} kept scaled down): it starts again, in "
+        "full, when resumed"
+    )
     # Resumed: the bake runs again, its full two minutes from now.
+    sim.tick(30)
     del sim.annotations["canarium.dev/paused"]
     plan = sim.reconcile()
     assert sim.phase == "Progressing"
@@ -295,3 +302,22 @@ def test_a_long_failed_bake_reason_is_cut_to_what_status_holds() -> None:
     reason = sim.status["history"][0]["reason"]
     assert len(reason) == 1024
     assert reason.startswith("failed its bake (analysis failed 1/1 intervals: custom0 1 (limit")
+
+
+def test_the_bake_wakes_itself_at_its_end() -> None:
+    sim = _baking()
+    sim.tick(100)
+    plan = sim.analyse("Passed")
+    assert plan.requeue_after == 20, "the bake ends before the next interval is due"
+
+
+def test_an_autoscaled_bake_gives_the_previous_revision_no_autoscaler() -> None:
+    serving = {"replicas": 4, "autoscaling": {"minReplicas": 2, "maxReplicas": 8}}
+    sim = Sim(BAKED, serving=serving)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.walk_to_promotion()
+    sim.tick(10)
+    sim.settle()
+    assert sim.hpas == {V2}
+    assert sim.replicas_of("1.0.0") == 0

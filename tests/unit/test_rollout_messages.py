@@ -253,7 +253,11 @@ def test_what_promote_and_retry_say() -> None:
     sim.annotations["canarium.dev/command"] = "abort@2"
     sim.settle()
     sim.annotations["canarium.dev/command"] = "retry@3"
+    sim.events.clear()
     sim.settle()
+    assert ("Normal", "RolloutStarted", f"canary {V3} (model 3.0.0): step 1/3 (setWeight 20)") in (
+        rollout_events(sim)
+    )
     assert ("Normal", "RolloutRetried", f"retrying {V3} from the first step") in rollout_events(sim)
     sim.annotations["canarium.dev/command"] = "promote-full@4"
     sim.settle()
@@ -680,6 +684,7 @@ def test_an_autoscaled_canary_is_sized_from_the_stables_current_size() -> None:
     sim.deployments[V1]["spec"]["replicas"] = 1  # the HPA scaled it down
     sim.release("2.0.0")
     assert sim.replicas_of("2.0.0") == 1
+    assert (sim.phase, sim.status["currentStep"]) == ("Paused", 1), "its one pod is enough"
 
 
 def test_an_autoscaled_canary_of_a_stable_at_zero_pods_is_sized_from_the_spec() -> None:
@@ -781,8 +786,13 @@ def test_a_kept_canary_serves_through_its_service_and_route_until_stable_is_read
     sim.settle()
     sim.not_ready.add(V1)
     sim.release("2.0.0")
-    sim.release("1.0.0")
+    sim.version = "1.0.0"
+    sim.generation += 1
+    sim.reconcile()
+    assert sim.status["stable"]["replicas"] == 4, "back to its full size at once"
+    sim.settle()
     assert sim.status["message"] == f"revision {V1} 0/4 ready; {V2} serves until then"
+    assert role(sim, V2) == "canary"
     assert sim.last is not None
     services = {m["metadata"]["name"]: m for m in sim.last.apply if m["kind"] == "Service"}
     assert services["iris-canary"]["spec"]["selector"]["canarium.dev/revision"] == _hash("2.0.0")
@@ -882,6 +892,7 @@ def test_a_promoted_revisions_deployment_deleted_during_its_bake_comes_back_and_
     sim.walk_to_promotion()
     del sim.deployments[V2]
     sim.reconcile()
+    assert sim.status["stable"]["replicas"] == 4
     assert sim.replicas_of("2.0.0") == 4
     assert sim.status["previous"]["name"] == V1
     assert sim.condition("Ready")["reason"] == "Baking"
@@ -950,3 +961,98 @@ def test_keep_serving_keeps_the_revision_with_most_ready_pods() -> None:
     keep_serving(revisions, fine)
     assert [(p.name, p.replicas) for p in fine.revisions] == [("iris-a", 3)]
     assert fine.status.message == "rolling"
+
+
+def test_a_stable_revision_without_ready_pods_says_how_many_it_waits_for() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.settle()
+    assert sim.status["message"] == f"revision {V1} 0/4 ready"
+
+
+def test_an_inconclusive_limit_of_1_pauses_at_the_first_inconclusive_interval() -> None:
+    policy = {**POLICY, "analysis": {**POLICY["analysis"], "inconclusiveLimit": 1}}
+    sim = Sim(policy)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(30)
+    sim.analyse("Inconclusive", None)
+    assert sim.phase == "Paused"
+
+
+def test_a_first_snapshot_is_not_a_judged_interval() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.tick(5)
+    sim.reconcile(AnalysisRun(sim.now, None))
+    sim.tick(60)
+    sim.settle()
+    assert sim.status["currentStep"] == 1
+    assert sim.status["message"].endswith("; holding for a first analysis interval")
+
+
+def test_a_canary_at_weight_0_is_not_analysed_even_with_ready_pods() -> None:
+    """A canary kept serving after a revert, asked for again under a policy that starts with
+    a pause: it takes no traffic, so there is nothing to measure and nothing to wake for."""
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    sim.policy = RolloutPolicySpec.model_validate(
+        {"steps": [{"pause": {}}, {"setWeight": 100}], "analysis": POLICY["analysis"]}
+    )
+    sim.version = "2.0.0"
+    sim.generation += 1
+    plan = sim.reconcile()
+    assert sim.status["canary"]["weight"] == 0
+    assert plan.requeue_after is None
+
+
+AUTOSCALED_SMALL = {"serving": {"replicas": 4, "autoscaling": {"minReplicas": 1, "maxReplicas": 8}}}
+
+
+def test_a_rolled_back_canary_never_gets_an_autoscaler() -> None:
+    sim = Sim(**AUTOSCALED_SMALL)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.not_ready.add(V1)
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert sim.phase == "Degraded"
+    assert sim.hpas == {V1}
+    assert sim.replicas_of("2.0.0") == 1, "it alone serves until the stable has a ready pod"
+
+
+def test_a_kept_canary_never_gets_an_autoscaler() -> None:
+    sim = Sim(**AUTOSCALED_SMALL)
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.release("2.0.0")
+    sim.release("1.0.0")
+    assert V2 in sim.deployments
+    assert sim.hpas == {V1}
+
+
+def test_a_rolled_back_canarys_deployment_deleted_by_someone_stays_at_zero() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.settle()
+    sim.not_ready.add(V1)
+    del sim.deployments[V2]
+    sim.reconcile()
+    assert sim.phase == "Degraded"
+    assert sim.replicas_of("2.0.0") == 0
+
+
+def test_a_single_ready_stable_pod_is_enough_to_scale_a_rolled_back_canary_to_zero() -> None:
+    sim = Sim(replicas=1)
+    sim.settle()
+    sim.release("2.0.0")
+    sim.annotations["canarium.dev/command"] = "abort@1"
+    sim.reconcile()
+    assert sim.replicas_of("2.0.0") == 0
