@@ -1056,3 +1056,17 @@ def test_a_single_ready_stable_pod_is_enough_to_scale_a_rolled_back_canary_to_ze
     sim.annotations["canarium.dev/command"] = "abort@1"
     sim.reconcile()
     assert sim.replicas_of("2.0.0") == 0
+
+
+def test_a_revert_that_keeps_the_canary_sets_the_stable_back_to_full_size_at_once() -> None:
+    sim = Sim()
+    sim.settle()
+    sim.not_ready.add(V1)
+    sim.release("2.0.0")
+    assert sim.replicas_of("1.0.0") == 3
+    sim.version = "1.0.0"
+    sim.generation += 1
+    sim.reconcile()
+    assert sim.status["canary"]["name"] == V2, "kept: the stable revision has no ready pod"
+    assert sim.status["stable"]["replicas"] == 4
+    assert sim.replicas_of("1.0.0") == 4
