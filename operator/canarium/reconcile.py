@@ -254,13 +254,55 @@ def replace_decision(inp: ReconcileInput) -> Decision:
     )
 
 
+def policy_hold_decision(inp: ReconcileInput) -> Decision | None:
+    """The referenced RolloutPolicy is missing or invalid while a stable revision serves and a
+    new one is asked for: nothing moves until the policy is back (its watch event wakes the
+    ModelDeployment). A canary keeps its pods, its weight and its step; a new version waits.
+    A missing policy never promotes an unjudged canary (GitOps tools may apply a
+    ModelDeployment before the policy it names). None: nothing to hold."""
+    mdep = inp.mdep
+    if not inp.policy_error or mdep.spec.rollout is None:
+        return None
+    status = mdep.status.model_copy(deep=True)
+    desired = revision_name(mdep.metadata.name, revision_hash(mdep.spec))
+    stable = status.stable.name if status.stable else None
+    stable_obs = inp.revisions.get(stable) if stable else None
+    if stable is None or stable_obs is None or stable_obs.spec is None or stable == desired:
+        return None
+    assert status.stable is not None
+    plans = [RevisionPlan(stable, stable_obs.spec, status.stable.replicas, "stable")]
+    canary = status.canary.name if status.canary else None
+    canary_obs = inp.revisions.get(canary) if canary else None
+    weight = 0
+    if status.canary is not None and canary_obs is not None and canary_obs.spec is not None:
+        plans.append(RevisionPlan(str(canary), canary_obs.spec, status.canary.replicas, "canary"))
+        weight = status.canary.weight or 0
+    else:
+        canary = None
+        status.message = f"model {mdep.spec.model.version} waits for it"
+        status.phase = "Progressing"
+    if status.previous is not None and status.previous.name:
+        prev_obs = inp.revisions.get(status.previous.name)
+        if prev_obs is not None and prev_obs.spec is not None:
+            plans.append(RevisionPlan(status.previous.name, prev_obs.spec, 0, "previous"))
+    return Decision(
+        status=status,
+        revisions=plans,
+        stable=stable,
+        canary=canary,
+        route_canary_weight=weight,
+        reason="PolicyNotFound",
+    )
+
+
 def reconcile(inp: ReconcileInput) -> Plan:
     """The plan for one ModelDeployment: children to apply and delete, the new status, events."""
     mdep = inp.mdep
     name = mdep.metadata.name
     old = mdep.status
     r_inp = rollout_input(inp)
-    decision = decide(r_inp) if r_inp is not None else replace_decision(inp)
+    held = policy_hold_decision(inp) if r_inp is None else None
+    decision = decide(r_inp) if r_inp is not None else held or replace_decision(inp)
     status = decision.status
     plan = Plan(events=list(decision.events), requeue_after=decision.requeue_after)
 
@@ -316,9 +358,13 @@ def reconcile(inp: ReconcileInput) -> Plan:
     status.observed_generation = mdep.metadata.generation
     reason = decision.reason
     if inp.policy_error and mdep.spec.rollout is not None:
-        status.message = f"{inp.policy_error}; new revisions replace the old once Ready. " + (
-            status.message or ""
-        )
+        if held:
+            then = "the rollout holds"
+        elif mdep.status.stable is not None:
+            then = "a new version waits for it"
+        else:
+            then = "the first revision is served without it"
+        status.message = f"{inp.policy_error}; {then}. " + (status.message or "")
         # "RolloutPolicy 'x' not found", or "RolloutPolicy 'x' is invalid: <validation error>":
         # that error quotes the user's values (any text) and ends with its own last line.
         missing = inp.policy_error.endswith(" not found")

@@ -21,7 +21,10 @@ When the previous revision is gone, a failure leaves the promoted one serving bu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -38,6 +41,7 @@ from canarium.api import (
     RolloutPolicySpec,
     Verdict,
 )
+from canarium.api.rolloutpolicy import RolloutStep
 from canarium.api.status import MAX_HISTORY
 
 ANNOTATION_COMMAND = "canarium.dev/command"  # "<verb>@<id>": promote, promote-full, abort, retry
@@ -311,6 +315,12 @@ def serving_phase(
     if observed is not None and observed.failure is not None:
         status.message += f"; {observed.failure.describe()}"
     return "ReplicasNotReady"
+
+
+def steps_hash(steps: Sequence[RolloutStep]) -> str:
+    """A short hash of a policy's steps: status.stepsHash, to notice them changing mid-rollout."""
+    data = json.dumps([step.model_dump(mode="json") for step in steps], sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def analysis_due(inp: RolloutInput) -> bool:
@@ -732,6 +742,16 @@ class _Machine:
         elif verb == "retry" and status.phase == "Degraded":
             self.event("Normal", "RolloutRetried", f"retrying {canary} from the first step")
             self.start(canary)
+        elif status.steps_hash is None:
+            # Rolling out under an operator that kept no hash: its steps are the current ones.
+            status.steps_hash = steps_hash(steps)
+        elif status.steps_hash != steps_hash(steps) and status.current_step is not None:
+            # As Argo Rollouts does when a canary's steps change: the new steps from the
+            # first, with the same canary (an old index could point past the new steps).
+            self.event(
+                "Normal", "StepsChanged", f"the policy's steps changed: {canary} starts them again"
+            )
+            self.start(canary)
         aborted = self.is_rolled_back(canary)
         if not aborted and verb == "abort":
             return self.rollback(stable, stable_spec, canary, "Aborted", "aborted by a person")
@@ -880,6 +900,7 @@ class _Machine:
 
     def start(self, canary: str) -> None:
         status = self.status
+        status.steps_hash = steps_hash(self.inp.policy.steps)
         status.current_step = 0
         status.step_started_at = self.inp.now
         status.analysis = None

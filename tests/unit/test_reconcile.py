@@ -344,13 +344,13 @@ def _healthy(version: str = "1.0.0", **spec: object) -> ModelDeployment:
     return with_status(obj, reconcile(inp(obj, observed(obj))).status)
 
 
-def test_a_missing_policy_is_reported_and_new_versions_replace_the_old_once_ready() -> None:
+def test_a_missing_policy_is_reported_and_a_new_version_waits_for_it() -> None:
     v1 = _healthy(rollout={"policyRef": {"name": "safe"}})
     error = "RolloutPolicy 'safe' not found"
     plan = reconcile(inp(v1, observed(v1), policy_error=error))
     assert plan.status["phase"] == "Healthy"
     assert plan.status["message"] == (
-        f"RolloutPolicy 'safe' not found; new revisions replace the old once Ready. "
+        f"RolloutPolicy 'safe' not found; a new version waits for it. "
         f"model 1.0.0 served by {name_of(v1)}"
     )
     conditions = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
@@ -359,14 +359,16 @@ def test_a_missing_policy_is_reported_and_new_versions_replace_the_old_once_read
         "Progressing": ("False", "PolicyNotFound"),
         "Degraded": ("False", "PolicyNotFound"),
     }
-    # A new version still rolls out, without a canary: beside the old one at full size.
+    # A new version is not started without its policy (tests/unit/test_policy_changes.py).
     v2 = with_status(
         mdep("2.0.0", generation=2, rollout={"policyRef": {"name": "safe"}}), plan.status
     )
-    plan = reconcile(inp(v2, observed(v1), observed(v2, ready=0), policy_error=error))
-    assert kinds(plan.apply)[:2] == [("Deployment", name_of(v1)), ("Deployment", name_of(v2))]
-    assert [m["spec"]["replicas"] for m in plan.apply[:2]] == [3, 3]
+    plan = reconcile(inp(v2, observed(v1), policy_error=error))
+    assert [m["metadata"]["name"] for m in plan.apply if m["kind"] == "Deployment"] == [name_of(v1)]
     assert plan.status["phase"] == "Progressing"
+    assert plan.status["message"] == (
+        "RolloutPolicy 'safe' not found; the rollout holds. model 2.0.0 waits for it"
+    )
     assert plan.status["conditions"][1]["reason"] == "PolicyNotFound"
 
 
@@ -375,7 +377,7 @@ def test_an_invalid_policy_is_reported_as_invalid() -> None:
     error = "RolloutPolicy 'safe' is invalid: 1 validation error for RolloutPolicySpec\nsteps\n..."
     plan = reconcile(inp(v1, observed(v1), policy_error=error))
     assert {c["reason"] for c in plan.status["conditions"]} == {"PolicyInvalid"}
-    assert plan.status["message"].startswith(f"{error}; new revisions replace the old once Ready. ")
+    assert plan.status["message"].startswith(f"{error}; a new version waits for it. ")
 
 
 def test_an_invalid_policy_whose_bad_value_reads_not_found_is_still_invalid() -> None:

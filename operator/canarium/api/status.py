@@ -109,7 +109,9 @@ class HistoryEntry(StatusModel):
         description="Programmatic identifier (CamelCase) of why a revision was rolled back or "
         "aborted, the Degraded condition's reason: AnalysisFailed, ProgressDeadlineExceeded, "
         "ModelLoadFailed (its model could not be fetched, verified or loaded), RevisionFailed "
-        "(its pods did not start), Aborted.",
+        "(its pods did not start), Aborted, SpecReverted (the spec went back to the stable "
+        "version mid-rollout), BakeFailedPreviousGone (on a promotion: its bake failed with "
+        "the previous revision gone).",
     )
 
 
@@ -144,6 +146,12 @@ class ModelDeploymentStatus(StatusModel):
     )
     step_started_at: datetime | None = Field(
         None, description="When the current step started (pause durations count from here)."
+    )
+    steps_hash: str | None = Field(
+        None,
+        max_length=64,
+        description="Hash of the policy's steps the rollout follows: when the steps change "
+        "mid-rollout, the rollout starts the new steps from the first, with the same canary.",
     )
     pause_reason: str | None = Field(
         None, max_length=1024, description="Why the rollout is paused, when phase is Paused."
