@@ -1,6 +1,6 @@
 """The parts of a rollout's life beyond its steps, on the real node: the bake after promotion
 (passed and failed), `initialDelay` before the first judgement, a retry after an analysis
-rollback that starts clean."""
+rollback that starts clean, and a RolloutPolicy that changes or disappears mid-rollout."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.cluster import Cluster, wait_until
 from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
-from tests.e2e.models import E2EModels
+from tests.e2e.models import E2EModels, in_configmap, model_deployment
 from tests.e2e.test_rollout import (
     NAME,
     canary_cli,
@@ -21,6 +21,7 @@ from tests.e2e.test_rollout import (
     endpoint_revisions,
     events,
     failed,
+    pods_of,
     policy,
     start_v1,
     status,
@@ -229,3 +230,100 @@ def test_retry_after_an_analysis_rollback_starts_clean(
     assert held["analysis"]["lastVerdict"] == "Inconclusive"
     assert held["stable"]["name"] == stable
     assert "RolloutRetried" in events(cluster, namespace)
+
+
+def rollout_policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "canarium.dev/v1alpha1",
+        "kind": "RolloutPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def test_a_policy_changed_or_deleted_mid_rollout(
+    cluster: Cluster,
+    namespace: str,
+    operator: InstalledOperator,
+    models: E2EModels,
+    load: Callable[..., LoadGenerator],
+) -> None:
+    """At 25% behind a pause for a person, the ModelDeployment is pointed at another
+    RolloutPolicy: the rollout starts that policy's steps from the first (as Argo Rollouts
+    does when a canary's steps change), with the same canary. While the referenced policy
+    does not exist the rollout holds where it is: a missing policy never promotes an unjudged
+    canary."""
+    manual = policy(steps=[{"setWeight": 25}, {"pause": {}}, {"setWeight": 100}])
+    del manual["analysis"]
+    fast = policy(
+        steps=[
+            {"setWeight": 50},
+            {"pause": {"duration": "10s"}},
+            {"setWeight": 75},
+            {"pause": {"duration": "4s"}},
+            {"setWeight": 100},
+        ]
+    )
+    del fast["analysis"]
+    cluster.apply([rollout_policy("manual", manual), rollout_policy("fast", fast)], namespace)
+    v1 = in_configmap(cluster, namespace, models.good_v1)
+    v2 = in_configmap(cluster, namespace, models.good_v2)
+
+    def apply(model: Any, version: str, ref: str) -> None:
+        cluster.apply(
+            model_deployment(
+                NAME, model, version=version, replicas=4, rollout={"policyRef": {"name": ref}}
+            ),
+            namespace,
+        )
+
+    apply(v1, "1.0.0", "manual")
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", f"mdep/{NAME}", "-n", namespace, "--timeout=120s",
+        timeout=130,
+    )  # fmt: skip
+    stable = status(cluster, namespace)["stable"]["name"]
+    traffic = load(NAME, models.x, rate=30, duration=200)
+    traffic.start()
+    apply(v2, "2.0.0", "manual")
+    paused = wait_status(cluster, namespace, lambda s: s.get("phase") == "Paused", "paused")
+    canary = paused["canary"]["name"]
+    assert paused["canary"]["weight"] == 25
+
+    # The referenced policy disappears: nothing moves.
+    cluster.kubectl("delete", "rolloutpolicy", "manual", "-n", namespace)
+    apply(v2, "2.0.0", "missing")
+    held = wait_status(
+        cluster,
+        namespace,
+        lambda s: condition(s, "Progressing").get("reason") == "PolicyNotFound",
+        "PolicyNotFound",
+    )
+    for _ in range(10):
+        now = status(cluster, namespace)
+        assert now["stable"]["name"] == stable, now
+        assert (now.get("canary") or {}).get("name") == canary, now
+        assert now["canary"]["weight"] == 25, now
+        assert "missing" in now["message"], now
+        time.sleep(1)
+    assert deployment_replicas(cluster, namespace, stable) == 3, held
+    assert deployment_replicas(cluster, namespace, canary) == 1, held
+
+    # Another policy: its steps from the first, the same canary, on to promotion.
+    apply(v2, "2.0.0", "fast")
+    seen: list[int] = []
+
+    def progress(st: dict[str, Any]) -> bool:
+        weight = (st.get("canary") or {}).get("weight")
+        if weight is not None and weight not in seen:
+            seen.append(weight)
+        return st.get("phase") == "Healthy" and st["stable"]["modelVersion"] == "2.0.0"
+
+    final = wait_status(cluster, namespace, progress, "promoted under the new policy", timeout=90)
+    assert 50 in seen, seen
+    assert 75 in seen, seen
+    assert final["stable"]["name"] == canary, "the same canary, not a new revision"
+    assert final["history"][0]["outcome"] == "Promoted"
+    wait_until(lambda: not pods_of(cluster, namespace, stable), timeout=60, what="v1 pods gone")
+    traffic.stop()
+    assert not failed(traffic), failed(traffic)[:10]
