@@ -360,8 +360,9 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except KubeError as exc:
-                if exc.namespace_terminating:
-                    log.debug("%s/%s: its namespace is being deleted", *key)
+                if exc.namespace_gone or key not in self.mdeps:
+                    # Its namespace or itself was deleted meanwhile: nothing left to converge.
+                    log.debug("%s/%s is being deleted: %s", *key, exc)
                     self._failures.pop(key, None)
                     continue
                 self._retry(key, exc)
@@ -530,7 +531,7 @@ class Controller:
             try:
                 await self.kube.event(body, event.type, event.reason, event.message)
             except KubeError as exc:  # an event is not worth a retry of the whole reconcile
-                if not exc.namespace_terminating:
+                if not exc.namespace_gone:
                     log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
         if plan.requeue_after is not None:
             self.enqueue_after(key, plan.requeue_after)

@@ -35,10 +35,18 @@ PLURALS: dict[tuple[str, str], str] = {
 
 class KubeError(Exception):
     @property
-    def namespace_terminating(self) -> bool:
-        """The namespace is being deleted: nothing new can be made there, and GC will remove
-        what is left. Not worth a retry."""
-        return self.status == 403 and "is being terminated" in self.body
+    def namespace_gone(self) -> bool:
+        """The namespace is being deleted, or is gone: nothing new can be made there, and GC
+        removes what is left. Not worth a retry."""
+        if self.status == 403:
+            return "is being terminated" in self.body
+        if self.status == 404:
+            try:
+                details = json.loads(self.body).get("details") or {}
+            except (ValueError, AttributeError):
+                return False
+            return isinstance(details, dict) and details.get("kind") == "namespaces"
+        return False
 
     def __init__(self, status: int, reason: str, body: str) -> None:
         self.status = status

@@ -79,16 +79,38 @@ def crds(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed_operator(cluster: Cluster) -> Iterator[InstalledOperator]:
+def installed_operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InstalledOperator]:
     """manifests/install applied unchanged: the operator image in a pod under its
     ServiceAccount, watching every namespace; removed at the end unless it was there before."""
     installed = InstalledOperator(cluster)
     try:
         yield installed.install()
         logs = installed.all_logs()
-        assert "Traceback" not in logs, f"the operator logged a traceback:\n{logs[-5000:]}"
+        kept = tmp_path_factory.mktemp("operator") / "operator.log"
+        kept.write_text(logs)
+        tracebacks = traceback_blocks(logs)
+        assert not tracebacks, (
+            f"the operator logged {len(tracebacks)} traceback(s) (whole log: {kept}):\n"
+            + "\n\n".join(tracebacks)
+        )
     finally:
         installed.uninstall()
+
+
+def traceback_blocks(log: str, before: int = 3) -> list[str]:
+    """Each traceback in a log with the lines that led to it, up to the next log record."""
+    lines = log.splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        end = i + 1
+        while end < len(lines) and not re.match(r"\d{4}-\d\d-\d\d |\[\d{4}-", lines[end]):
+            end += 1
+        blocks.append("\n".join(lines[max(0, i - before) : end]))
+    return blocks
 
 
 @pytest.fixture

@@ -257,28 +257,46 @@ def test_a_conflict_is_retried_soon_and_is_not_counted_as_an_error() -> None:
     assert _counter(metrics.RECONCILE_ERRORS, "ModelDeployment") == errors_before + 1
 
 
-def test_a_terminating_namespace_is_not_retried_but_other_forbidden_errors_are() -> None:
+def test_a_deleted_namespace_or_object_is_not_retried_but_other_errors_are() -> None:
     controller, _ = _controller()
+    controller.on_mdep("ADDED", _body())
     timers = _record_timers(controller)
-    controller._failures[KEY] = 3
+
+    def outcome(error: KubeError) -> list[tuple[Key, float]]:
+        timers.clear()
+        controller._failures[KEY] = 3
+
+        async def reconcile(key: Key) -> None:
+            raise error
+
+        _run_worker(controller, reconcile, KEY)
+        return list(timers)
+
     terminating = KubeError(403, "Forbidden", TERMINATING)
-    assert terminating.namespace_terminating
-
-    async def reconcile(key: Key) -> None:
-        raise terminating
-
-    _run_worker(controller, reconcile, KEY)
-    assert timers == []
+    assert terminating.namespace_gone
+    assert outcome(terminating) == []
     assert KEY not in controller._failures
+    gone = KubeError(
+        404,
+        "Not Found",
+        json.dumps({"message": 'namespaces "ml" not found', "details": {"kind": "namespaces"}}),
+    )
+    assert gone.namespace_gone
+    assert outcome(gone) == []
 
+    # Anything else is retried with backoff: RBAC refusing, a resource that is not served.
     forbidden = KubeError(403, "Forbidden", json.dumps({"message": "RBAC says no"}))
-    assert not forbidden.namespace_terminating
+    assert not forbidden.namespace_gone
+    assert outcome(forbidden) == [(KEY, 8.0)]
+    missing = KubeError(404, "Not Found", json.dumps({"details": {"kind": "httproutes"}}))
+    assert not missing.namespace_gone
+    assert not KubeError(404, "Not Found", "not json").namespace_gone
+    assert outcome(missing) == [(KEY, 8.0)]
 
-    async def rbac(key: Key) -> None:
-        raise forbidden
-
-    _run_worker(controller, rbac, KEY)
-    assert timers == [(KEY, 1.0)]
+    # The ModelDeployment itself deleted while it was reconciled: dropped, whatever the error.
+    controller.on_mdep("DELETED", _body("11"))
+    assert outcome(forbidden) == []
+    assert KEY not in controller._failures
 
 
 # --- watch events -----------------------------------------------------------------------------
