@@ -30,6 +30,7 @@ from canarium.api import MetricsProvider, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
 from canarium.reconcile import (
+    ChildRef,
     Plan,
     ReconcileInput,
     observe_deployment,
@@ -43,7 +44,9 @@ from canarium.render import (
     MANAGER,
     hash_of_revision,
 )
+from canarium.resources import CORE_CHILDREN
 from canarium.rollout import AnalysisRun, analysis_due
+from canarium.routers import ROUTER_RESOURCES
 from canarium.settings import Settings
 
 log = logging.getLogger("canarium.controller")
@@ -52,11 +55,10 @@ Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 ANNOTATION_APPLIED = "canarium.dev/applied-hash"
 MDEP = ("canarium.dev/v1alpha1", "ModelDeployment")
 POLICY = ("canarium.dev/v1alpha1", "RolloutPolicy")
-CHILD_KINDS = (
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),  # only where the Gateway API is installed
+# What the operator makes: the revisions, their autoscalers, the Services, and whatever the
+# traffic routers make (an HTTPRoute exists only where the Gateway API is installed).
+CHILD_KINDS = tuple(
+    (resource.api_version, resource.kind) for resource in (*CORE_CHILDREN, *ROUTER_RESOURCES)
 )
 MAX_BACKOFF = 300.0
 
@@ -422,10 +424,16 @@ class Controller:
             for name, dep in self.children["Deployment"].get(key, {}).items()
         }
         hpas = frozenset(self.children["HorizontalPodAutoscaler"].get(key, {}))
+        routed = frozenset(
+            ChildRef(resource.api_version, resource.kind, name)
+            for resource in ROUTER_RESOURCES
+            for name in self.children[resource.kind].get(key, {})
+        )
         return ReconcileInput(
             mdep=mdep,
             revisions=revisions,
             hpas=hpas,
+            routed=routed,
             now=self.clock(),
             settings=self.settings,
             policy=policy,

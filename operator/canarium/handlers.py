@@ -15,6 +15,8 @@ import kopf
 from canarium.controller import Controller
 from canarium.kube import Kube
 from canarium.render import LABEL_MANAGED_BY, MANAGER
+from canarium.resources import CORE_CHILDREN
+from canarium.routers import ROUTER_RESOURCES
 from canarium.settings import Settings
 
 GROUP, VERSION = "canarium.dev", "v1alpha1"
@@ -73,11 +75,9 @@ def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
 
 
 # The children the operator makes: every event of one goes to its ModelDeployment.
-CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("gateway.networking.k8s.io", "v1", "httproutes"),  # where the Gateway API is installed
+CHILDREN = tuple(
+    (resource.group, resource.version, resource.plural)
+    for resource in (*CORE_CHILDREN, *ROUTER_RESOURCES)  # an HTTPRoute: where the API is installed
 )
 
 

@@ -19,17 +19,20 @@ from typing import Any
 from kubernetes import client, config
 
 from canarium.render import MANAGER
+from canarium.resources import CORE_CHILDREN, EVENT, MODEL_DEPLOYMENT, POD, ROLLOUT_POLICY
+from canarium.routers import ROUTER_RESOURCES
 
 # apiVersion/kind -> plural, for the kinds the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
-    ("apps/v1", "Deployment"): "deployments",
-    ("v1", "Service"): "services",
-    ("v1", "Pod"): "pods",
-    ("v1", "Event"): "events",
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
-    ("canarium.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
-    ("canarium.dev/v1alpha1", "RolloutPolicy"): "rolloutpolicies",
+    (resource.api_version, resource.kind): resource.plural
+    for resource in (
+        *CORE_CHILDREN,
+        *ROUTER_RESOURCES,
+        POD,
+        EVENT,
+        MODEL_DEPLOYMENT,
+        ROLLOUT_POLICY,
+    )
 }
 
 

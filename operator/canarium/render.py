@@ -93,9 +93,10 @@ def owner_reference(mdep: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def _metadata(
+def object_metadata(
     mdep: ModelDeployment, name: str, labels: dict[str, str] | None = None
 ) -> dict[str, Any]:
+    """The metadata of every object made for a ModelDeployment: owned by it, labelled as ours."""
     return {
         "name": name,
         "namespace": mdep.metadata.namespace,
@@ -241,7 +242,7 @@ def render_revision(
     }
     if replicas is not None:
         deployment_spec["replicas"] = replicas
-    metadata = _metadata(mdep, revision, {LABEL_REVISION: rev_hash, LABEL_ROLE: role})
+    metadata = object_metadata(mdep, revision, {LABEL_REVISION: rev_hash, LABEL_ROLE: role})
     metadata["annotations"] = {
         ANNOTATION_MODEL_VERSION: model.version,
         ANNOTATION_CREATED_AS: created_as,
@@ -270,7 +271,7 @@ def _service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(mdep, name, {LABEL_ROLE: role}),
+        "metadata": object_metadata(mdep, name, {LABEL_ROLE: role}),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
@@ -314,7 +315,7 @@ def render_hpa(mdep: ModelDeployment, rev_hash: str) -> dict[str, Any] | None:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(mdep, revision, {LABEL_REVISION: rev_hash}),
+        "metadata": object_metadata(mdep, revision, {LABEL_REVISION: rev_hash}),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": revision},
             "minReplicas": autoscaling.min_replicas,
@@ -332,69 +333,4 @@ def render_hpa(mdep: ModelDeployment, rev_hash: str) -> dict[str, Any] | None:
                 }
             ],
         },
-    }
-
-
-def render_httproute(
-    mdep: ModelDeployment, canary_weight: int, has_canary: bool
-) -> dict[str, Any] | None:
-    """The Gateway API HTTPRoute of router gatewayAPI: exact weights between the stable and
-    canary Services, an optional header match that always reaches the canary (A/B), and an
-    optional mirror of stable traffic to the canary (shadow)."""
-    gateway = mdep.spec.traffic.gateway_api
-    if gateway is None:  # set exactly when the router is gatewayAPI (TrafficSpec validates it)
-        return None
-    _, stable, canary = service_names(mdep.metadata.name)
-    parent_refs = []
-    for ref in gateway.parent_refs:
-        parent: dict[str, Any] = {"name": ref.name}
-        if ref.namespace:
-            parent["namespace"] = ref.namespace
-        if ref.section_name:
-            parent["sectionName"] = ref.section_name
-        parent_refs.append(parent)
-
-    def backend(name: str, weight: int) -> dict[str, Any]:
-        return {"kind": "Service", "name": name, "port": SERVICE_PORT, "weight": weight}
-
-    main_rule: dict[str, Any] = {
-        "backendRefs": [backend(stable, 100 - canary_weight), backend(canary, canary_weight)]
-    }
-    rules: list[dict[str, Any]] = []
-    if has_canary and gateway.header_match is not None:
-        rules.append(
-            {
-                "matches": [
-                    {
-                        "headers": [
-                            {
-                                "type": "Exact",
-                                "name": gateway.header_match.name,
-                                "value": gateway.header_match.value,
-                            }
-                        ]
-                    }
-                ],
-                "backendRefs": [backend(canary, 1)],
-            }
-        )
-    if has_canary and gateway.mirror_percent:
-        main_rule["filters"] = [
-            {
-                "type": "RequestMirror",
-                "requestMirror": {
-                    "backendRef": {"kind": "Service", "name": canary, "port": SERVICE_PORT},
-                    "percent": gateway.mirror_percent,
-                },
-            }
-        ]
-    rules.append(main_rule)
-    spec: dict[str, Any] = {"parentRefs": parent_refs, "rules": rules}
-    if gateway.hostnames:
-        spec["hostnames"] = list(gateway.hostnames)
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": _metadata(mdep, mdep.metadata.name),
-        "spec": spec,
     }

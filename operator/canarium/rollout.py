@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Literal, Protocol
 
 from canarium.api import (
+    AbortStatus,
     AnalysisSpec,
     AnalysisStatus,
     HistoryEntry,
@@ -37,18 +38,29 @@ from canarium.api import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Outcome,
+    Reason,
     RevisionStatus,
     RolloutPolicySpec,
     Verdict,
 )
 from canarium.api.rolloutpolicy import RolloutStep
 from canarium.api.status import MAX_HISTORY
+from canarium.routers.base import TrafficRouter, canary_pods
 
 ANNOTATION_COMMAND = "canarium.dev/command"  # "<verb>@<id>": promote, promote-full, abort, retry
 ANNOTATION_PAUSED = "canarium.dev/paused"  # "true": hold the rollout where it is
 COMMANDS = ("promote", "promote-full", "abort", "retry")
 
 EventType = Literal["Normal", "Warning"]
+
+
+class Hold(Enum):
+    """What keeps a rollout at a step."""
+
+    PODS = "the canary's pods are not ready yet"
+    PERSON = "a pause until promoted"
+    TIMER = "a timed pause"
+    ANALYSIS = "no passed analysis interval in the step yet"
 
 
 @dataclass(frozen=True)
@@ -94,12 +106,6 @@ FailureReason = Literal[
     "CreateContainerError",
     "RunContainerError",
 ]
-# Typed causes of a revision that cannot serve (condition reasons and history causes).
-CAUSE_MODEL_LOAD_FAILED = "ModelLoadFailed"  # the server reported that the model did not load
-CAUSE_REVISION_FAILED = "RevisionFailed"  # the pods do not start for another reason
-CAUSE_SPEC_REVERTED = "SpecReverted"  # a rollout ended by the spec going back to stable
-# A promoted revision failed its bake and the previous revision is gone: nothing to go back to.
-CAUSE_BAKE_FAILED = "BakeFailedPreviousGone"
 # How canarium-serve starts its termination message (serving_image/canarium_serving/app.py);
 # only dropped from what is shown, never read to decide anything.
 SERVER_LOAD_FAILURE_PREFIX = "model not loaded: "
@@ -122,12 +128,12 @@ class PodFailure:
     waiting_message: str | None = None  # the kubelet's detail (image pull, config errors)
 
     @property
-    def cause(self) -> str:
+    def cause(self) -> Reason:
         """ModelLoadFailed when the server wrote why the model did not load (it writes its
         termination log for that only); RevisionFailed for any other reason."""
         if self.reason == "CrashLoopBackOff" and self.termination_message:
-            return CAUSE_MODEL_LOAD_FAILED
-        return CAUSE_REVISION_FAILED
+            return Reason.MODEL_LOAD_FAILED
+        return Reason.REVISION_FAILED
 
     def describe(self) -> str:
         """One line for status and events."""
@@ -207,7 +213,7 @@ class Decision:
     stable: str
     canary: str | None
     route_canary_weight: int  # percent of traffic the router sends to the canary
-    reason: str  # condition reason
+    reason: Reason  # the conditions' reason
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
@@ -217,43 +223,15 @@ class RolloutInput:
     spec: ModelDeploymentSpec
     desired: str  # the revision the spec asks for
     status: ModelDeploymentStatus
-    policy: RolloutPolicySpec
+    policy: RolloutPolicySpec | None  # None: a new revision replaces the old once Ready
     revisions: dict[str, RevisionObservation]
     now: datetime
-    router: str  # "replicas" or "gatewayAPI"
+    router: TrafficRouter  # the state machine asks it for numbers only
+    progress_deadline_seconds: int = 600
+    policy_error: str | None = None  # the referenced RolloutPolicy is missing or invalid
     analysis_run: AnalysisRun | None = None
     command: str | None = None  # the canarium.dev/command annotation's value
     paused: bool = False
-
-
-def split_replicas(total: int, weight: int, router: str) -> tuple[int, int]:
-    """(stable, canary) pod counts for a canary weight.
-
-    With the replicas router the pod ratio is the traffic split (rounded the way Argo Rollouts'
-    basic canary rounds: the canary up, the stable down by the same share), and the status
-    reports the split the ready pods really deliver. With Gateway API the route sets the split
-    and the stable revision keeps its full size, so an abort needs no scale-up.
-    """
-    canary = canary_pods(total, weight)
-    if router == "gatewayAPI":
-        return total, canary
-    return total - math.floor(total * weight / 100), canary
-
-
-def canary_pods(total: int, weight: int) -> int:
-    """The canary's share of `total` pods at a weight: rounded up, at least one."""
-    if weight <= 0:
-        return 0
-    return min(total, max(1, math.ceil(total * weight / 100)))
-
-
-def effective_weights(stable_ready: int, canary_ready: int) -> tuple[float, float]:
-    """(stable, canary) percentages that a Service over both revisions' ready pods delivers."""
-    all_ready = stable_ready + canary_ready
-    if all_ready == 0:
-        return 0.0, 0.0
-    canary = round(100.0 * canary_ready / all_ready, 2)
-    return round(100.0 - canary, 2), canary
 
 
 def parse_command(value: str | None) -> str | None:
@@ -271,7 +249,7 @@ def push_history(
     outcome: Outcome,
     now: datetime,
     reason: str,
-    cause: str | None = None,
+    cause: Reason | None = None,
 ) -> None:
     entry = HistoryEntry(
         revision=revision,
@@ -282,6 +260,8 @@ def push_history(
         cause=cause,
     )
     status.history = [entry, *status.history][:MAX_HISTORY]
+    # A later outcome ends what an abort held (a rollback sets it again after this).
+    status.aborted = None
 
 
 def serving_phase(
@@ -290,7 +270,7 @@ def serving_phase(
     version: str,
     observed: RevisionObservation | None,
     desired_pods: int | None,
-) -> str:
+) -> Reason:
     """Phase and message when one revision serves everything; returns the condition reason.
 
     Pods that fail to start make it Degraded at once, for as long as they fail: the phase
@@ -298,7 +278,7 @@ def serving_phase(
     if observed is not None and observed.ready:
         status.phase = "Healthy"
         status.message = f"model {version} served by {name}"
-        return "Available"
+        return Reason.AVAILABLE
     if observed is not None and observed.failed and observed.failure is not None:
         status.phase = "Degraded"
         status.message = observed.failure_message()
@@ -306,7 +286,7 @@ def serving_phase(
     if observed is not None and observed.deadline_exceeded:
         status.phase = "Degraded"
         status.message = f"revision {name} did not become Ready within its progress deadline"
-        return "ProgressDeadlineExceeded"
+        return Reason.PROGRESS_DEADLINE_EXCEEDED
     ready = observed.ready_replicas if observed else 0
     status.phase = "Progressing"
     status.message = (
@@ -314,7 +294,7 @@ def serving_phase(
     )
     if observed is not None and observed.failure is not None:
         status.message += f"; {observed.failure.describe()}"
-    return "ReplicasNotReady"
+    return Reason.REPLICAS_NOT_READY
 
 
 def steps_hash(steps: Sequence[RolloutStep]) -> str:
@@ -326,7 +306,7 @@ def steps_hash(steps: Sequence[RolloutStep]) -> str:
 def analysis_due(inp: RolloutInput) -> bool:
     """Whether the controller should measure before reconciling: the canary takes traffic (or a
     promoted revision bakes) and an interval has passed since the last measurement."""
-    analysis = inp.policy.analysis
+    analysis = inp.policy.analysis if inp.policy else None
     status = inp.status
     if analysis is None or status.stable is None:
         return False
@@ -364,8 +344,9 @@ def _seconds_until(now: datetime, then: datetime) -> float:
 class _Machine:
     """One decision. Attributes are the working state; `run` returns the Decision."""
 
-    def __init__(self, inp: RolloutInput) -> None:
+    def __init__(self, inp: RolloutInput, policy: RolloutPolicySpec) -> None:
         self.inp = inp
+        self.policy = policy
         self.status = inp.status.model_copy(deep=True)
         self.events: list[Event] = []
         self.requeue: list[float] = []
@@ -387,7 +368,7 @@ class _Machine:
         return obs.ready_replicas if obs else 0
 
     def step_label(self, index: int) -> str:
-        steps = self.inp.policy.steps
+        steps = self.policy.steps
         step = steps[index]
         if step.set_weight is not None:
             what = f"setWeight {step.set_weight}"
@@ -403,7 +384,7 @@ class _Machine:
         current size, as with Gateway API: the replicas router then delivers
         canary / (stable + canary) of the traffic, reported as the effective weight."""
         if not self.autoscaled:
-            return split_replicas(self.total, weight, self.inp.router)
+            return self.inp.router.pods(self.total, weight)
         observed = self.observed(stable)
         size = observed.replicas if observed is not None and observed.replicas > 0 else self.total
         return None, canary_pods(size, weight)
@@ -411,7 +392,7 @@ class _Machine:
     def weight_at(self, index: int) -> int:
         """The canary weight in force at a step: the last setWeight at or before it."""
         weight = 0
-        for step in self.inp.policy.steps[: index + 1]:
+        for step in self.policy.steps[: index + 1]:
             if step.set_weight is not None:
                 weight = step.set_weight
         return weight
@@ -422,7 +403,7 @@ class _Machine:
         stable: str,
         canary: str | None,
         route_weight: int,
-        reason: str,
+        reason: Reason,
     ) -> Decision:
         return Decision(
             status=self.status,
@@ -457,7 +438,7 @@ class _Machine:
 
     def schedule_analysis(self) -> None:
         """Look again when the next analysis interval is due."""
-        analysis = self.inp.policy.analysis
+        analysis = self.policy.analysis
         if analysis is None:
             return
         due = next_analysis_at(self.status.analysis, analysis)
@@ -468,7 +449,7 @@ class _Machine:
 
     def analysis_failure(self) -> str | None:
         """Why the analysis failed when `failureLimit` intervals failed; None while it has not."""
-        analysis = self.inp.policy.analysis
+        analysis = self.policy.analysis
         state = self.status.analysis
         if analysis is None or state is None or state.failures < analysis.failure_limit:
             return None
@@ -507,21 +488,11 @@ class _Machine:
     ) -> int:
         """Fill status.stable/canary; returns the route weight for the canary (Gateway API
         gives the canary weight only once it has a ready pod)."""
-        canary_ready = self.ready_count(canary)
-        stable_ready = self.ready_count(stable)
-        route = weight
-        if self.inp.router == "gatewayAPI":
-            # Exact weights, but never to a side without a ready pod while the other has one.
-            if canary_ready == 0:
-                route = 0
-            elif stable_ready == 0:
-                route = 100
-            eff_canary = float(route)  # 0 when the canary has no ready pod
-            eff_stable = 100.0 - eff_canary if stable_ready + canary_ready else 0.0
-        else:
-            eff_stable, eff_canary = effective_weights(stable_ready, canary_ready)
+        delivered = self.inp.router.delivered(
+            weight, self.ready_count(stable), self.ready_count(canary)
+        )
         self.status.stable = self.revision_status(
-            stable, stable_version, stable_replicas, 100 - weight, eff_stable
+            stable, stable_version, stable_replicas, 100 - weight, delivered.stable
         )
         self.status.canary = (
             self.revision_status(
@@ -529,12 +500,12 @@ class _Machine:
                 canary_version or self.inp.spec.model.version,
                 canary_replicas,
                 weight,
-                eff_canary,
+                delivered.canary,
             )
             if canary
             else None
         )
-        return route
+        return delivered.route_weight
 
     # --- the machine ---------------------------------------------------------------------
     def run(self) -> Decision:
@@ -600,90 +571,18 @@ class _Machine:
     ) -> Decision:
         """The spec asks for the stable revision: no rollout, or a bake after promotion, or a
         rollout that the user ended by reverting the spec."""
-        inp = self.inp
         status = self.status
         replicas = None if self.autoscaled else self.total
-        kept: RevisionObservation | None = None
-        if status.canary is not None and status.canary.name:
-            dropped = self.observed(status.canary.name)
-            if (
-                dropped is not None
-                and dropped.spec is not None
-                and dropped.ready_replicas > 0
-                and self.ready_count(stable) == 0
-            ):
-                # Never leave nothing serving: the dropped canary keeps its pods (and serves)
-                # until the stable revision has a ready pod again.
-                kept = dropped
-            if status.phase in ("Progressing", "Paused") and status.current_step is not None:
-                push_history(
-                    status, status.canary.name, status.canary.model_version, "Aborted", inp.now,
-                    "the spec went back to the stable version", CAUSE_SPEC_REVERTED,
-                )  # fmt: skip
-                self.event(
-                    "Normal", "RolloutAborted",
-                    f"spec reverted to {stable}: canary {status.canary.name} dropped",
-                )  # fmt: skip
-            status.canary = None
+        kept = self.drop_canary(stable)
         status.current_step = None
         status.step_started_at = None
         status.pause_reason = None
         plans = [RevisionPlan(stable, stable_spec, replicas, "stable")]
-
         previous = status.previous
         if previous is not None and previous.name and status.bake_until is not None:
-            prev_obs = self.observed(previous.name)
-            fallback = prev_obs.spec if prev_obs is not None else None
-            failure = self.analysis_failure()
-            if failure is not None:
-                if fallback is None:
-                    return self.bake_failed_without_fallback(stable, stable_spec, previous, failure)
-                status.previous = None
-                status.bake_until = None
-                return self.rollback(previous.name, fallback, stable, "RolledBack", failure)
-            if verb == "abort":
-                if fallback is not None:
-                    status.previous = None
-                    status.bake_until = None
-                    return self.rollback(
-                        previous.name, fallback, stable, "Aborted",
-                        "aborted by a person during its bake",
-                    )  # fmt: skip
-                self.event(
-                    "Warning", "CommandIgnored",
-                    f"abort ignored: the previous revision {previous.name} is gone, there is "
-                    f"nothing to roll back to; {stable} keeps serving",
-                )  # fmt: skip
-            if status.phase == "Paused" and not inp.paused:
-                # Resumed: the bake starts again, in full (as a step's pause does).
-                status.bake_until = inp.now + timedelta(seconds=inp.policy.bake_seconds)
-            if inp.paused or inp.now < status.bake_until:
-                if fallback is not None:
-                    plans.append(RevisionPlan(previous.name, fallback, 0, "previous"))
-                if not inp.paused:
-                    # While paused the bake's clock is stopped: nothing ends it but a failure.
-                    self.after(_seconds_until(inp.now, status.bake_until))
-                self.schedule_analysis()
-                self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
-                if inp.paused:
-                    status.phase = "Paused"
-                    status.pause_reason = "paused by a person (canarium.dev/paused)"
-                    status.message = (
-                        f"model {stable_spec.model.version} promoted; its bake is paused "
-                        f"({previous.name} kept scaled down): it starts again, in full, "
-                        "when resumed"
-                    )
-                else:
-                    status.phase = "Progressing"
-                    status.message = (
-                        f"model {stable_spec.model.version} promoted; baking under analysis "
-                        f"until {status.bake_until.isoformat()} ({previous.name} kept scaled "
-                        "down)"
-                    )
-                return self.decision(plans, stable, None, 0, "Baking")
-            self.event(
-                "Normal", "BakeCompleted", f"{stable} passed its bake; {previous.name} removed"
-            )
+            baking = self.bake(stable, stable_spec, previous, verb, plans, replicas)
+            if baking is not None:
+                return baking
         status.previous = None
         status.bake_until = None
         status.analysis = None
@@ -702,41 +601,165 @@ class _Machine:
         reason = serving_phase(
             status, stable, stable_spec.model.version, self.observed(stable), self.total
         )
-        last = status.history[0] if status.history else None
+        failed_bake = status.aborted
         if (
             status.phase == "Healthy"
-            and last is not None
-            and last.revision == stable
-            and last.cause == CAUSE_BAKE_FAILED
+            and failed_bake is not None
+            and failed_bake.revision == stable
+            and failed_bake.cause == Reason.BAKE_FAILED_PREVIOUS_GONE
         ):
             # Its bake failed with nothing to go back to: it serves, but it is not Healthy
             # until a person moves on (a new version, or the old one rolled out again).
             status.phase = "Degraded"
             status.message = (
-                f"model {stable_spec.model.version} ({stable}) {last.reason}. It keeps serving "
-                "all traffic: apply a fixed version, or revert the spec to roll the previous "
-                "version out again."
+                f"model {stable_spec.model.version} ({stable}) {failed_bake.message}. It keeps "
+                "serving all traffic: apply a fixed version, or revert the spec to roll the "
+                "previous version out again."
             )
-            reason = CAUSE_BAKE_FAILED
+            reason = Reason.BAKE_FAILED_PREVIOUS_GONE
         return self.decision(plans, stable, None, 0, reason)
 
-    def rolling(self, stable: str, stable_spec: ModelDeploymentSpec, verb: str | None) -> Decision:
+    def drop_canary(self, stable: str) -> RevisionObservation | None:
+        """The spec went back to the stable version: the canary is dropped (an Aborted entry
+        when it was mid-rollout). Returns it when it must keep serving for now."""
+        status = self.status
+        if status.canary is None or not status.canary.name:
+            return None
+        kept = None
+        dropped = self.observed(status.canary.name)
+        if (
+            dropped is not None
+            and dropped.spec is not None
+            and dropped.ready_replicas > 0
+            and self.ready_count(stable) == 0
+        ):
+            # Never leave nothing serving: the dropped canary keeps its pods (and serves)
+            # until the stable revision has a ready pod again.
+            kept = dropped
+        if status.phase in ("Progressing", "Paused") and status.current_step is not None:
+            push_history(
+                status, status.canary.name, status.canary.model_version, "Aborted",
+                self.inp.now, "the spec went back to the stable version", Reason.SPEC_REVERTED,
+            )  # fmt: skip
+            self.event(
+                "Normal", "RolloutAborted",
+                f"spec reverted to {stable}: canary {status.canary.name} dropped",
+            )  # fmt: skip
+        status.canary = None
+        return kept
+
+    def bake(
+        self,
+        stable: str,
+        stable_spec: ModelDeploymentSpec,
+        previous: RevisionStatus,
+        verb: str | None,
+        plans: list[RevisionPlan],
+        replicas: int | None,
+    ) -> Decision | None:
+        """The promoted revision bakes under analysis with the previous one kept scaled down:
+        a failure or an abort rolls back to it. None: the bake is over, passed."""
         inp = self.inp
         status = self.status
-        canary = inp.desired
-        steps = inp.policy.steps
-        if status.previous is not None:
-            # A new version while the last one bakes: the bake ends, its fallback goes.
+        assert previous.name is not None  # steady() checked both
+        assert status.bake_until is not None
+        prev_obs = self.observed(previous.name)
+        fallback = prev_obs.spec if prev_obs is not None else None
+        failure = self.analysis_failure()
+        if failure is not None:
+            if fallback is None:
+                return self.bake_failed_without_fallback(stable, stable_spec, previous, failure)
             status.previous = None
             status.bake_until = None
+            return self.rollback(previous.name, fallback, stable, "RolledBack", failure)
+        if verb == "abort":
+            if fallback is not None:
+                status.previous = None
+                status.bake_until = None
+                return self.rollback(
+                    previous.name, fallback, stable, "Aborted",
+                    "aborted by a person during its bake",
+                )  # fmt: skip
+            self.event(
+                "Warning", "CommandIgnored",
+                f"abort ignored: the previous revision {previous.name} is gone, there is "
+                f"nothing to roll back to; {stable} keeps serving",
+            )  # fmt: skip
+        if status.phase == "Paused" and not inp.paused:
+            # Resumed: the bake starts again, in full (as a step's pause does).
+            status.bake_until = inp.now + timedelta(seconds=self.policy.bake_seconds)
+        if not inp.paused and inp.now >= status.bake_until:
+            self.event(
+                "Normal", "BakeCompleted", f"{stable} passed its bake; {previous.name} removed"
+            )
+            return None
+        if fallback is not None:
+            plans.append(RevisionPlan(previous.name, fallback, 0, "previous"))
+        if not inp.paused:
+            # While paused the bake's clock is stopped: nothing ends it but a failure.
+            self.after(_seconds_until(inp.now, status.bake_until))
+        self.schedule_analysis()
+        self.set_serving_status(stable, stable_spec.model.version, replicas, None, None, 0)
+        if inp.paused:
+            status.phase = "Paused"
+            status.pause_reason = "paused by a person (canarium.dev/paused)"
+            status.message = (
+                f"model {stable_spec.model.version} promoted; its bake is paused "
+                f"({previous.name} kept scaled down): it starts again, in full, when resumed"
+            )
+        else:
+            status.phase = "Progressing"
+            status.message = (
+                f"model {stable_spec.model.version} promoted; baking under analysis until "
+                f"{status.bake_until.isoformat()} ({previous.name} kept scaled down)"
+            )
+        return self.decision(plans, stable, None, 0, Reason.BAKING)
+
+    def rolling(self, stable: str, stable_spec: ModelDeploymentSpec, verb: str | None) -> Decision:
+        """The spec asks for a new revision: ordered guards, each of which may end the
+        reconcile (as Argo Rollouts' rolloutCanary), then the steps."""
+        canary = self.inp.desired
+        if self.status.previous is not None:
+            # A new version while the last one bakes: the bake ends, its fallback goes.
+            self.status.previous = None
+            self.status.bake_until = None
+        self.start_or_restart(canary, verb)
+        if self.is_rolled_back(canary):
+            return self.hold_rolled_back(stable, stable_spec, canary)
+        if verb == "abort":
+            return self.rollback(stable, stable_spec, canary, "Aborted", "aborted by a person")
+        failure = self.canary_failure(canary)
+        if failure is not None:
+            why, cause = failure
+            return self.rollback(stable, stable_spec, canary, "RolledBack", why, cause)
+        if self.inp.paused and verb in ("promote", "promote-full"):
+            # Argo Rollouts' promote also unpauses; here the pause is the user's annotation, which
+            # the operator does not remove: the pause wins and the command is used up.
+            self.event(
+                "Warning", "CommandIgnored",
+                f"{verb} ignored: the rollout is paused (canarium.dev/paused); "
+                "resume it, then promote again",
+            )  # fmt: skip
+            verb = None
+        index, started, hold = self.advance(stable, canary, verb)
+        if index >= len(self.policy.steps):
+            # Every timed step was gated on analysis; the last setWeight ends the rollout.
+            return self.promote(stable, stable_spec, canary)
+        return self.at_step(stable, stable_spec, canary, index, started, hold)
+
+    def start_or_restart(self, canary: str, verb: str | None) -> None:
+        """Start the steps from the first when the canary is new, retried, or its steps
+        changed."""
+        status = self.status
+        steps = self.policy.steps
         # A canary that is not mid-rollout (no step: kept serving after the spec went back to
         # stable, whose pods were not ready) starts from the first step when asked for again.
         restart = status.current_step is None and status.phase != "Degraded"
         if status.canary is None or status.canary.name != canary or restart:
             if status.canary is not None and status.canary.name and not restart:
                 push_history(
-                    status, status.canary.name, status.canary.model_version, "Replaced", inp.now,
-                    f"superseded by {canary} before it finished",
+                    status, status.canary.name, status.canary.model_version, "Replaced",
+                    self.inp.now, f"superseded by {canary} before it finished",
                 )  # fmt: skip
             self.start(canary)
         elif verb == "retry" and status.phase == "Degraded":
@@ -752,79 +775,85 @@ class _Machine:
                 "Normal", "StepsChanged", f"the policy's steps changed: {canary} starts them again"
             )
             self.start(canary)
-        aborted = self.is_rolled_back(canary)
-        if not aborted and verb == "abort":
-            return self.rollback(stable, stable_spec, canary, "Aborted", "aborted by a person")
-        if aborted:
-            return self.hold_rolled_back(stable, stable_spec, canary)
 
+    def canary_failure(self, canary: str) -> tuple[str, Reason] | None:
+        """Why the canary must be rolled back now, and the typed cause; None: it may go on."""
         canary_obs = self.observed(canary)
         if canary_obs is not None and canary_obs.failed and canary_obs.failure is not None:
             # Its pods do not start (the model does not load, the image cannot be pulled...):
             # no need to wait for the progress deadline.
-            return self.rollback(
-                stable, stable_spec, canary, "RolledBack", canary_obs.failure_message(),
-                cause=canary_obs.failure.cause,
-            )  # fmt: skip
+            return canary_obs.failure_message(), canary_obs.failure.cause
         if canary_obs is not None and canary_obs.deadline_exceeded and not canary_obs.ready:
-            return self.rollback(
-                stable, stable_spec, canary, "RolledBack",
+            return (
                 f"revision {canary} did not become Ready within its progress deadline",
-                cause="ProgressDeadlineExceeded",
-            )  # fmt: skip
+                Reason.PROGRESS_DEADLINE_EXCEEDED,
+            )
         failure = self.analysis_failure()
         if failure is not None:
-            return self.rollback(stable, stable_spec, canary, "RolledBack", failure)
+            return failure, Reason.ANALYSIS_FAILED
+        return None
 
-        index = status.current_step or 0
+    def advance(
+        self, stable: str, canary: str, verb: str | None
+    ) -> tuple[int, datetime, tuple[Hold, str] | None]:
+        """Go through the steps from the current one as far as they allow now: (the step it
+        stops at, when that step started, what holds it there)."""
+        inp = self.inp
+        steps = self.policy.steps
+        index = self.status.current_step or 0
         # While paused by a person the step's clock is stopped (unset); a resume starts the
         # step's pause again, in full, and it needs an analysis interval of its own again.
-        started = status.step_started_at or inp.now
-        if inp.paused and verb in ("promote", "promote-full"):
-            # Argo Rollouts' promote also unpauses; here the pause is the user's annotation, which
-            # the operator does not remove: the pause wins and the command is used up.
-            self.event(
-                "Warning", "CommandIgnored",
-                f"{verb} ignored: the rollout is paused (canarium.dev/paused); "
-                "resume it, then promote again",
-            )  # fmt: skip
-            verb = None
+        started = self.status.step_started_at or inp.now
         if verb == "promote-full":
-            index = len(steps)
             self.event("Normal", "PromotedFully", "promoted to the end by a person")
-        held = ""
+            return len(steps), started, None
         while index < len(steps) and not inp.paused:
-            weight = self.weight_at(index)
-            step = steps[index]
-            _, canary_replicas = self.split(weight, stable)
-            if step.set_weight is not None:
-                if self.ready_count(canary) < canary_replicas:
-                    held = f"waiting for {canary} to have {canary_replicas} ready pods"
-                    break
-            elif step.pause is not None:
-                if verb == "promote":
-                    verb = None
-                    self.event("Normal", "Promoted", f"{self.step_label(index)} ended by a person")
-                elif step.pause.duration is None:
-                    held = "paused until promoted (kubectl canarium promote)"
-                    break
-                else:
-                    ends = started + timedelta(seconds=step.pause.seconds or 0)
-                    if inp.now < ends:
-                        self.after(_seconds_until(inp.now, ends))
-                        held = f"pausing until {ends.isoformat()}"
-                        break
-                    gate = self.analysis_gate(started, weight)
-                    if gate:
-                        held = gate
-                        break
+            hold = self.step_hold(index, started, stable, canary, verb)
+            if hold is not None:
+                return index, started, hold
+            if verb == "promote" and steps[index].pause is not None:
+                verb = None
+                self.event("Normal", "Promoted", f"{self.step_label(index)} ended by a person")
             index += 1
             started = inp.now
             if index < len(steps):
                 self.event("Normal", "StepStarted", f"{canary}: {self.step_label(index)}")
-        if index >= len(steps):
-            # Every timed step was gated on analysis; the last setWeight ends the rollout.
-            return self.promote(stable, stable_spec, canary)
+        return index, started, None
+
+    def step_hold(
+        self, index: int, started: datetime, stable: str, canary: str, verb: str | None
+    ) -> tuple[Hold, str] | None:
+        """What keeps the rollout at a step now; None: the step is done."""
+        weight = self.weight_at(index)
+        step = self.policy.steps[index]
+        if step.set_weight is not None:
+            _, canary_replicas = self.split(weight, stable)
+            if self.ready_count(canary) < canary_replicas:
+                return Hold.PODS, f"waiting for {canary} to have {canary_replicas} ready pods"
+            return None
+        if step.pause is None or verb == "promote":
+            return None
+        if step.pause.duration is None:
+            return Hold.PERSON, "paused until promoted (kubectl canarium promote)"
+        ends = started + timedelta(seconds=step.pause.seconds or 0)
+        if self.inp.now < ends:
+            self.after(_seconds_until(self.inp.now, ends))
+            return Hold.TIMER, f"pausing until {ends.isoformat()}"
+        gate = self.analysis_gate(started, weight)
+        return (Hold.ANALYSIS, gate) if gate else None
+
+    def at_step(
+        self,
+        stable: str,
+        stable_spec: ModelDeploymentSpec,
+        canary: str,
+        index: int,
+        started: datetime,
+        hold: tuple[Hold, str] | None,
+    ) -> Decision:
+        """The rollout stays at a step: serve its weight and say why it waits."""
+        inp = self.inp
+        status = self.status
         status.current_step = index
         status.step_started_at = None if inp.paused else started
         weight = self.weight_at(index)
@@ -836,24 +865,23 @@ class _Machine:
             # Analysed only while the canary takes traffic (analysis_due); its pods getting
             # ready is a watch event.
             self.schedule_analysis()
+        held = hold[1] if hold else ""
         inconclusive = status.analysis.consecutive_inconclusive if status.analysis else 0
-        limit = inp.policy.analysis.inconclusive_limit if inp.policy.analysis else None
+        limit = self.policy.analysis.inconclusive_limit if self.policy.analysis else None
         paused_by_data = limit is not None and 0 < limit <= inconclusive  # 0: never
-        if inp.paused or paused_by_data or held.startswith("paused until promoted"):
-            status.phase = "Paused"
+        if inp.paused:
+            status.pause_reason = "paused by a person (canarium.dev/paused)"
+        elif paused_by_data:
             status.pause_reason = (
-                "paused by a person (canarium.dev/paused)"
-                if inp.paused
-                else f"{inconclusive} inconclusive "
-                f"intervals in a row (inconclusiveLimit {limit}): check the traffic, then promote"
-                if paused_by_data
-                else held
+                f"{inconclusive} inconclusive intervals in a row (inconclusiveLimit {limit}): "
+                "check the traffic, then promote"
             )
-            reason = "Paused"
+        elif hold is not None and hold[0] is Hold.PERSON:
+            status.pause_reason = held
         else:
-            status.phase = "Progressing"
             status.pause_reason = None
-            reason = "RolloutInProgress"
+        status.phase = "Paused" if status.pause_reason else "Progressing"
+        reason = Reason.PAUSED if status.pause_reason else Reason.ROLLOUT_IN_PROGRESS
         effective = status.canary.effective_weight if status.canary else 0
         status.message = (
             f"canary {canary} (model {inp.spec.model.version}) at {self.step_label(index)}, "
@@ -873,7 +901,7 @@ class _Machine:
 
         At weight 100 the stable revision takes no traffic, so comparisons with it cannot be
         made: there, enough canary samples and no failed check are enough."""
-        if self.inp.policy.analysis is None:
+        if self.policy.analysis is None:
             return ""
         analysis = self.status.analysis
         if analysis is None or analysis.last_run_time is None or analysis.last_verdict is None:
@@ -900,7 +928,7 @@ class _Machine:
 
     def start(self, canary: str) -> None:
         status = self.status
-        status.steps_hash = steps_hash(self.inp.policy.steps)
+        status.steps_hash = steps_hash(self.policy.steps)
         status.current_step = 0
         status.step_started_at = self.inp.now
         status.analysis = None
@@ -912,15 +940,15 @@ class _Machine:
         )  # fmt: skip
 
     def is_rolled_back(self, canary: str) -> bool:
-        status = self.status
-        # A rollout ended by the spec going back to stable is not held: asking for the
-        # version again is a person's new request.
-        return bool(
-            status.phase == "Degraded"
-            and status.history
-            and status.history[0].revision == canary
-            and status.history[0].outcome in ("RolledBack", "Aborted")
-            and status.history[0].cause != CAUSE_SPEC_REVERTED
+        """The canary was rolled back or aborted and holds (Degraded) until a person moves on.
+        A rollout ended by the spec going back to stable is not held: asking for the version
+        again is a person's new request."""
+        aborted = self.status.aborted
+        return (
+            self.status.phase == "Degraded"
+            and aborted is not None
+            and aborted.revision == canary
+            and aborted.cause != Reason.BAKE_FAILED_PREVIOUS_GONE
         )
 
     def rollback(
@@ -930,13 +958,16 @@ class _Machine:
         canary: str,
         outcome: Outcome,
         why: str,
-        cause: str | None = None,
+        cause: Reason | None = None,
     ) -> Decision:
         """Roll the canary back: `cause` is the typed reason (the Degraded condition's), kept
         in the history entry so that every later reconcile reports the same."""
         status = self.status
-        cause = cause or ("AnalysisFailed" if outcome == "RolledBack" else "Aborted")
+        cause = cause or (Reason.ANALYSIS_FAILED if outcome == "RolledBack" else Reason.ABORTED)
         push_history(status, canary, self.inp.spec.model.version, outcome, self.inp.now, why, cause)
+        status.aborted = AbortStatus(
+            revision=canary, cause=cause, message=why[:1024], time=self.inp.now
+        )
         self.event(
             "Warning",
             "RolledBack" if outcome == "RolledBack" else "Aborted",
@@ -960,15 +991,16 @@ class _Machine:
         route = self.set_serving_status(
             stable, stable_spec.model.version, replicas, canary, canary_replicas, 0
         )
-        last = status.history[0]  # the rollback's: rollback() or an earlier reconcile wrote it
+        aborted = status.aborted
+        assert aborted is not None  # rollback() or an earlier reconcile set it
         status.phase = "Degraded"
         status.current_step = None
         status.step_started_at = None
         status.pause_reason = None
         status.message = (
             f"model {self.inp.spec.model.version} ({canary}) was "
-            f"{'rolled back' if last.outcome == 'RolledBack' else 'aborted'}: "
-            f"{last.reason}. Traffic is on {stable} (model "
+            f"{'aborted' if aborted.cause == Reason.ABORTED else 'rolled back'}: "
+            f"{aborted.message}. Traffic is on {stable} (model "
             f"{stable_spec.model.version}). Revert the spec, apply a new version, or "
             f"`kubectl canarium retry`."
         )
@@ -976,7 +1008,7 @@ class _Machine:
             RevisionPlan(stable, stable_spec, replicas, "stable"),
             RevisionPlan(canary, self.inp.spec, canary_replicas, "canary"),
         ]
-        return self.decision(plans, stable, canary, route, rollback_cause(last))
+        return self.decision(plans, stable, canary, route, aborted.cause)
 
     def promote(self, stable: str, stable_spec: ModelDeploymentSpec, canary: str) -> Decision:
         inp = self.inp
@@ -992,8 +1024,8 @@ class _Machine:
         status.step_started_at = None
         status.pause_reason = None
         plans = [RevisionPlan(canary, inp.spec, replicas, "stable")]
-        bake = inp.policy.bake_seconds
-        if bake > 0 and inp.policy.analysis is not None:
+        bake = self.policy.bake_seconds
+        if bake > 0 and self.policy.analysis is not None:
             status.previous = RevisionStatus(
                 name=stable, model_version=stable_spec.model.version, replicas=0, weight=0
             )
@@ -1004,16 +1036,16 @@ class _Machine:
             self.schedule_analysis()
             status.phase = "Progressing"
             status.message = (
-                f"model {inp.spec.model.version} promoted; baking for {inp.policy.bake}"
+                f"model {inp.spec.model.version} promoted; baking for {self.policy.bake}"
             )
-            reason = "Baking"
+            reason = Reason.BAKING
         else:
             status.previous = None
             status.bake_until = None
             status.analysis = None
             status.phase = "Healthy"
             status.message = f"model {inp.spec.model.version} served by {canary}"
-            reason = "Available"
+            reason = Reason.AVAILABLE
         self.set_serving_status(canary, inp.spec.model.version, replicas, None, None, 0)
         return self.decision(plans, canary, None, 0, reason)
 
@@ -1035,26 +1067,21 @@ class _Machine:
         )[:1024]
         last = status.history[0] if status.history else None
         if last is not None and last.revision == promoted and last.outcome == "Promoted":
-            status.history[0] = last.model_copy(update={"reason": why, "cause": CAUSE_BAKE_FAILED})
+            status.history[0] = last.model_copy(
+                update={"reason": why, "cause": Reason.BAKE_FAILED_PREVIOUS_GONE}
+            )
         else:
             push_history(
                 status, promoted, promoted_spec.model.version, "Promoted", inp.now, why,
-                CAUSE_BAKE_FAILED,
+                Reason.BAKE_FAILED_PREVIOUS_GONE,
             )  # fmt: skip
-        self.event("Warning", CAUSE_BAKE_FAILED, f"{promoted} {why}")
+        status.aborted = AbortStatus(
+            revision=promoted, cause=Reason.BAKE_FAILED_PREVIOUS_GONE, message=why, time=inp.now
+        )
+        self.event("Warning", Reason.BAKE_FAILED_PREVIOUS_GONE, f"{promoted} {why}")
         status.previous = None
         status.bake_until = None
         return self.steady(promoted, promoted_spec)
-
-
-def rollback_cause(entry: HistoryEntry | None) -> str:
-    """The condition reason of a rolled-back or aborted revision, from its history entry."""
-    if entry is not None and entry.cause:
-        return entry.cause
-    # Entries written before the cause was recorded.
-    if entry is not None and entry.reason and "progress deadline" in entry.reason:
-        return "ProgressDeadlineExceeded"
-    return "AnalysisFailed" if entry is not None and entry.outcome == "RolledBack" else "Aborted"
 
 
 def _fmt(value: float | None) -> str:
@@ -1064,10 +1091,182 @@ def _fmt(value: float | None) -> str:
 
 
 def decide(inp: RolloutInput) -> Decision:
-    """The rollout decision for one ModelDeployment under a RolloutPolicy."""
-    decision = _Machine(inp).run()
+    """The decision for one ModelDeployment: under its RolloutPolicy, held while the policy it
+    names is missing, or (no policy) the new revision replacing the old one once Ready."""
+    if inp.policy is None:
+        return hold_for_policy(inp) or replace(inp)
+    decision = _Machine(inp, inp.policy).run()
     keep_serving(inp.revisions, decision)
     return decision
+
+
+def replace(inp: RolloutInput) -> Decision:
+    """No rollout policy: a new revision runs beside the old one at full size and replaces it
+    once Ready, so nothing serves a gap."""
+    spec = inp.spec
+    status = inp.status.model_copy(deep=True)
+    events: list[Event] = []
+    desired = inp.desired
+    # A command has nothing to act on without a policy; it is used up now, not carried out
+    # on a later rollout once a policy appears.
+    if inp.command is not None:
+        status.last_command = inp.command
+    replicas = None if spec.serving.autoscaling else spec.serving.replicas
+
+    stable_name = status.stable.name if status.stable and status.stable.name else desired
+    stable_obs = inp.revisions.get(stable_name)
+    # The spec the stable revision was made from: the user's spec may already name a newer one.
+    stable_spec = stable_obs.spec if stable_obs else None
+    if stable_spec is None:
+        # A first revision, or the stable revision's Deployment (and the spec it carried) is
+        # gone or unreadable: start over from the spec the user asks for now.
+        stable_name, stable_spec, stable_obs = desired, spec, inp.revisions.get(desired)
+    canary_name = desired if stable_name != desired else None
+    canary_obs = inp.revisions.get(desired) if canary_name else None
+
+    if canary_name and canary_obs is not None and canary_obs.ready:
+        events.append(
+            Event(
+                "Normal",
+                "Replaced",
+                f"revision {canary_name} (model {spec.model.version}) is Ready and replaces "
+                f"{stable_name}",
+            )
+        )
+        push_history(
+            status, stable_name, stable_spec.model.version, "Replaced", inp.now,
+            f"replaced by {canary_name}",
+        )  # fmt: skip
+        stable_name, stable_spec, stable_obs = canary_name, spec, canary_obs
+        canary_name, canary_obs = None, None
+
+    stable_ready = stable_obs.ready_replicas if stable_obs else 0
+    canary_ready = canary_obs.ready_replicas if canary_obs else 0
+    # Everything stays on the old revision until the new one replaces it (unless only the new
+    # one has ready pods); a Service over both revisions spreads over both revisions' pods.
+    delivered = inp.router.delivered(0, stable_ready, canary_ready)
+    status.stable = RevisionStatus(
+        name=stable_name,
+        model_version=stable_spec.model.version,
+        replicas=stable_obs.replicas if stable_obs else replicas,
+        ready_replicas=stable_ready,
+        weight=0 if canary_name else 100,
+        effective_weight=delivered.stable,
+    )
+    status.canary = None
+    canary_pods = canary_obs.replicas if canary_obs else replicas  # None: left to its HPA
+    if canary_name:
+        status.canary = RevisionStatus(
+            name=canary_name,
+            model_version=spec.model.version,
+            replicas=canary_pods,
+            ready_replicas=canary_ready,
+            weight=100,
+            effective_weight=delivered.canary,
+        )
+    status.current_step = None
+    status.step_started_at = None
+    status.pause_reason = None
+    status.previous = None
+    status.bake_until = None
+    status.analysis = None
+
+    if canary_name is None:
+        reason = serving_phase(
+            status, stable_name, stable_spec.model.version, stable_obs, status.stable.replicas
+        )
+    else:
+        reason = replacing_phase(inp, status, canary_name, canary_obs, canary_pods, stable_name)
+
+    plans = [RevisionPlan(stable_name, stable_spec, replicas, "stable")]
+    if canary_name:
+        # Not a canary under analysis: it is created as what it will become, the stable one.
+        plans.append(RevisionPlan(canary_name, spec, replicas, "stable"))
+    return Decision(
+        status=status,
+        revisions=plans,
+        stable=stable_name,
+        canary=canary_name,
+        route_canary_weight=delivered.route_weight,
+        reason=reason,
+        events=events,
+    )
+
+
+def replacing_phase(
+    inp: RolloutInput,
+    status: ModelDeploymentStatus,
+    name: str,
+    observed: RevisionObservation | None,
+    desired_pods: int | None,
+    serving: str,
+) -> Reason:
+    """Phase and message while a new revision gets ready beside the one serving (no policy);
+    returns the condition reason."""
+    if observed is not None and observed.failed and observed.failure is not None:
+        # Its pods do not start: said at once, not after the progress deadline. It is kept (and
+        # its Deployment keeps trying), so a fix elsewhere (a corrected ConfigMap, a pushed
+        # image) lets it replace the old revision; a new spec replaces it.
+        status.phase = "Degraded"
+        status.message = f"{observed.failure_message()}; traffic stays on {serving}"
+        return observed.failure.cause
+    if observed is not None and observed.deadline_exceeded:
+        status.phase = "Degraded"
+        status.message = (
+            f"revision {name} did not become Ready within "
+            f"{inp.progress_deadline_seconds}s; traffic stays on {serving}"
+        )
+        return Reason.PROGRESS_DEADLINE_EXCEEDED
+    ready = observed.ready_replicas if observed else 0
+    status.phase = "Progressing"
+    status.message = (
+        f"revision {name} (model {inp.spec.model.version}) "
+        f"{ready}/{desired_pods if desired_pods is not None else '?'} ready; "
+        f"{serving} keeps serving"
+    )
+    if observed is not None and observed.failure is not None:
+        status.message += f"; {observed.failure.describe()}"
+    return Reason.NEW_REVISION_NOT_READY
+
+
+def hold_for_policy(inp: RolloutInput) -> Decision | None:
+    """The referenced RolloutPolicy is missing or invalid while a stable revision serves and a
+    new one is asked for: nothing moves until the policy is back (its watch event wakes the
+    ModelDeployment). A canary keeps its pods, its weight and its step; a new version waits.
+    A missing policy never promotes an unjudged canary (GitOps tools may apply a
+    ModelDeployment before the policy it names). None: nothing to hold."""
+    if not inp.policy_error or inp.spec.rollout is None:
+        return None
+    status = inp.status.model_copy(deep=True)
+    desired = inp.desired
+    stable = status.stable.name if status.stable else None
+    stable_obs = inp.revisions.get(stable) if stable else None
+    if stable is None or stable_obs is None or stable_obs.spec is None or stable == desired:
+        return None
+    assert status.stable is not None
+    plans = [RevisionPlan(stable, stable_obs.spec, status.stable.replicas, "stable")]
+    canary = status.canary.name if status.canary else None
+    canary_obs = inp.revisions.get(canary) if canary else None
+    weight = 0
+    if status.canary is not None and canary_obs is not None and canary_obs.spec is not None:
+        plans.append(RevisionPlan(str(canary), canary_obs.spec, status.canary.replicas, "canary"))
+        weight = status.canary.weight or 0
+    else:
+        canary = None
+        status.message = f"model {inp.spec.model.version} waits for it"
+        status.phase = "Progressing"
+    if status.previous is not None and status.previous.name:
+        prev_obs = inp.revisions.get(status.previous.name)
+        if prev_obs is not None and prev_obs.spec is not None:
+            plans.append(RevisionPlan(status.previous.name, prev_obs.spec, 0, "previous"))
+    return Decision(
+        status=status,
+        revisions=plans,
+        stable=stable,
+        canary=canary,
+        route_canary_weight=weight,
+        reason=Reason.POLICY_NOT_FOUND,
+    )
 
 
 def keep_serving(revisions: dict[str, RevisionObservation], decision: Decision) -> None:

@@ -398,7 +398,8 @@ def test_gateway_api_router_writes_exact_weights(
 ) -> None:
     """The HTTPRoute's weights are exact, and a real Gateway (Traefik, the `gateway` fixture)
     routes by them: through its listener the canary answers (model_version 2.0.0) its weight's
-    share of requests, and every request with the header match."""
+    share of requests, and every request with the header match. Switched to the replicas
+    router, the HTTPRoute is deleted."""
     gateway.attach(namespace, "public")
     traffic_spec = {
         "router": "gatewayAPI",
@@ -471,6 +472,25 @@ def test_gateway_api_router_writes_exact_weights(
         timeout=60,
         what="every answer through the Gateway from 2.0.0 once promoted",
     )
+
+    # Back to the replicas router: the HTTPRoute goes (no route left with frozen weights), the
+    # same revision keeps serving through the ClusterIP Service.
+    promoted = status(cluster, namespace)["stable"]["name"]
+    deploy(cluster, namespace, models.good_v2, "2.0.0", manual, traffic={"router": "replicas"})
+    wait_until(
+        lambda: (
+            not cluster.kubectl(
+                "get", "httproute", NAME, "-n", namespace, "--ignore-not-found", "-o", "name"
+            ).stdout.strip()
+        ),
+        timeout=30,
+        what="the HTTPRoute deleted after the switch to the replicas router",
+    )
+    final = wait_status(cluster, namespace, lambda s: s.get("phase") == "Healthy", "Healthy")
+    assert final["stable"]["name"] == promoted, "a router switch is not a new revision"
+    assert final["stable"]["effectiveWeight"] == 100.0
+    after = load(NAME, models.x, rate=50, max_requests=40, duration=30).run()
+    assert after.by(lambda r: r.version) == {"2.0.0": 40}, failed(after)[:10]
 
 
 def test_a_model_that_fails_its_sha256_crash_loops_and_is_rolled_back_at_once(

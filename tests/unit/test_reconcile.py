@@ -6,7 +6,6 @@ from canarium.api import ModelDeployment, RolloutPolicySpec
 from canarium.reconcile import (
     ChildRef,
     RevisionObservation,
-    effective_weights,
     observe_deployment,
     reconcile,
 )
@@ -180,13 +179,6 @@ def test_autoscaling_renders_an_hpa_and_dropping_it_deletes_the_hpa() -> None:
     plain = mdep()
     plan = reconcile(inp(plain, hpas=frozenset({name_of(plain)})))
     assert ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", name_of(plain)) in plan.delete
-
-
-def test_effective_weights_follow_ready_pods() -> None:
-    assert effective_weights(3, 1) == (75.0, 25.0)
-    assert effective_weights(2, 1) == (66.67, 33.33)
-    assert effective_weights(0, 0) == (0.0, 0.0)
-    assert effective_weights(0, 2) == (0.0, 100.0)
 
 
 def test_contested_fields_are_those_another_manager_owns_among_ours() -> None:

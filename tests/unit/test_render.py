@@ -12,13 +12,13 @@ from canarium.render import (
     LABEL_REVISION,
     hash_of_revision,
     render_hpa,
-    render_httproute,
     render_revision,
     render_services,
     revision_hash,
     revision_name,
     spec_of_revision,
 )
+from canarium.routers.gatewayapi import render_httproute
 from canarium.settings import Settings
 from canarium_serving import contract
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from canarium.api import HistoryEntry, Measurement, ModelDeployment, RolloutPolicySpec, Verdict
+from canarium.api import Measurement, ModelDeployment, RolloutPolicySpec, Verdict
 from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
 from canarium.rollout import (
     AnalysisRun,
@@ -15,8 +15,6 @@ from canarium.rollout import (
     RolloutInput,
     analysis_due,
     parse_command,
-    rollback_cause,
-    split_replicas,
 )
 
 from tests.unit.operator_fixtures import (
@@ -480,24 +478,6 @@ def test_gateway_router_keeps_stable_full_and_weights_the_route() -> None:
     assert weights == {"iris-stable": 100, "iris-canary": 0}
 
 
-@pytest.mark.parametrize(
-    ("total", "weight", "router", "expected"),
-    [
-        (4, 10, "replicas", (4, 1)),
-        (4, 25, "replicas", (3, 1)),
-        (4, 50, "replicas", (2, 2)),
-        (4, 100, "replicas", (0, 4)),
-        (3, 10, "replicas", (3, 1)),
-        (10, 10, "replicas", (9, 1)),
-        (4, 0, "replicas", (4, 0)),
-        (4, 10, "gatewayAPI", (4, 1)),
-        (4, 60, "gatewayAPI", (4, 3)),
-    ],
-)
-def test_split_replicas(total: int, weight: int, router: str, expected: tuple[int, int]) -> None:
-    assert split_replicas(total, weight, router) == expected
-
-
 def test_parse_command() -> None:
     assert parse_command("promote@123") == "promote"
     assert parse_command("promote-full@x") == "promote-full"
@@ -726,28 +706,28 @@ def test_failure_messages_never_carry_credentials() -> None:
         assert secret not in written, secret
 
 
-def test_rollback_cause_of_history_entries() -> None:
-    def entry(outcome: str, reason: str, cause: str | None = None) -> HistoryEntry:
-        return HistoryEntry.model_validate(
-            {"revision": "iris-a", "outcome": outcome, "time": NOW, "reason": reason,
-             "cause": cause}
-        )  # fmt: skip
-
-    assert rollback_cause(entry("RolledBack", "revision iris-a: ...", "ModelLoadFailed")) == (
-        "ModelLoadFailed"
-    )
-    assert rollback_cause(entry("Aborted", "aborted by a person", "Aborted")) == "Aborted"
-    # Entries written before the cause was recorded.
-    assert rollback_cause(entry("RolledBack", "analysis failed 2/2 intervals")) == (
-        "AnalysisFailed"
-    )
-    assert (
-        rollback_cause(
-            entry("RolledBack", "revision iris-a did not become Ready within its progress deadline")
-        )
-        == "ProgressDeadlineExceeded"
-    )
-    assert rollback_cause(None) == "Aborted"
+def test_a_rollback_is_held_from_status_aborted_not_from_the_history_text() -> None:
+    """The rollback's cause lives in status.aborted, typed; what a message or a history entry
+    says decides nothing."""
+    sim = Sim()
+    sim.settle()
+    canary = _failing_canary(sim, "2.0.0")
+    sim.release("2.0.0")
+    aborted = sim.status["aborted"]
+    assert (aborted["revision"], aborted["cause"]) == (canary, "ModelLoadFailed")
+    assert "sha256 mismatch" in aborted["message"]
+    # Whatever the history's text says, the typed cause decides the condition's reason.
+    sim.status["history"][0]["reason"] = "did not become Ready within its progress deadline"
+    sim.status["history"][0]["cause"] = None
+    for _ in range(2):
+        sim.tick(60)
+        sim.settle()
+    assert sim.condition("Degraded")["reason"] == "ModelLoadFailed"
+    assert sim.replicas_of("2.0.0") == 0, "still held as rolled back"
+    # A new version ends the hold: the abort is cleared.
+    sim.release("3.0.0")
+    assert sim.status.get("aborted") is None
+    assert sim.phase == "Progressing"
 
 
 def test_a_new_version_replaces_a_stable_revision_that_never_started() -> None:

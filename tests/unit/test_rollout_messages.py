@@ -29,8 +29,8 @@ from canarium.rollout import (
     next_analysis_at,
     parse_command,
     serving_phase,
-    split_replicas,
 )
+from canarium.routers import router_for
 
 from tests.unit.operator_fixtures import NOW, crashloop_pod, mdep
 from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash, judgement
@@ -340,8 +340,8 @@ def test_an_overdue_analysis_asks_to_be_woken_at_once() -> None:
 
 # --- Pure helpers ---------------------------------------------------------------------------
 def test_no_pods_at_all_split_as_none() -> None:
-    assert split_replicas(0, 25, "replicas") == (0, 0)
-    assert split_replicas(0, 25, "gatewayAPI") == (0, 0)
+    assert router_for("replicas").pods(0, 25) == (0, 0)
+    assert router_for("gatewayAPI").pods(0, 25) == (0, 0)
 
 
 def test_parse_command_takes_the_verb_before_the_first_at() -> None:
@@ -403,7 +403,7 @@ def rollout_input(status: dict[str, Any], analysis: dict[str, Any] | None = ANAL
         policy=RolloutPolicySpec.model_validate(policy),
         revisions={},
         now=NOW + timedelta(seconds=now_after),
-        router="replicas",
+        router=router_for("replicas"),
     )
 
 
@@ -568,9 +568,9 @@ def test_reverting_drops_a_canary_without_ready_pods_even_when_stable_has_none()
 
 
 def test_the_smallest_weights_still_get_a_pod() -> None:
-    assert split_replicas(4, 1, "replicas") == (4, 1)
-    assert split_replicas(201, 1, "replicas") == (199, 3)
-    assert split_replicas(201, 1, "gatewayAPI") == (201, 3)
+    assert router_for("replicas").pods(4, 1) == (4, 1)
+    assert router_for("replicas").pods(201, 1) == (199, 3)
+    assert router_for("gatewayAPI").pods(201, 1) == (201, 3)
 
 
 def test_a_canary_at_weight_1_is_analysed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -28,6 +29,30 @@ MAX_CONDITIONS = 16
 CONDITION_READY = "Ready"
 CONDITION_PROGRESSING = "Progressing"
 CONDITION_DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    """The conditions' reasons (CamelCase, as metav1.Condition wants them), and the causes of
+    a rollback kept in status.aborted and the history."""
+
+    AVAILABLE = "Available"  # one revision serves everything, ready
+    REPLICAS_NOT_READY = "ReplicasNotReady"
+    NEW_REVISION_NOT_READY = "NewRevisionNotReady"  # no policy: the new one replaces when ready
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    PAUSED = "Paused"
+    BAKING = "Baking"
+    POLICY_NOT_FOUND = "PolicyNotFound"
+    POLICY_INVALID = "PolicyInvalid"
+    # Why a revision cannot serve, or was rolled back or aborted.
+    ANALYSIS_FAILED = "AnalysisFailed"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    MODEL_LOAD_FAILED = "ModelLoadFailed"  # the server reported that the model did not load
+    REVISION_FAILED = "RevisionFailed"  # its pods do not start for another reason
+    ABORTED = "Aborted"  # by a person
+    SPEC_REVERTED = "SpecReverted"  # a rollout ended by the spec going back to stable
+    # A promoted revision failed its bake and the previous revision is gone: nothing to go
+    # back to.
+    BAKE_FAILED_PREVIOUS_GONE = "BakeFailedPreviousGone"
 
 
 class RevisionStatus(StatusModel):
@@ -115,6 +140,20 @@ class HistoryEntry(StatusModel):
     )
 
 
+class AbortStatus(StatusModel):
+    """A rollout that ended badly and holds: its canary rolled back or aborted, or a promotion
+    whose bake failed with nothing to go back to."""
+
+    revision: str = Field(max_length=253, description="Name of the revision.")
+    cause: Reason = Field(
+        description="Why (the Degraded condition's reason): AnalysisFailed, "
+        "ProgressDeadlineExceeded, ModelLoadFailed, RevisionFailed, Aborted or "
+        "BakeFailedPreviousGone.",
+    )
+    message: str | None = Field(None, max_length=1024, description="Why, in a few words.")
+    time: datetime = Field(description="When it happened.")
+
+
 class ModelDeploymentStatus(StatusModel):
     """Observed state of a ModelDeployment, written by the operator."""
 
@@ -166,6 +205,12 @@ class ModelDeploymentStatus(StatusModel):
     )
     bake_until: datetime | None = Field(
         None, description="End of the bake: until then the promoted revision is still analysed."
+    )
+    aborted: AbortStatus | None = Field(
+        None,
+        description="Set when a rollout ended badly (a canary rolled back or aborted, or a "
+        "bake failed with the previous revision gone): it holds until the spec changes or a "
+        "person says retry.",
     )
     last_command: str | None = Field(
         None,
