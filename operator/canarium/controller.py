@@ -445,7 +445,7 @@ class Controller:
         when, purely); the run goes into the reconcile input."""
         r_inp = rollout_input(inp)
         analysis = inp.policy.analysis if inp.policy else None
-        if r_inp is None or analysis is None or not analysis_due(r_inp):
+        if analysis is None or not analysis_due(r_inp):
             return inp
         status = inp.mdep.status
         name = inp.mdep.metadata.name
