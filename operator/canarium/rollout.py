@@ -297,6 +297,13 @@ def serving_phase(
     return Reason.REPLICAS_NOT_READY
 
 
+def baking_message(version: str, until: datetime, previous: str) -> str:
+    return (
+        f"model {version} promoted; baking under analysis until {until.isoformat()} "
+        f"({previous} kept scaled down)"
+    )
+
+
 def steps_hash(steps: Sequence[RolloutStep]) -> str:
     """A short hash of a policy's steps: status.stepsHash, to notice them changing mid-rollout."""
     data = json.dumps([step.model_dump(mode="json") for step in steps], sort_keys=True)
@@ -709,9 +716,8 @@ class _Machine:
             )
         else:
             status.phase = "Progressing"
-            status.message = (
-                f"model {stable_spec.model.version} promoted; baking under analysis until "
-                f"{status.bake_until.isoformat()} ({previous.name} kept scaled down)"
+            status.message = baking_message(
+                stable_spec.model.version, status.bake_until, previous.name
             )
         return self.decision(plans, stable, None, 0, Reason.BAKING)
 
@@ -1035,9 +1041,7 @@ class _Machine:
             self.after(bake)
             self.schedule_analysis()
             status.phase = "Progressing"
-            status.message = (
-                f"model {inp.spec.model.version} promoted; baking for {self.policy.bake}"
-            )
+            status.message = baking_message(inp.spec.model.version, status.bake_until, stable)
             reason = Reason.BAKING
         else:
             status.previous = None
@@ -1251,6 +1255,10 @@ def hold_for_policy(inp: RolloutInput) -> Decision | None:
     if status.canary is not None and canary_obs is not None and canary_obs.spec is not None:
         plans.append(RevisionPlan(str(canary), canary_obs.spec, status.canary.replicas, "canary"))
         weight = status.canary.weight or 0
+        # Written afresh: the status's own message would grow at every reconcile.
+        status.message = (
+            f"canary {canary} (model {canary_obs.spec.model.version}) held at weight {weight}%"
+        )
     else:
         canary = None
         status.message = f"model {inp.spec.model.version} waits for it"

@@ -58,7 +58,10 @@ def test_the_events_of_a_rollout_from_start_to_the_end_of_its_bake() -> None:
         f"pausing until {(NOW + timedelta(minutes=1)).isoformat()}"
     )
     sim.walk_to_promotion()
-    assert sim.status["message"] == "model 2.0.0 promoted; baking for 2m"
+    assert sim.status["message"] == (
+        f"model 2.0.0 promoted; baking under analysis until "
+        f"{(sim.now + timedelta(minutes=2)).isoformat()} ({V1} kept scaled down)"
+    )
     sim.tick(121)
     sim.settle()
     assert rollout_events(sim) == [
