@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
 from .batching import Batcher
-from .contract import (
-    DEFAULT_BODY_READ_TIMEOUT_S,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MODEL_CACHE_DIR,
-    DEFAULT_TERMINATION_LOG,
-    METRICS_PATH,
-)
+from .config import ServerConfig
+from .contract import METRICS_PATH
 from .fetch import fetch_model
 from .metrics import Labels, ServingMetrics
 from .model import ModelLoadError, OnnxModel
@@ -41,26 +35,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 SERVER_NAME = "canarium-serving"
 _JSON = [(b"content-type", b"application/json")]
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    model_uri: str
-    model_name: str = "model"
-    model_version: str = "1"
-    model_sha256: str | None = None
-    deployment: str = ""
-    namespace: str = ""
-    revision: str = ""
-    role: str = ""
-    model_cache_dir: str = DEFAULT_MODEL_CACHE_DIR
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
-    batch_max_size: int = 32
-    batch_max_wait_ms: float = 0.0
-    ort_threads: int = 1
-    exit_on_load_failure: bool = True
-    termination_log: str = DEFAULT_TERMINATION_LOG
 
 
 class _Disconnected(Exception):

@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_name is None:
         args.model_name = _default_name(args.model_uri)
 
-    from .app import ModelServer, ServerConfig
+    from .app import ModelServer
+    from .config import ServerConfig
     from .server import serve
 
     fields = set(ServerConfig.__slots__)

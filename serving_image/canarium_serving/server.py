@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .app import ModelServer, ServerConfig
+    from .app import ModelServer
+    from .config import ServerConfig
 
 log = logging.getLogger("canarium_serving")
 
