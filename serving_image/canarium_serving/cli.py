@@ -143,12 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_name is None:
         args.model_name = _default_name(args.model_uri)
 
-    from .app import ModelServer, ServerConfig
+    from .config import ServerConfig
     from .server import serve
 
     fields = set(ServerConfig.__slots__)
     config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    return serve(ModelServer, config, host=args.host, port=args.port, log_level=args.log_level)
+    return serve(config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,16 @@ class InferenceRequest:
         return 0
 
 
+@dataclass(slots=True)
+class InferenceResponse:
+    """A V2 inference response before serialisation (see `build_response`)."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray[Any, Any]]
+    id: str | None = None
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "null"

@@ -1,4 +1,5 @@
-"""Run the ASGI application on uvicorn (httptools parser, uvloop event loop).
+"""Run the model server: a DataPlane behind its REST ASGI application, on uvicorn (httptools
+parser, uvloop event loop).
 
 uvicorn was measured against granian with the same bare ASGI application on this class of
 machine (2 cores, wrk with 16 connections): both serve a minimal ASGI response at ~17.5k
@@ -10,23 +11,15 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .app import ModelServer, ServerConfig
+from .app import RestApp
+from .config import ServerConfig
+from .dataplane import DataPlane
 
 log = logging.getLogger("canarium_serving")
 
 
-def serve(
-    factory: Callable[..., ModelServer],
-    config: ServerConfig,
-    *,
-    host: str,
-    port: int,
-    log_level: str = "info",
-) -> int:
+def serve(config: ServerConfig, *, host: str, port: int, log_level: str = "info") -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or until the model fails to load (exit 1)."""
     import uvicorn
 
@@ -38,7 +31,11 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    app = factory(config, on_fatal=on_fatal)
+    app = RestApp(
+        DataPlane(config, on_fatal=on_fatal),
+        max_body_bytes=config.max_body_bytes,
+        body_read_timeout_s=config.body_read_timeout_s,
+    )
     uv_config = uvicorn.Config(
         app,
         host=host,
