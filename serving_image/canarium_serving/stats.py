@@ -3,7 +3,8 @@
 A histogram here has `edges` = the finite bucket upper bounds (Prometheus' `le`, ascending) and
 one more bucket for everything above the last edge (`le="+Inf"`). A value v falls in the first
 bucket whose edge is >= v, exactly as a Prometheus histogram counts it, so the live counts on
-/metrics and the reference fractions in the model file can be compared bucket by bucket (PSI).
+/metrics and the reference fractions in the model file can be compared bucket by bucket
+(`metrics_contract.psi`).
 
 Reference document (JSON, in the ONNX metadata under `canarium.reference`)::
 
@@ -19,7 +20,6 @@ Reference document (JSON, in the ONNX metadata under `canarium.reference`)::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
 import numpy as np
@@ -61,14 +61,3 @@ def fractions(counts: np.ndarray[Any, Any]) -> list[float]:
     if total == 0:
         return [0.0] * len(counts)
     return [float(c) / total for c in counts]
-
-
-def psi(expected: list[float], actual: list[float], epsilon: float = 1e-4) -> float:
-    """Population stability index of two bucket distributions with the same buckets."""
-    if len(expected) != len(actual):
-        raise ValueError("distributions must have the same buckets")
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e2, a2 = max(e, epsilon), max(a, epsilon)
-        total += (a2 - e2) * math.log(a2 / e2)
-    return total

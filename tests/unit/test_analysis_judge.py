@@ -27,6 +27,7 @@ from canarium.analysis import (
 from canarium.analysis.judge import CUSTOM_NEEDS_PROMETHEUS
 from canarium.analysis.prometheus import fill_template, parse_answer, selector
 from canarium.api import AnalysisSpec, MetricsProvider
+from canarium_serving import metrics_contract as mc
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 INF = math.inf
@@ -683,18 +684,18 @@ def exposition(revision: str, ok: int, bad: int, start: float = 1000.0) -> str:
         f'revision="{revision}",role="canary"'
     )
     lines = [
-        "# TYPE canarium_requests counter",
-        f'canarium_requests_total{{{labels},code="200"}} {ok}',
-        f'canarium_requests_total{{{labels},code="400"}} {bad}',
-        "# TYPE canarium_request_duration_seconds histogram",
-        f'canarium_request_duration_seconds_bucket{{{labels},le="0.01"}} {ok + bad}',
-        f'canarium_request_duration_seconds_bucket{{{labels},le="+Inf"}} {ok + bad}',
-        f"canarium_request_duration_seconds_count{{{labels}}} {ok + bad}",
-        f"canarium_request_duration_seconds_sum{{{labels}}} 0.1",
-        "# TYPE canarium_model_ready gauge",
-        f"canarium_model_ready{{{labels}}} 1",
+        f"# TYPE {mc.REQUESTS.name} counter",
+        f'{mc.REQUESTS.series}{{{labels},code="200"}} {ok}',
+        f'{mc.REQUESTS.series}{{{labels},code="400"}} {bad}',
+        f"# TYPE {mc.REQUEST_DURATION.name} histogram",
+        f'{mc.REQUEST_DURATION.series}{{{labels},le="0.01"}} {ok + bad}',
+        f'{mc.REQUEST_DURATION.series}{{{labels},le="+Inf"}} {ok + bad}',
+        f"{mc.REQUEST_DURATION.name}_count{{{labels}}} {ok + bad}",
+        f"{mc.REQUEST_DURATION.name}_sum{{{labels}}} 0.1",
+        f"# TYPE {mc.MODEL_READY.name} gauge",
+        f"{mc.MODEL_READY.name}{{{labels}}} 1",
         # A series of another revision must be ignored.
-        'canarium_model_ready{deployment="iris",namespace="ml",revision="other"} 1',
+        f'{mc.MODEL_READY.name}{{deployment="iris",namespace="ml",revision="other"}} 1',
         "# TYPE process_start_time_seconds gauge",
         f"process_start_time_seconds {start}",
     ]
@@ -852,21 +853,21 @@ def fake_answer(query: str) -> tuple[int, dict[str, Any]]:
         return 200, vector(({"a": "1"}, 1), ({"a": "2"}, 2))
     if "custom_nan" in query:
         return 200, vector(({}, "NaN"))
-    if 'revision="iris-s7b"' in query and "canarium_requests_total" in query:
+    if 'revision="iris-s7b"' in query and mc.REQUESTS.series in query:
         return 200, vector(({"code": "200"}, 300))
     if 'revision="iris-c4n"' not in query:
         return 200, vector()
-    if "canarium_requests_total" in query:
+    if mc.REQUESTS.series in query:
         return 200, vector(({"code": "200"}, 90), ({"code": "400"}, 6), ({"code": "503"}, 4))
-    if "canarium_request_duration_seconds_bucket" in query:
+    if mc.REQUEST_DURATION.series in query:
         return 200, vector(({"le": "0.1"}, 99), ({"le": "+Inf"}, 100))
-    if "canarium_prediction_class_total" in query:
+    if mc.PREDICTION_CLASS.series in query:
         return 200, vector(({"output": "label", "class": "1"}, 100))
-    if "canarium_input_feature_value_bucket" in query:
+    if mc.INPUT_FEATURE_VALUE.series in query:
         return 200, vector(({"feature": "x", "le": "1"}, 40), ({"feature": "x", "le": "+Inf"}, 100))
-    if "canarium_reference_input_feature_ratio" in query:
+    if mc.REFERENCE_INPUT_FEATURE_RATIO.name in query:
         return 200, vector(({"feature": "x", "le": "1"}, 0.5), ({"feature": "x", "le": "+Inf"}, 1))
-    if "canarium_model_ready" in query:
+    if mc.MODEL_READY.name in query:
         return 200, vector(({}, 2))
     return 200, vector()
 
@@ -933,10 +934,8 @@ def test_prometheus_provider_measures(
     assert canary.reference_input_ratios == {"x": {1.0: 0.5, INF: 1.0}}
     assert stable.requests == 300
     sel = '{namespace="ml",deployment="iris",revision="iris-c4n"}'
-    assert f"sum by (code) (increase(canarium_requests_total{sel}[30s]))" in fake.queries
-    assert f"sum by (le) (increase(canarium_request_duration_seconds_bucket{sel}[30s]))" in (
-        fake.queries
-    )
+    assert f"sum by (code) (increase({mc.REQUESTS.series}{sel}[30s]))" in fake.queries
+    assert f"sum by (le) (increase({mc.REQUEST_DURATION.series}{sel}[30s]))" in (fake.queries)
     assert all(h.get("X-Scope-OrgID") == "t1" for h in fake.headers)
     assert len(set(fake.times)) == 1  # every query evaluated at the same instant
     assert fake.times[0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import weakref
 from typing import Protocol
 
+from canarium_serving.metrics_contract import psi
+
 from canarium.analysis.judge import Judgement, judge
 from canarium.analysis.podmetrics import PodMetricsProvider, PodsClient, parse_metrics
 from canarium.analysis.prometheus import PrometheusProvider
@@ -27,7 +29,7 @@ from canarium.analysis.samples import (
     delta,
     window,
 )
-from canarium.analysis.stats import histogram_quantile, psi
+from canarium.analysis.stats import histogram_quantile
 from canarium.api import AnalysisSpec, MetricsProvider
 
 

@@ -21,8 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from canarium_serving.metrics_contract import psi
+
 from canarium.analysis.samples import RevisionMetrics
-from canarium.analysis.stats import align, histogram_quantile, psi
+from canarium.analysis.stats import align, histogram_quantile
 from canarium.api import AnalysisSpec, CustomCheck, Measurement, Verdict
 
 PASSED: Verdict = "Passed"

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from canarium_serving import contract
+from canarium_serving import metrics_contract as mc
 from prometheus_client.parser import text_string_to_metric_families
 
 from canarium.analysis.samples import (
@@ -67,24 +68,27 @@ class _Builder:
         self.start_time: float | None = None
 
     def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        if name == "canarium_requests_total":
+        if name == mc.REQUESTS.series:
             self.requests += value
-            if not labels.get("code", "").startswith("2"):
+            if not labels.get(mc.LABEL_CODE, "").startswith("2"):
                 self.errors += value
-        elif name == "canarium_request_duration_seconds_bucket":
-            self.latency[float(labels["le"])] = value
-        elif name == "canarium_prediction_class_total":
-            self.classes[(labels["output"], labels["class"])] = value
-        elif name == "canarium_prediction_value_bucket":
-            self.values.setdefault(labels["output"], {})[float(labels["le"])] = value
-        elif name == "canarium_input_feature_value_bucket":
-            self.features.setdefault(labels["feature"], {})[float(labels["le"])] = value
-        elif name == "canarium_reference_input_feature_ratio":
-            self.ref_inputs.setdefault(labels["feature"], {})[float(labels["le"])] = value
-        elif name == "canarium_reference_prediction_class_ratio":
-            self.ref_classes[(labels["output"], labels["class"])] = value
-        elif name == "canarium_reference_prediction_value_ratio":
-            self.ref_values.setdefault(labels["output"], {})[float(labels["le"])] = value
+        elif name == mc.REQUEST_DURATION.series:
+            self.latency[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.PREDICTION_CLASS.series:
+            self.classes[(labels[mc.LABEL_OUTPUT], labels[mc.LABEL_CLASS])] = value
+        elif name == mc.PREDICTION_VALUE.series:
+            self.values.setdefault(labels[mc.LABEL_OUTPUT], {})[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.INPUT_FEATURE_VALUE.series:
+            by_feature = self.features.setdefault(labels[mc.LABEL_FEATURE], {})
+            by_feature[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.REFERENCE_INPUT_FEATURE_RATIO.series:
+            by_feature = self.ref_inputs.setdefault(labels[mc.LABEL_FEATURE], {})
+            by_feature[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.REFERENCE_PREDICTION_CLASS_RATIO.series:
+            self.ref_classes[(labels[mc.LABEL_OUTPUT], labels[mc.LABEL_CLASS])] = value
+        elif name == mc.REFERENCE_PREDICTION_VALUE_RATIO.series:
+            by_output = self.ref_values.setdefault(labels[mc.LABEL_OUTPUT], {})
+            by_output[float(labels[mc.LABEL_LE])] = value
 
     def build(self, pods: int) -> RevisionMetrics:
         return RevisionMetrics(
@@ -116,12 +120,12 @@ def parse_metrics(
             if name == "process_start_time_seconds":
                 builder.start_time = value
                 continue
-            if not name.startswith("canarium_"):
+            if not name.startswith(mc.PREFIX):
                 continue
             if (
-                labels.get("deployment") != deployment
-                or labels.get("namespace") != namespace
-                or labels.get("revision") != revision
+                labels.get(mc.LABEL_DEPLOYMENT) != deployment
+                or labels.get(mc.LABEL_NAMESPACE) != namespace
+                or labels.get(mc.LABEL_REVISION) != revision
             ):
                 continue
             builder.matched = True

@@ -1,0 +1,102 @@
+"""The metrics contract (canarium_serving.metrics_contract): the server exposes exactly the
+families it declares, the operator's parser reads them back, and the one PSI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from canarium.analysis import parse_metrics
+from canarium_serving import metrics_contract as mc
+from canarium_serving.metrics import Labels, ServingMetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+REFERENCE = {
+    "samples": 4,
+    "features": [{"name": "f", "input": "X", "column": 0, "edges": [1.0], "fractions": [0.5, 0.5]}],
+    "outputs": [
+        {"name": "label", "kind": "class", "classes": ["a", "b"], "fractions": [0.25, 0.75]},
+        {"name": "score", "kind": "value", "edges": [0.5], "fractions": [0.5, 0.5]},
+    ],
+}
+
+
+def served_metrics() -> ServingMetrics:
+    """A server's metrics with every family holding samples: a classifier and a regressor
+    output, one input feature, reference statistics, one request."""
+    metrics = ServingMetrics(Labels("m", "1", "iris", "ml", "iris-c4n", "canary"))
+    metrics.configure_model(
+        platform="onnxruntime_onnx",
+        sha256="0" * 64,
+        uri="file:///m.onnx",
+        outputs=[("label", "BYTES", (-1,)), ("score", "FP32", (-1, 1))],
+        reference=REFERENCE,
+    )
+    metrics.ready = True
+    metrics.observe_request(200, 0.01)
+    metrics.observe_execution(
+        {"X": np.asarray([[0.5], [2.0]], dtype=np.float32)},
+        {
+            "label": np.asarray([b"a", b"b"]),
+            "score": np.asarray([[0.1], [0.9]], dtype=np.float32),
+        },
+        2,
+    )
+    return metrics
+
+
+def test_server_exposes_exactly_the_contract_families_and_labels() -> None:
+    text = served_metrics().exposition().decode()
+    exposed = {
+        family.name: family
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith(mc.PREFIX)
+    }
+    # prometheus_client names a counter family without its _total suffix, like the contract.
+    assert set(exposed) == {f.name for f in mc.FAMILIES}
+    for declared in mc.FAMILIES:
+        family = exposed[declared.name]
+        assert family.type == declared.type, declared.name
+        assert family.samples, declared.name
+        for sample in family.samples:
+            labels = set(sample.labels)
+            if declared.type == "histogram" and sample.name == declared.series:
+                labels.discard(mc.LABEL_LE)  # Prometheus' own bucket label
+            assert labels == {*mc.BASE_LABELS, *declared.labels}, sample
+        assert declared.series in {s.name for s in family.samples}, declared.name
+
+
+def test_operator_reads_what_the_server_writes() -> None:
+    sample = parse_metrics(
+        served_metrics().exposition().decode(),
+        deployment="iris",
+        namespace="ml",
+        revision="iris-c4n",
+    )
+    assert sample is not None
+    metrics = sample.metrics
+    assert (metrics.requests, metrics.errors) == (1.0, 0.0)
+    assert metrics.latency_buckets[math.inf] == 1.0
+    assert metrics.prediction_classes == {("label", "a"): 1.0, ("label", "b"): 1.0}
+    assert metrics.prediction_value_buckets == {"score": {0.5: 1.0, math.inf: 2.0}}
+    assert metrics.input_feature_buckets == {"f": {1.0: 1.0, math.inf: 2.0}}
+    assert metrics.reference_input_ratios == {"f": {1.0: 0.5, math.inf: 1.0}}
+    assert metrics.reference_prediction_class_ratios == {("label", "a"): 0.25, ("label", "b"): 0.75}
+    assert metrics.reference_prediction_value_ratios == {"score": {0.5: 0.5, math.inf: 1.0}}
+
+
+def test_series_names() -> None:
+    assert mc.REQUESTS.series == "canarium_requests_total"
+    assert mc.REQUEST_DURATION.series == "canarium_request_duration_seconds_bucket"
+    assert mc.MODEL_READY.series == "canarium_model_ready"
+    assert all(f.name.startswith(mc.PREFIX) for f in mc.FAMILIES)
+
+
+def test_psi_normalises_each_side() -> None:
+    """Reference fractions that do not sum to exactly 1 (rounded, or a truncated histogram) and
+    live counts are compared as distributions: scaling either side changes nothing."""
+    expected = mc.psi([0.5, 0.5], [0.25, 0.75])
+    assert expected == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
+    assert mc.psi([0.2, 0.2], [0.25, 0.75]) == pytest.approx(expected)
+    assert mc.psi([0.5, 0.5], [100, 300]) == pytest.approx(expected)
