@@ -183,7 +183,7 @@ class ServingMetrics(Collector):
         self._inputs: dict[str, _ColumnHistograms] = {}
         self._classes: dict[str, _ClassCounter] = {}
         self._values: dict[str, _ColumnHistograms] = {}
-        self._reference: dict[str, Any] | None = None
+        self._reference: mc.ReferenceStatistics | None = None
         self._model_aware = False
         self._queued: list[
             tuple[Mapping[str, np.ndarray[Any, Any]], Mapping[str, np.ndarray[Any, Any]]]
@@ -201,7 +201,7 @@ class ServingMetrics(Collector):
         sha256: str,
         uri: str,
         outputs: Sequence[tuple[str, str, tuple[int, ...]]],
-        reference: Mapping[str, Any] | None,
+        reference: mc.ReferenceStatistics | None,
     ) -> None:
         """Set up the model-aware metrics from the model's outputs and reference statistics.
 
@@ -209,28 +209,27 @@ class ServingMetrics(Collector):
         one value per row, value histograms to float outputs of one value per row.
         """
         self.info = _ModelInfo(platform=platform, sha256=sha256, uri=uri)
-        self._reference = dict(reference) if reference else None
-        ref_outputs = {o.get("name"): o for o in (reference or {}).get("outputs", [])}
+        self._reference = reference
+        ref_outputs = {o.name: o for o in reference.outputs} if reference else {}
         for name, datatype, shape in outputs:
             one_per_row = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
             if not one_per_row:
                 continue
-            ref = ref_outputs.get(name, {})
+            ref = ref_outputs.get(name)
             if datatype == "BYTES" or datatype.startswith(("INT", "UINT")):
-                self._classes[name] = _ClassCounter([str(c) for c in ref.get("classes", [])])
+                classes = ref.classes if isinstance(ref, mc.ClassOutputReference) else ()
+                self._classes[name] = _ClassCounter(classes)
             elif datatype.startswith("FP"):
-                edges = ref.get("edges") if ref.get("kind") == "value" else None
+                edges = ref.edges if isinstance(ref, mc.ValueOutputReference) else ()
                 self._values[name] = _ColumnHistograms(
-                    [name], [0], [list(edges) if edges else list(DEFAULT_VALUE_EDGES)]
+                    [name], [0], [list(edges or DEFAULT_VALUE_EDGES)]
                 )
-        by_input: dict[str, list[dict[str, Any]]] = {}
-        for feat in (reference or {}).get("features", []):
-            by_input.setdefault(str(feat["input"]), []).append(feat)
+        by_input: dict[str, list[mc.FeatureReference]] = {}
+        for feat in reference.features if reference else ():
+            by_input.setdefault(feat.input, []).append(feat)
         for input_name, feats in by_input.items():
             self._inputs[input_name] = _ColumnHistograms(
-                [str(f["name"]) for f in feats],
-                [int(f["column"]) for f in feats],
-                [[float(x) for x in f["edges"]] for f in feats],
+                [f.name for f in feats], [f.column for f in feats], [list(f.edges) for f in feats]
             )
         self._model_aware = bool(self._inputs or self._classes or self._values)
 
@@ -359,14 +358,14 @@ class ServingMetrics(Collector):
         yield from self._reference_families(lv)
 
     def _reference_families(self, lv: list[str]) -> Iterable[Metric]:
-        ref = self._reference or {}
+        ref = self._reference
         samples = GaugeMetricFamily(
             mc.REFERENCE_SAMPLES.name,
             "Rows of the sample the model's reference statistics were computed from",
             labels=_labels(mc.REFERENCE_SAMPLES),
         )
-        if ref:
-            samples.add_metric(lv, float(ref.get("samples", 0)))
+        if ref is not None:
+            samples.add_metric(lv, float(ref.samples))
         yield samples
 
         feat = GaugeMetricFamily(
@@ -374,9 +373,9 @@ class ServingMetrics(Collector):
             "Reference fraction of rows with feature value <= le (cumulative, like _bucket)",
             labels=_labels(mc.REFERENCE_INPUT_FEATURE_RATIO),
         )
-        for f in ref.get("features", []):
-            for le, cum in _cumulative(f.get("edges", []), f.get("fractions", [])):
-                feat.add_metric([*lv, str(f["name"]), le], cum)
+        for f in ref.features if ref else ():
+            for le, cum in _cumulative(f.edges, f.fractions):
+                feat.add_metric([*lv, f.name, le], cum)
         yield feat
 
         cls = GaugeMetricFamily(
@@ -389,13 +388,13 @@ class ServingMetrics(Collector):
             "Reference fraction of predicted values <= le (cumulative, like _bucket)",
             labels=_labels(mc.REFERENCE_PREDICTION_VALUE_RATIO),
         )
-        for o in ref.get("outputs", []):
-            if o.get("kind") == "class":
-                for c, frac in zip(o.get("classes", []), o.get("fractions", []), strict=False):
-                    cls.add_metric([*lv, str(o["name"]), str(c)], float(frac))
-            elif o.get("kind") == "value":
-                for le, cum in _cumulative(o.get("edges", []), o.get("fractions", [])):
-                    val.add_metric([*lv, str(o["name"]), le], cum)
+        for o in ref.outputs if ref else ():
+            if isinstance(o, mc.ClassOutputReference):
+                for c, frac in zip(o.classes, o.fractions, strict=True):
+                    cls.add_metric([*lv, o.name, c], frac)
+            else:
+                for le, cum in _cumulative(o.edges, o.fractions):
+                    val.add_metric([*lv, o.name, le], cum)
         yield cls
         yield val
 
@@ -407,8 +406,8 @@ def _labels(family: mc.Family) -> list[str]:
 def _cumulative(edges: Sequence[float], fracs: Sequence[float]) -> list[tuple[str, float]]:
     les = [_le(float(e)) for e in edges] + ["+Inf"]
     out, acc = [], 0.0
-    for le, f in zip(les, fracs, strict=False):
-        acc += float(f)
+    for le, f in zip(les, fracs, strict=True):
+        acc += f
         out.append((le, min(acc, 1.0)))
     return out
 

@@ -1,17 +1,21 @@
 """The metrics contract between the model server and the operator's analysis.
 
 The server exposes these families on /metrics; the operator's providers read them (scraped
-pods or PromQL) and judge them. Names, labels and the PSI used to compare distributions are
-written down once here, so a rename or a new label is one change that both sides follow.
-Pure Python: the operator imports it without the server's dependencies.
+pods or PromQL) and judge them. Names, labels, the reference statistics a model carries (the
+source of the reference families) and the PSI used to compare distributions are written down
+once here, so a rename or a new label is one change that both sides follow. No numpy, ONNX or
+HTTP: the operator imports it without the server's dependencies.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # --- Labels ------------------------------------------------------------------------------
 LABEL_MODEL: Final = "model"
@@ -101,6 +105,110 @@ FAMILIES: Final = (
 
 PREFIX: Final = "canarium_"
 """Every family's name starts with it."""
+
+
+# --- Reference statistics ----------------------------------------------------------------
+REFERENCE_FORMAT: Final = "canarium.reference/v1"
+
+
+class _Reference(BaseModel):
+    # Unknown keys are kept out, not refused: a newer packager may add statistics.
+    model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
+
+
+def _check_histogram(edges: Sequence[float], fractions: Sequence[float], what: str) -> None:
+    if any(a >= b for a, b in itertools.pairwise(edges)):
+        raise ValueError(f"{what}: edges must be strictly ascending")
+    if len(fractions) != len(edges) + 1:
+        raise ValueError(
+            f"{what}: {len(fractions)} fractions for {len(edges)} edges (need edges + 1, "
+            "the last for the +Inf bucket)"
+        )
+
+
+class FeatureReference(_Reference):
+    """The histogram of one input feature: column `column` of input `input`."""
+
+    name: str
+    input: str
+    column: int = Field(ge=0)
+    edges: tuple[float, ...]
+    """Finite bucket upper bounds (Prometheus' `le`), ascending."""
+    fractions: tuple[float, ...]
+    """Per bucket, len(edges) + 1 (the last is the +Inf bucket), summing to 1."""
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+
+    @model_validator(mode="after")
+    def _histogram(self) -> FeatureReference:
+        _check_histogram(self.edges, self.fractions, f"feature {self.name!r}")
+        return self
+
+
+class ClassOutputReference(_Reference):
+    """The predicted classes of a classifier output."""
+
+    name: str
+    kind: Literal["class"]
+    classes: tuple[str, ...]
+    fractions: tuple[float, ...]
+    """Per class, in `classes` order."""
+
+    @model_validator(mode="after")
+    def _one_fraction_per_class(self) -> ClassOutputReference:
+        if len(self.fractions) != len(self.classes):
+            raise ValueError(
+                f"output {self.name!r}: {len(self.fractions)} fractions for "
+                f"{len(self.classes)} classes"
+            )
+        return self
+
+
+class ValueOutputReference(_Reference):
+    """The histogram of a regressor output."""
+
+    name: str
+    kind: Literal["value"]
+    edges: tuple[float, ...]
+    fractions: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _histogram(self) -> ValueOutputReference:
+        _check_histogram(self.edges, self.fractions, f"output {self.name!r}")
+        return self
+
+
+OutputReference = Annotated[
+    ClassOutputReference | ValueOutputReference, Field(discriminator="kind")
+]
+
+
+class ReferenceStatistics(_Reference):
+    """What a model was trained on, packaged with it (`canarium model build`): JSON in the ONNX
+    metadata under `contract.ONNX_METADATA_KEY`, and next to it in `*.reference.json`. The
+    server serves it as the reference families; live histograms use the same edges, so the two
+    compare bucket by bucket. Parse with `model_validate` / `model_validate_json`.
+
+    For example::
+
+        {"format": "canarium.reference/v1", "model": "iris", "samples": 150,
+         "features": [{"name": "petal_length", "input": "X", "column": 2,
+                       "edges": [1.5, 3.0, ...], "fractions": [0.2, ...]}],
+         "outputs": [{"name": "label", "kind": "class", "classes": ["0", "1", "2"],
+                      "fractions": [0.33, 0.33, 0.34]},
+                     {"name": "variable", "kind": "value", "edges": [...], "fractions": [...]}]}
+
+    `fractions` has len(edges) + 1 entries (the last is the +Inf bucket) and sums to 1.
+    """
+
+    format: Literal["canarium.reference/v1"] = REFERENCE_FORMAT
+    model: str | None = None
+    samples: int = Field(ge=0)
+    """Rows the statistics were computed from."""
+    bins: int | None = None
+    features: tuple[FeatureReference, ...] = ()
+    outputs: tuple[OutputReference, ...] = ()
 
 
 # --- PSI ---------------------------------------------------------------------------------

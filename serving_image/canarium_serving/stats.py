@@ -6,25 +6,14 @@ bucket whose edge is >= v, exactly as a Prometheus histogram counts it, so the l
 /metrics and the reference fractions in the model file can be compared bucket by bucket
 (`metrics_contract.psi`).
 
-Reference document (JSON, in the ONNX metadata under `canarium.reference`)::
-
-    {"format": "canarium.reference/v1", "model": "iris", "samples": 150,
-     "features": [{"name": "petal_length", "input": "X", "column": 2,
-                   "edges": [1.5, 3.0, ...], "fractions": [0.2, ...]}],
-     "outputs": [{"name": "label", "kind": "class", "classes": ["0", "1", "2"],
-                  "fractions": [0.33, 0.33, 0.34]},
-                 {"name": "variable", "kind": "value", "edges": [...], "fractions": [...]}]}
-
-`fractions` has len(edges) + 1 entries (the last is the +Inf bucket) and sums to 1.
+The reference document these go into: `metrics_contract.ReferenceStatistics`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
-
-REFERENCE_FORMAT: Final = "canarium.reference/v1"
 
 
 def quantile_edges(values: np.ndarray[Any, Any], bins: int) -> list[float]:

@@ -4,15 +4,19 @@ families it declares, the operator's parser reads them back, and the one PSI."""
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 import pytest
 from canarium.analysis import parse_metrics
 from canarium_serving import metrics_contract as mc
 from canarium_serving.metrics import Labels, ServingMetrics
+from canarium_serving.metrics_contract import ReferenceStatistics
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
-REFERENCE = {
+REFERENCE: dict[str, Any] = {
     "samples": 4,
     "features": [{"name": "f", "input": "X", "column": 0, "edges": [1.0], "fractions": [0.5, 0.5]}],
     "outputs": [
@@ -31,7 +35,7 @@ def served_metrics() -> ServingMetrics:
         sha256="0" * 64,
         uri="file:///m.onnx",
         outputs=[("label", "BYTES", (-1,)), ("score", "FP32", (-1, 1))],
-        reference=REFERENCE,
+        reference=ReferenceStatistics.model_validate(REFERENCE),
     )
     metrics.ready = True
     metrics.observe_request(200, 0.01)
@@ -100,3 +104,53 @@ def test_psi_normalises_each_side() -> None:
     assert expected == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
     assert mc.psi([0.2, 0.2], [0.25, 0.75]) == pytest.approx(expected)
     assert mc.psi([0.5, 0.5], [100, 300]) == pytest.approx(expected)
+
+
+# --- the reference statistics schema -------------------------------------------------------
+
+
+def test_reference_statistics_parse() -> None:
+    ref = ReferenceStatistics.model_validate_json(
+        b'{"format": "canarium.reference/v1", "model": "iris", "samples": 4, "bins": 2,'
+        b' "features": [{"name": "f", "input": "X", "column": 0, "edges": [1],'
+        b' "fractions": [0.5, 0.5], "min": 0, "max": 2, "mean": 1}],'
+        b' "outputs": [{"name": "label", "kind": "class", "classes": [0, 1],'
+        b' "fractions": [0.5, 0.5]}, {"name": "score", "kind": "value", "edges": [0.5],'
+        b' "fractions": [0.5, 0.5]}], "newer": "ignored"}'
+    )
+    assert ref.samples == 4
+    assert ref.features[0].edges == (1.0,)
+    label, score = ref.outputs
+    assert isinstance(label, mc.ClassOutputReference)
+    assert label.classes == ("0", "1")  # class labels are strings, as on /metrics
+    assert isinstance(score, mc.ValueOutputReference)
+    assert ReferenceStatistics.model_validate(REFERENCE).format == mc.REFERENCE_FORMAT
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "canarium.reference/v2"}, "format"),
+        ({"samples": -1}, "samples"),
+        (
+            {"features": [{**REFERENCE["features"][0], "fractions": [1.0]}]},
+            "feature 'f': 1 fractions for 1 edges (need edges + 1",
+        ),
+        (
+            {"features": [{**REFERENCE["features"][0], "edges": [2, 1], "fractions": [1, 0, 0]}]},
+            "feature 'f': edges must be strictly ascending",
+        ),
+        (
+            {"outputs": [{"name": "label", "kind": "class", "classes": ["a"], "fractions": []}]},
+            "output 'label': 0 fractions for 1 classes",
+        ),
+        (
+            {"outputs": [{"name": "s", "kind": "value", "edges": [1.0], "fractions": [1.0]}]},
+            "output 's': 1 fractions for 1 edges",
+        ),
+        ({"outputs": [{"name": "x", "kind": "tensor"}]}, "tensor"),
+    ],
+)
+def test_reference_statistics_reject(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ReferenceStatistics.model_validate({**REFERENCE, **change})

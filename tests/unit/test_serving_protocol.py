@@ -13,7 +13,7 @@ import pytest
 from canarium_serving import metrics_contract as mc
 from canarium_serving.fetch import s3_request, sigv4_headers
 from canarium_serving.metrics import Labels, ServingMetrics
-from canarium_serving.metrics_contract import psi
+from canarium_serving.metrics_contract import ReferenceStatistics, psi
 from canarium_serving.protocol import (
     DATATYPE_TO_NUMPY,
     ONNX_TO_DATATYPE,
@@ -255,19 +255,21 @@ def test_live_histograms_match_reference_binning(values: list[float], bins: int)
     assert len(edges) <= bins - 1 or len(edges) == 1
     ref = bucket_counts(x, edges)
     assert ref.sum() == len(values)
-    reference = {
-        "samples": len(values),
-        "features": [
-            {
-                "name": "f",
-                "input": "input",
-                "column": 0,
-                "edges": edges,
-                "fractions": fractions(ref),
-            }
-        ],
-        "outputs": [],
-    }
+    reference = ReferenceStatistics.model_validate(
+        {
+            "samples": len(values),
+            "features": [
+                {
+                    "name": "f",
+                    "input": "input",
+                    "column": 0,
+                    "edges": edges,
+                    "fractions": fractions(ref),
+                }
+            ],
+            "outputs": [],
+        }
+    )
     metrics = ServingMetrics(Labels("m", "1"))
     metrics.configure_model(platform="p", sha256="s", uri="u", outputs=[], reference=reference)
     # the same values arrive as single-row requests: the live counts equal the reference counts
