@@ -23,15 +23,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from canarium.analysis import (
-    AnalysisTarget,
-    PodMetricsProvider,
-    PrometheusProvider,
-    RevisionMetrics,
-    delta,
-    judge,
-    parse_metrics,
-)
+from canarium.analysis import AnalysisTarget, RevisionMetrics, delta, judge
+from canarium.analysis.providers.podmetrics import PodMetricsProvider, parse_metrics
+from canarium.analysis.providers.prometheus import PrometheusProvider
 from canarium.api import AnalysisSpec
 from canarium.api import PrometheusProvider as PrometheusSpec
 from canarium_serving import metrics_contract as mc

@@ -14,18 +14,22 @@ import pytest
 from aiohttp import web
 from canarium.analysis import (
     AnalysisTarget,
-    PodMetricsProvider,
     PodSample,
-    PrometheusProvider,
     RevisionMetrics,
     combine,
     delta,
     judge,
-    provider_for,
     window,
 )
-from canarium.analysis.judge import CUSTOM_NEEDS_PROMETHEUS
-from canarium.analysis.prometheus import fill_template, parse_answer, selector
+from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
+from canarium.analysis.providers import ProviderContext, ProviderRegistry
+from canarium.analysis.providers.podmetrics import PodMetricsProvider
+from canarium.analysis.providers.prometheus import (
+    PrometheusProvider,
+    fill_template,
+    parse_answer,
+    selector,
+)
 from canarium.api import AnalysisSpec, MetricsProvider
 from canarium_serving import metrics_contract as mc
 
@@ -329,7 +333,7 @@ def test_custom_checks() -> None:
     # podMetrics cannot run PromQL.
     pod = spec({"custom": [{"name": "accuracy", "query": "q", "min": 0.9}]})
     m = by_check(judge(pod, canary, None, NOW))["accuracy"]
-    assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_NEEDS_PROMETHEUS)
+    assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_CHECKS_NOT_RUN)
 
 
 def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:
@@ -775,7 +779,7 @@ def test_pod_metrics_provider_windows() -> None:
         assert fourth.canary.requests == 0
         assert any("no canarium series" in e for e in fourth.errors)
         # forget, then baseline: the next measure has data at once.
-        provider.forget("iris-c4n")
+        provider.forget("ml", "iris")
         assert (await provider.measure(TARGET)).canary is None
         await provider.baseline(TARGET)
         kube.texts["c1"] = exposition("iris-c4n", 41, 3)
@@ -814,13 +818,13 @@ def test_pod_metrics_provider_not_ready_pods_and_list_errors() -> None:
 
 
 def test_provider_for() -> None:
-    kube = FakeKube()
+    providers = ProviderRegistry(ProviderContext(FakeKube()))
     pod_spec = MetricsProvider.model_validate({"podMetrics": {}})
-    first = provider_for(pod_spec, kube)
+    first = providers.provider_for(pod_spec)
     assert isinstance(first, PodMetricsProvider)
-    assert provider_for(pod_spec, kube) is first  # the baselines live in one instance
-    prom = provider_for(
-        MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}}), kube
+    assert providers.provider_for(pod_spec) is first  # the baselines live in one instance
+    prom = providers.provider_for(
+        MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}})
     )
     assert isinstance(prom, PrometheusProvider)
 
@@ -921,7 +925,7 @@ def test_prometheus_provider_measures(
     prometheus_loop: tuple[asyncio.AbstractEventLoop, FakePrometheus],
 ) -> None:
     loop, fake = prometheus_loop
-    provider = provider_for(prom_spec(fake.url), FakeKube())
+    provider = ProviderRegistry(ProviderContext(FakeKube())).provider_for(prom_spec(fake.url))
     result = loop.run_until_complete(provider.measure(TARGET))
     assert result.errors == []
     canary, stable = result.canary, result.stable

@@ -23,6 +23,13 @@ from canarium.api import (
     format_duration,
     parse_duration,
 )
+from canarium.api.rolloutpolicy import (
+    PROVIDER_FIELDS,
+    RULE_ONE_PROVIDER,
+    MetricsProvider,
+    PodMetricsProvider,
+    exactly_one_of,
+)
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -539,6 +546,39 @@ def test_prometheus_provider() -> None:
     assert spec.analysis.provider.prometheus is not None
     assert spec.analysis.provider.pod_metrics is None
     assert spec.analysis.checks.custom[0].max == 0.3
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [{}, {"podMetrics": {}, "prometheus": {"address": "http://prometheus.monitoring:9090"}}],
+    ids=["none", "two"],
+)
+def test_exactly_one_provider(provider: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="set exactly one of podMetrics or prometheus"):
+        MetricsProvider.model_validate(provider)
+
+
+def test_provider_type_and_settings() -> None:
+    pod = MetricsProvider.model_validate({"podMetrics": {}})
+    assert (pod.type, pod.settings) == ("podMetrics", PodMetricsProvider())
+    prom = MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}})
+    assert (prom.type, prom.settings) == ("prometheus", prom.prometheus)
+
+
+def test_the_provider_rule_names_every_provider() -> None:
+    """The CEL rule and its message come from PROVIDER_FIELDS: a provider added to the model
+    but not there would be accepted twice over by the API server."""
+    aliases = [field.alias for field in MetricsProvider.model_fields.values()]
+    assert list(PROVIDER_FIELDS) == aliases
+    assert RULE_ONE_PROVIDER.rule == (
+        "[has(self.podMetrics), has(self.prometheus)].exists_one(x, x)"
+    )
+
+
+def test_exactly_one_of_grows_with_its_fields() -> None:
+    rule = exactly_one_of("a", "b", "c")
+    assert rule.rule == "[has(self.a), has(self.b), has(self.c)].exists_one(x, x)"
+    assert rule.message == "set exactly one of a, b or c"
 
 
 def test_unknown_fields_rejected() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from canarium.analysis import parse_metrics
+from canarium.analysis.providers.podmetrics import parse_metrics
 from canarium_serving import metrics_contract as mc
 from canarium_serving.metrics import Labels, ServingMetrics
 from canarium_serving.metrics_contract import ReferenceStatistics

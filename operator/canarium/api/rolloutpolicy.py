@@ -127,14 +127,22 @@ class PrometheusProvider(SpecModel):
         return value
 
 
-RULE_ONE_PROVIDER = Rule(
-    "has(self.podMetrics) != has(self.prometheus)",
-    "set exactly one of podMetrics or prometheus",
-)
+def exactly_one_of(*fields: str) -> Rule:
+    """A rule that exactly one of the optional `fields` (as spelled in the API) is set; it grows
+    with the list, so another provider is one more name, not another rule."""
+    listed = ", ".join(fields[:-1]) + f" or {fields[-1]}"
+    present = ", ".join(f"has(self.{f})" for f in fields)
+    return Rule(f"[{present}].exists_one(x, x)", f"set exactly one of {listed}")
+
+
+PROVIDER_FIELDS = ("podMetrics", "prometheus")
+"""The providers `MetricsProvider` offers, as spelled in the API (its field aliases)."""
+
+RULE_ONE_PROVIDER = exactly_one_of(*PROVIDER_FIELDS)
 
 
 class MetricsProvider(SpecModel):
-    """Where measurements come from: exactly one of podMetrics or prometheus."""
+    """Where measurements come from: exactly one provider."""
 
     model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_PROVIDER))
 
@@ -145,9 +153,25 @@ class MetricsProvider(SpecModel):
 
     @model_validator(mode="after")
     def _one_provider(self) -> MetricsProvider:
-        if (self.pod_metrics is None) == (self.prometheus is None):
+        if len(self._set_fields()) != 1:
             raise RULE_ONE_PROVIDER.fail()
         return self
+
+    def _set_fields(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+    @property
+    def type(self) -> str:
+        """The provider's type: the name of its field in the API, e.g. podMetrics."""
+        (name,) = self._set_fields()
+        return type(self).model_fields[name].alias or name
+
+    @property
+    def settings(self) -> SpecModel:
+        """The chosen provider's own settings (the value of its field)."""
+        (name,) = self._set_fields()
+        value: SpecModel = getattr(self, name)
+        return value
 
 
 class ErrorRateCheck(SpecModel):

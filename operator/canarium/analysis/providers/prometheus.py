@@ -24,11 +24,14 @@ import aiohttp
 from canarium_serving import contract
 from canarium_serving import metrics_contract as mc
 
+from canarium.analysis.providers.base import ProviderContext
 from canarium.analysis.samples import AnalysisTarget, Buckets, RevisionMetrics, WindowResult
 from canarium.api import AnalysisSpec
 from canarium.api import PrometheusProvider as PrometheusSpec
 
 log = logging.getLogger(__name__)
+
+TYPE = "prometheus"
 
 
 class PrometheusError(Exception):
@@ -174,6 +177,8 @@ class PrometheusProvider:
     """Measure revisions with instant queries to a Prometheus HTTP API. Stateless: `baseline`
     and `forget` do nothing."""
 
+    runs_custom_checks = True
+
     def __init__(self, spec: PrometheusSpec, *, timeout: float = 10.0) -> None:
         self.address = spec.address.rstrip("/")
         self.headers = {h.name: h.value for h in spec.headers}
@@ -194,7 +199,7 @@ class PrometheusProvider:
     async def baseline(self, target: AnalysisTarget) -> None:
         """Nothing to do: Prometheus keeps the history."""
 
-    def forget(self, revision_name: str) -> None:
+    def forget(self, namespace: str, deployment: str) -> None:
         """Nothing to do: no state is kept."""
 
     async def custom_values(
@@ -290,3 +295,8 @@ class PrometheusProvider:
             return None
         value = samples[0][1]
         return None if math.isnan(value) else value
+
+
+def new(settings: PrometheusSpec, context: ProviderContext) -> PrometheusProvider:
+    """The registry's factory: one provider per address and headers."""
+    return PrometheusProvider(settings)

@@ -7,7 +7,7 @@ every revision under analysis in memory and answers the counts since then (`samp
 per-pod deltas, right when pods come, go or restart). The first `measure` of a revision has no
 baseline and answers None (Inconclusive upstream); call `baseline` when the canary starts
 getting traffic so the first interval already has data. After an operator restart the first
-interval is inconclusive again. Call `forget` when a revision's analysis ends.
+interval is inconclusive again. Call `forget` when a ModelDeployment's analyses end.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import logging
 import math
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from canarium_serving import contract
 from canarium_serving import metrics_contract as mc
 from prometheus_client.parser import text_string_to_metric_families
 
+from canarium.analysis.providers.base import PodsClient, ProviderContext
 from canarium.analysis.samples import (
     AnalysisTarget,
     Buckets,
@@ -33,19 +34,14 @@ from canarium.analysis.samples import (
     window,
 )
 from canarium.api import AnalysisSpec
+from canarium.api import PodMetricsProvider as PodMetricsSettings
 
 log = logging.getLogger(__name__)
 
+TYPE = "podMetrics"
+
 LABEL_DEPLOYMENT = "canarium.dev/deployment"  # the pod labels set by canarium.render
 LABEL_REVISION = "canarium.dev/revision"
-
-
-class PodsClient(Protocol):
-    """What the provider needs from `canarium.kube.Kube`."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-    async def get_text(self, path: str, *, timeout: float = ...) -> str: ...  # noqa: ASYNC109
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +154,10 @@ class PodMetricsProvider:
     API server's pod proxy (`via="api-proxy"`, for an operator run from outside the cluster).
 
     One instance serves every ModelDeployment (it bounds the concurrent scrapes and keeps the
-    per-pod baselines); `provider_for` hands out one per Kube client.
+    per-pod baselines); the provider registry hands out one per operator.
     """
+
+    runs_custom_checks = False  # PromQL needs Prometheus
 
     def __init__(
         self,
@@ -178,8 +176,9 @@ class PodMetricsProvider:
         self.scrape_timeout = scrape_timeout
         self.port = port
         self._limit = asyncio.Semaphore(concurrency)
-        # revision name -> pod key -> that pod's last good scrape
-        self._snapshots: dict[str, dict[str, PodSample]] = {}
+        # (namespace, deployment) -> revision name -> pod key -> that pod's last good scrape.
+        # Revision names repeat across namespaces (the same spec hashes the same).
+        self._snapshots: dict[tuple[str, str], dict[str, dict[str, PodSample]]] = {}
 
     # --- the Provider interface --------------------------------------------------------------
     async def measure(self, target: AnalysisTarget) -> WindowResult:
@@ -206,9 +205,9 @@ class PodMetricsProvider:
         for error in errors:
             log.warning("baseline of %s/%s: %s", target.namespace, target.deployment, error)
 
-    def forget(self, revision_name: str) -> None:
-        """Drop the baseline of a revision whose analysis ended."""
-        self._snapshots.pop(revision_name, None)
+    def forget(self, namespace: str, deployment: str) -> None:
+        """Drop the baselines of a ModelDeployment's revisions: its analyses ended."""
+        self._snapshots.pop((namespace, deployment), None)
 
     async def custom_values(
         self, analysis: AnalysisSpec, target: AnalysisTarget
@@ -231,13 +230,14 @@ class PodMetricsProvider:
         if scraped is None:
             return None
         listed, samples = scraped
-        previous = None if reset else self._snapshots.get(revision_name)
+        revisions = self._snapshots.setdefault((target.namespace, target.deployment), {})
+        previous = None if reset else revisions.get(revision_name)
         # Pods still there but not scraped now (not Ready, scrape failed) keep their last
         # sample, so they do not count their whole lifetime once they are back.
-        kept = self._snapshots.get(revision_name) or {}
+        kept = revisions.get(revision_name) or {}
         snapshot = {k: kept[k] for k in listed if k in kept and k not in samples}
         snapshot.update(samples)
-        self._snapshots[revision_name] = snapshot
+        revisions[revision_name] = snapshot
         if previous is None:
             return None
         return window(samples, previous)
@@ -319,3 +319,8 @@ class PodMetricsProvider:
 def pod_samples_window(after: Iterable[PodSample], before: Iterable[PodSample]) -> RevisionMetrics:
     """`samples.window` keyed by the samples' pod names (a convenience for tests and tools)."""
     return window({s.pod: s for s in after}, {s.pod: s for s in before})
+
+
+def new(settings: PodMetricsSettings, context: ProviderContext) -> PodMetricsProvider:
+    """The registry's factory: podMetrics takes no settings."""
+    return PodMetricsProvider(context.kube, via=context.pod_scrape)
