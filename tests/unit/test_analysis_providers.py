@@ -15,7 +15,6 @@ from canarium.analysis.providers import (
 from canarium.analysis.providers.podmetrics import PodMetricsProvider
 from canarium.analysis.providers.prometheus import PrometheusProvider
 from canarium.api import MetricsProvider
-from canarium.api.rolloutpolicy import PROVIDER_FIELDS
 
 from tests.unit.test_analysis_judge import TARGET, FakeKube, exposition
 
@@ -27,7 +26,7 @@ def prometheus(address: str) -> MetricsProvider:
 
 
 def test_every_provider_of_the_api_has_a_factory() -> None:
-    assert set(FACTORIES) == set(PROVIDER_FIELDS)
+    assert set(FACTORIES) == {field.alias for field in MetricsProvider.model_fields.values()}
 
 
 def test_each_type_maps_to_its_provider() -> None:

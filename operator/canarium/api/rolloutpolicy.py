@@ -128,33 +128,35 @@ class PrometheusProvider(SpecModel):
 
 
 def exactly_one_of(*fields: str) -> Rule:
-    """A rule that exactly one of the optional `fields` (as spelled in the API) is set; it grows
-    with the list, so another provider is one more name, not another rule."""
+    """A rule that exactly one of the optional `fields` (as spelled in the API) is set, for any
+    number of them."""
     listed = ", ".join(fields[:-1]) + f" or {fields[-1]}"
     present = ", ".join(f"has(self.{f})" for f in fields)
     return Rule(f"[{present}].exists_one(x, x)", f"set exactly one of {listed}")
 
 
-PROVIDER_FIELDS = ("podMetrics", "prometheus")
-"""The providers `MetricsProvider` offers, as spelled in the API (its field aliases)."""
-
-RULE_ONE_PROVIDER = exactly_one_of(*PROVIDER_FIELDS)
-
-
 class MetricsProvider(SpecModel):
     """Where measurements come from: exactly one provider."""
 
-    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_PROVIDER))
+    # The rule is made from the fields when the schema is, so a provider is just a field.
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema, cls: schema.update(validations(cls.one_provider_rule()))
+    )
 
     pod_metrics: PodMetricsProvider | None = Field(
         None, description="Scrape the serving pods through the API server (no Prometheus needed)."
     )
     prometheus: PrometheusProvider | None = Field(None, description="Query a Prometheus server.")
 
+    @classmethod
+    def one_provider_rule(cls) -> Rule:
+        """Exactly one of the providers (every field) is set."""
+        return exactly_one_of(*(field.alias or name for name, field in cls.model_fields.items()))
+
     @model_validator(mode="after")
     def _one_provider(self) -> MetricsProvider:
         if len(self._set_fields()) != 1:
-            raise RULE_ONE_PROVIDER.fail()
+            raise self.one_provider_rule().fail()
         return self
 
     def _set_fields(self) -> list[str]:

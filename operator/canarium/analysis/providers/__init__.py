@@ -10,7 +10,7 @@ interface (`Provider`), and a registry that hands out the provider of a policy's
 
 Adding a provider: a module here with `TYPE` (its field in the API's `analysis.provider`) and
 `new(settings, context) -> Provider`; its entry in `FACTORIES`; its field in
-`api.MetricsProvider` (and its name in `PROVIDER_FIELDS` there), then `make crds`.
+`api.MetricsProvider` (the one-provider rule follows the fields), then `make crds`.
 """
 
 from __future__ import annotations
