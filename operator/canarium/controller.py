@@ -25,8 +25,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, Provider, judge, provider_for
-from canarium.api import MetricsProvider, ModelDeployment, RolloutPolicySpec
+from canarium.analysis import AnalysisTarget, judge
+from canarium.analysis.providers import ProviderContext, ProviderRegistry
+from canarium.api import ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
 from canarium.reconcile import (
@@ -179,10 +180,7 @@ class Controller:
         self._failures: dict[Key, int] = defaultdict(int)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
-        self._analysed: dict[Key, set[str]] = defaultdict(set)
-        # The provider that measured each key's revisions, so that a deleted ModelDeployment's
-        # kept state (pod-metrics baselines) can be dropped too.
-        self._analysis_providers: dict[Key, Provider] = {}
+        self.providers = ProviderRegistry(ProviderContext(kube, settings.pod_scrape))
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -293,10 +291,7 @@ class Controller:
         for kind in self.children.values():
             kind.pop(key, None)
         self.pods.pop(key, None)
-        provider = self._analysis_providers.pop(key, None)
-        for revision in self._analysed.pop(key, set()):
-            if provider is not None:
-                provider.forget(revision)
+        self.providers.analysis_ended(*key)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -405,11 +400,6 @@ class Controller:
         except ValidationError as exc:
             return None, f"RolloutPolicy {rollout.policy_ref.name!r} is invalid: {exc}"
 
-    @staticmethod
-    def _provider_specs(inp: ReconcileInput) -> list[MetricsProvider]:
-        analysis = inp.policy.analysis if inp.policy else None
-        return [analysis.provider] if analysis else []
-
     def build_input(self, key: Key) -> ReconcileInput | None:
         body = self.mdeps.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -466,15 +456,15 @@ class Controller:
             stable_revision_name=stable,
             interval_seconds=analysis.interval_seconds,
         )
-        provider = provider_for(analysis.provider, self.kube, self.settings.pod_scrape)
-        self._analysed[key].add(canary)
-        self._analysis_providers[key] = provider
+        provider = self.providers.provider_for(analysis.provider)
         now = self.clock()
         if status.analysis is None or status.analysis.last_run_time is None:
             await provider.baseline(target)  # the first window starts now
             return replace(inp, now=now, analysis_run=AnalysisRun(now, None))
         result = await provider.measure(target)
-        custom = await provider.custom_values(analysis, target)
+        custom = (
+            await provider.custom_values(analysis, target) if provider.runs_custom_checks else None
+        )
         judgement = judge(analysis, result.canary, result.stable, now, custom)
         if result.errors:
             log.warning("analysis of %s/%s: %s", key[0], name, "; ".join(result.errors))
@@ -491,13 +481,8 @@ class Controller:
         plan = reconcile(inp)
         await self.execute(key, plan)
         if not plan.status.get("canary") and not plan.status.get("previous"):
-            # No analysis goes on: drop what the provider kept (pod-metrics baselines).
-            self._analysis_providers.pop(key, None)
-            for revision in self._analysed.pop(key, set()):
-                for provider_spec in self._provider_specs(inp):
-                    provider_for(provider_spec, self.kube, self.settings.pod_scrape).forget(
-                        revision
-                    )
+            # No analysis goes on: drop what the providers kept (pod-metrics baselines).
+            self.providers.analysis_ended(*key)
         metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
 

@@ -4,7 +4,7 @@ The server runs its requests on one event loop thread, so the counters here are 
 ints and numpy arrays updated without locks; a custom collector turns them into Prometheus
 families only when /metrics is scraped. Per request that is a dict increment, one `bisect`, and
 for the model-aware metrics a few vectorised numpy operations per batch (never a Python loop
-over values). Every family carries the labels in `BASE_LABELS`.
+over values). The families, their names and labels are the ones `metrics_contract` declares.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
+from . import metrics_contract as mc
+
 # Prometheus' own formatting of `le` values ("0.5", "1.0", "+Inf"), typed.
 _le = cast(Callable[[float], str], _float_to_go_string)
-
-BASE_LABELS: Final = ("model", "version", "deployment", "namespace", "revision", "role")
 
 # Fine enough for a p99 anywhere in 0.5 ms .. 10 s (about 20% apart below 1 s).
 LATENCY_BUCKETS: Final = (
@@ -183,7 +183,7 @@ class ServingMetrics(Collector):
         self._inputs: dict[str, _ColumnHistograms] = {}
         self._classes: dict[str, _ClassCounter] = {}
         self._values: dict[str, _ColumnHistograms] = {}
-        self._reference: dict[str, Any] | None = None
+        self._reference: mc.ReferenceStatistics | None = None
         self._model_aware = False
         self._queued: list[
             tuple[Mapping[str, np.ndarray[Any, Any]], Mapping[str, np.ndarray[Any, Any]]]
@@ -201,7 +201,7 @@ class ServingMetrics(Collector):
         sha256: str,
         uri: str,
         outputs: Sequence[tuple[str, str, tuple[int, ...]]],
-        reference: Mapping[str, Any] | None,
+        reference: mc.ReferenceStatistics | None,
     ) -> None:
         """Set up the model-aware metrics from the model's outputs and reference statistics.
 
@@ -209,28 +209,27 @@ class ServingMetrics(Collector):
         one value per row, value histograms to float outputs of one value per row.
         """
         self.info = _ModelInfo(platform=platform, sha256=sha256, uri=uri)
-        self._reference = dict(reference) if reference else None
-        ref_outputs = {o.get("name"): o for o in (reference or {}).get("outputs", [])}
+        self._reference = reference
+        ref_outputs = {o.name: o for o in reference.outputs} if reference else {}
         for name, datatype, shape in outputs:
             one_per_row = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
             if not one_per_row:
                 continue
-            ref = ref_outputs.get(name, {})
+            ref = ref_outputs.get(name)
             if datatype == "BYTES" or datatype.startswith(("INT", "UINT")):
-                self._classes[name] = _ClassCounter([str(c) for c in ref.get("classes", [])])
+                classes = ref.classes if isinstance(ref, mc.ClassOutputReference) else ()
+                self._classes[name] = _ClassCounter(classes)
             elif datatype.startswith("FP"):
-                edges = ref.get("edges") if ref.get("kind") == "value" else None
+                edges = ref.edges if isinstance(ref, mc.ValueOutputReference) else ()
                 self._values[name] = _ColumnHistograms(
-                    [name], [0], [list(edges) if edges else list(DEFAULT_VALUE_EDGES)]
+                    [name], [0], [list(edges or DEFAULT_VALUE_EDGES)]
                 )
-        by_input: dict[str, list[dict[str, Any]]] = {}
-        for feat in (reference or {}).get("features", []):
-            by_input.setdefault(str(feat["input"]), []).append(feat)
+        by_input: dict[str, list[mc.FeatureReference]] = {}
+        for feat in reference.features if reference else ():
+            by_input.setdefault(feat.input, []).append(feat)
         for input_name, feats in by_input.items():
             self._inputs[input_name] = _ColumnHistograms(
-                [str(f["name"]) for f in feats],
-                [int(f["column"]) for f in feats],
-                [[float(x) for x in f["edges"]] for f in feats],
+                [f.name for f in feats], [f.column for f in feats], [list(f.edges) for f in feats]
             )
         self._model_aware = bool(self._inputs or self._classes or self._values)
 
@@ -282,53 +281,54 @@ class ServingMetrics(Collector):
 
     def collect(self) -> Iterable[Metric]:
         self.flush()
-        base = list(BASE_LABELS)
         lv = self._lv
 
         ready = GaugeMetricFamily(
-            "canarium_model_ready", "1 when the model is loaded and served", labels=base
+            mc.MODEL_READY.name,
+            "1 when the model is loaded and served",
+            labels=_labels(mc.MODEL_READY),
         )
         ready.add_metric(lv, 1.0 if self.ready else 0.0)
         yield ready
 
         info = GaugeMetricFamily(
-            "canarium_model_info",
+            mc.MODEL_INFO.name,
             "The served model (always 1), with its platform, sha256 and URI",
-            labels=[*base, "platform", "sha256", "uri"],
+            labels=_labels(mc.MODEL_INFO),
         )
         if self.info is not None:
             info.add_metric([*lv, self.info.platform, self.info.sha256, self.info.uri], 1.0)
         yield info
 
         req = CounterMetricFamily(
-            "canarium_requests",
+            mc.REQUESTS.name,
             "Inference requests by HTTP status code (client errors included)",
-            labels=[*base, "code"],
+            labels=_labels(mc.REQUESTS),
         )
         for code, n in sorted(self.requests.items()):
             req.add_metric([*lv, str(code)], float(n))
         yield req
 
         lat = HistogramMetricFamily(
-            "canarium_request_duration_seconds",
+            mc.REQUEST_DURATION.name,
             "Inference request latency in the server, from request to response",
-            labels=base,
+            labels=_labels(mc.REQUEST_DURATION),
         )
         lat.add_metric(lv, self.latency.cumulative(), self.latency.sum)
         yield lat
 
         batch = HistogramMetricFamily(
-            "canarium_inference_batch_size",
+            mc.INFERENCE_BATCH_SIZE.name,
             "Rows per model execution (after dynamic batching when it is on)",
-            labels=base,
+            labels=_labels(mc.INFERENCE_BATCH_SIZE),
         )
         batch.add_metric(lv, self.batch.cumulative(), self.batch.sum)
         yield batch
 
         classes = CounterMetricFamily(
-            "canarium_prediction_class",
+            mc.PREDICTION_CLASS.name,
             "Predicted class counts per classifier output",
-            labels=[*base, "output", "class"],
+            labels=_labels(mc.PREDICTION_CLASS),
         )
         for output, counter in self._classes.items():
             for cls, n in counter.counts.items():
@@ -336,9 +336,9 @@ class ServingMetrics(Collector):
         yield classes
 
         values = HistogramMetricFamily(
-            "canarium_prediction_value",
+            mc.PREDICTION_VALUE.name,
             "Predicted values of regressor outputs; buckets are the reference histogram's",
-            labels=[*base, "output"],
+            labels=_labels(mc.PREDICTION_VALUE),
         )
         for output, hist in self._values.items():
             for _, buckets, total in hist.families():
@@ -346,64 +346,68 @@ class ServingMetrics(Collector):
         yield values
 
         features = HistogramMetricFamily(
-            "canarium_input_feature_value",
+            mc.INPUT_FEATURE_VALUE.name,
             "Input feature values; buckets are the model's reference histogram's",
-            labels=[*base, "feature"],
+            labels=_labels(mc.INPUT_FEATURE_VALUE),
         )
         for hist in self._inputs.values():
             for feature, buckets, total in hist.families():
                 features.add_metric([*lv, feature], buckets, total)
         yield features
 
-        yield from self._reference_families(base, lv)
+        yield from self._reference_families(lv)
 
-    def _reference_families(self, base: list[str], lv: list[str]) -> Iterable[Metric]:
-        ref = self._reference or {}
+    def _reference_families(self, lv: list[str]) -> Iterable[Metric]:
+        ref = self._reference
         samples = GaugeMetricFamily(
-            "canarium_reference_samples",
+            mc.REFERENCE_SAMPLES.name,
             "Rows of the sample the model's reference statistics were computed from",
-            labels=base,
+            labels=_labels(mc.REFERENCE_SAMPLES),
         )
-        if ref:
-            samples.add_metric(lv, float(ref.get("samples", 0)))
+        if ref is not None:
+            samples.add_metric(lv, float(ref.samples))
         yield samples
 
         feat = GaugeMetricFamily(
-            "canarium_reference_input_feature_ratio",
+            mc.REFERENCE_INPUT_FEATURE_RATIO.name,
             "Reference fraction of rows with feature value <= le (cumulative, like _bucket)",
-            labels=[*base, "feature", "le"],
+            labels=_labels(mc.REFERENCE_INPUT_FEATURE_RATIO),
         )
-        for f in ref.get("features", []):
-            for le, cum in _cumulative(f.get("edges", []), f.get("fractions", [])):
-                feat.add_metric([*lv, str(f["name"]), le], cum)
+        for f in ref.features if ref else ():
+            for le, cum in _cumulative(f.edges, f.fractions):
+                feat.add_metric([*lv, f.name, le], cum)
         yield feat
 
         cls = GaugeMetricFamily(
-            "canarium_reference_prediction_class_ratio",
+            mc.REFERENCE_PREDICTION_CLASS_RATIO.name,
             "Reference fraction of rows predicted as each class",
-            labels=[*base, "output", "class"],
+            labels=_labels(mc.REFERENCE_PREDICTION_CLASS_RATIO),
         )
         val = GaugeMetricFamily(
-            "canarium_reference_prediction_value_ratio",
+            mc.REFERENCE_PREDICTION_VALUE_RATIO.name,
             "Reference fraction of predicted values <= le (cumulative, like _bucket)",
-            labels=[*base, "output", "le"],
+            labels=_labels(mc.REFERENCE_PREDICTION_VALUE_RATIO),
         )
-        for o in ref.get("outputs", []):
-            if o.get("kind") == "class":
-                for c, frac in zip(o.get("classes", []), o.get("fractions", []), strict=False):
-                    cls.add_metric([*lv, str(o["name"]), str(c)], float(frac))
-            elif o.get("kind") == "value":
-                for le, cum in _cumulative(o.get("edges", []), o.get("fractions", [])):
-                    val.add_metric([*lv, str(o["name"]), le], cum)
+        for o in ref.outputs if ref else ():
+            if isinstance(o, mc.ClassOutputReference):
+                for c, frac in zip(o.classes, o.fractions, strict=True):
+                    cls.add_metric([*lv, o.name, c], frac)
+            else:
+                for le, cum in _cumulative(o.edges, o.fractions):
+                    val.add_metric([*lv, o.name, le], cum)
         yield cls
         yield val
+
+
+def _labels(family: mc.Family) -> list[str]:
+    return [*mc.BASE_LABELS, *family.labels]
 
 
 def _cumulative(edges: Sequence[float], fracs: Sequence[float]) -> list[tuple[str, float]]:
     les = [_le(float(e)) for e in edges] + ["+Inf"]
     out, acc = [], 0.0
-    for le, f in zip(les, fracs, strict=False):
-        acc += float(f)
+    for le, f in zip(les, fracs, strict=True):
+        acc += f
         out.append((le, min(acc, 1.0)))
     return out
 

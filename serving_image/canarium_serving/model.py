@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
+from pydantic import ValidationError
 
 from .contract import ONNX_METADATA_KEY, REFERENCE_FILE_SUFFIX
+from .metrics_contract import ReferenceStatistics
 from .protocol import ONNX_TO_DATATYPE, ProtocolError, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class OnnxModel:
         self.metadata: dict[str, str] = dict(meta.custom_metadata_map)
         self.reference = self._load_reference(path)
 
-    def _load_reference(self, path: Path) -> dict[str, Any] | None:
+    def _load_reference(self, path: Path) -> ReferenceStatistics | None:
         raw: str | bytes | None = self.metadata.get(ONNX_METADATA_KEY)
         source = "the model's metadata"
         if raw is None:
@@ -91,14 +92,11 @@ class OnnxModel:
             log.info("model has no reference statistics: drift metrics are off")
             return None
         try:
-            ref = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            log.warning("reference statistics in %s are not JSON (%s): ignored", source, exc)
+            return ReferenceStatistics.model_validate_json(raw)
+        except ValidationError as exc:
+            # An unusable reference costs the drift metrics, never the model.
+            log.warning("reference statistics in %s are invalid: ignored\n%s", source, exc)
             return None
-        if not isinstance(ref, dict):
-            log.warning("reference statistics in %s are not an object: ignored", source)
-            return None
-        return ref
 
     def predict(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str]

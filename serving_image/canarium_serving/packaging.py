@@ -22,7 +22,8 @@ import numpy as np
 import orjson
 
 from .contract import ONNX_METADATA_KEY, REFERENCE_FILE_SUFFIX
-from .stats import REFERENCE_FORMAT, bucket_counts, fractions, quantile_edges
+from .metrics_contract import REFERENCE_FORMAT, ReferenceStatistics
+from .stats import bucket_counts, fractions, quantile_edges
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def build_model(
                 }
             )
     _check_agreement(estimator, sample_X, results, output_names)
+    ReferenceStatistics.model_validate(reference)  # what the server will accept
 
     ref_json = orjson.dumps(reference, option=orjson.OPT_INDENT_2)
     entry = onx.metadata_props.add()

@@ -3,28 +3,17 @@
 A histogram here has `edges` = the finite bucket upper bounds (Prometheus' `le`, ascending) and
 one more bucket for everything above the last edge (`le="+Inf"`). A value v falls in the first
 bucket whose edge is >= v, exactly as a Prometheus histogram counts it, so the live counts on
-/metrics and the reference fractions in the model file can be compared bucket by bucket (PSI).
+/metrics and the reference fractions in the model file can be compared bucket by bucket
+(`metrics_contract.psi`).
 
-Reference document (JSON, in the ONNX metadata under `canarium.reference`)::
-
-    {"format": "canarium.reference/v1", "model": "iris", "samples": 150,
-     "features": [{"name": "petal_length", "input": "X", "column": 2,
-                   "edges": [1.5, 3.0, ...], "fractions": [0.2, ...]}],
-     "outputs": [{"name": "label", "kind": "class", "classes": ["0", "1", "2"],
-                  "fractions": [0.33, 0.33, 0.34]},
-                 {"name": "variable", "kind": "value", "edges": [...], "fractions": [...]}]}
-
-`fractions` has len(edges) + 1 entries (the last is the +Inf bucket) and sums to 1.
+The reference document these go into: `metrics_contract.ReferenceStatistics`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
-
-REFERENCE_FORMAT: Final = "canarium.reference/v1"
 
 
 def quantile_edges(values: np.ndarray[Any, Any], bins: int) -> list[float]:
@@ -61,14 +50,3 @@ def fractions(counts: np.ndarray[Any, Any]) -> list[float]:
     if total == 0:
         return [0.0] * len(counts)
     return [float(c) / total for c in counts]
-
-
-def psi(expected: list[float], actual: list[float], epsilon: float = 1e-4) -> float:
-    """Population stability index of two bucket distributions with the same buckets."""
-    if len(expected) != len(actual):
-        raise ValueError("distributions must have the same buckets")
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e2, a2 = max(e, epsilon), max(a, epsilon)
-        total += (a2 - e2) * math.log(a2 / e2)
-    return total

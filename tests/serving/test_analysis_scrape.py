@@ -23,17 +23,12 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from canarium.analysis import (
-    AnalysisTarget,
-    PodMetricsProvider,
-    PrometheusProvider,
-    RevisionMetrics,
-    delta,
-    judge,
-    parse_metrics,
-)
+from canarium.analysis import AnalysisTarget, RevisionMetrics, delta, judge
+from canarium.analysis.providers.podmetrics import PodMetricsProvider, parse_metrics
+from canarium.analysis.providers.prometheus import PrometheusProvider
 from canarium.api import AnalysisSpec
 from canarium.api import PrometheusProvider as PrometheusSpec
+from canarium_serving import metrics_contract as mc
 from canarium_serving.stats import bucket_counts
 
 from .conftest import Models, Server, free_port, infer_body, start_server
@@ -344,9 +339,9 @@ def test_prometheus_provider_over_real_prometheus(scraped: Scraped, models: Mode
     prometheus, server = scraped.prometheus, scraped.server
     sel = f'{{namespace="{NAMESPACE}",deployment="{DEPLOYMENT}",revision="iris-c4n"}}'
     # A few scrapes at 0 before the traffic: the window starts flat, at zero.
-    wait_for(prometheus, f"count_over_time(canarium_model_ready{sel}[1m])", lambda v: v >= 5)
+    wait_for(prometheus, f"count_over_time({mc.MODEL_READY.name}{sel}[1m])", lambda v: v >= 5)
     sent = send_iris(server, models.iris_x, good=80, bad=20)
-    wait_for(prometheus, f"sum(canarium_requests_total{sel})", lambda v: v >= 100)
+    wait_for(prometheus, f"sum({mc.REQUESTS.series}{sel})", lambda v: v >= 100)
     time.sleep(1.5)
 
     provider = PrometheusProvider(PrometheusSpec(address=prometheus))

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 import pytest
+from canarium_serving import metrics_contract as mc
 from canarium_serving.fetch import sigv4_headers
 
 from .conftest import (
@@ -241,8 +242,8 @@ def test_load_failure_without_exit_keeps_serving_not_ready(tmp_path: Path) -> No
             assert "failed to load" in r.json()["error"]
             assert "model file not found" in r.json()["error"]
             metrics = c.get("/metrics").text
-            assert 'canarium_model_ready{deployment=""' in metrics
-            assert "} 0.0" in metrics.split("canarium_model_ready{", 1)[1].split("\n", 1)[0]
+            assert f'{mc.MODEL_READY.name}{{deployment=""' in metrics
+            assert "} 0.0" in metrics.split(f"{mc.MODEL_READY.name}{{", 1)[1].split("\n", 1)[0]
     finally:
         assert server.stop() == 0
 
@@ -409,9 +410,9 @@ def test_dynamic_batching_serves_correct_rows(models: Models, tmp_path: Path) ->
             text = c.get("/metrics").text
         count = sum_ = 0.0
         for line in text.splitlines():
-            if line.startswith("canarium_inference_batch_size_count"):
+            if line.startswith(f"{mc.INFERENCE_BATCH_SIZE.name}_count"):
                 count = float(line.rsplit(" ", 1)[1])
-            if line.startswith("canarium_inference_batch_size_sum"):
+            if line.startswith(f"{mc.INFERENCE_BATCH_SIZE.name}_sum"):
                 sum_ = float(line.rsplit(" ", 1)[1])
         assert sum_ == 150
         assert count < 150  # some executions served several requests

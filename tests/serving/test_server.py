@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from canarium_serving import metrics_contract as mc
 
 from .conftest import Models, Server, infer_body
 
@@ -349,8 +350,8 @@ def test_body_arriving_in_slow_chunks_is_served(any_iris_server: Server, models:
 def batch_size_metrics(server: Server) -> tuple[float, float]:
     """(model executions, rows) so far, from canarium_inference_batch_size."""
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    count = sum(v for _, v in metric_samples(text, "canarium_inference_batch_size_count"))
-    rows = sum(v for _, v in metric_samples(text, "canarium_inference_batch_size_sum"))
+    count = sum(v for _, v in metric_samples(text, f"{mc.INFERENCE_BATCH_SIZE.name}_count"))
+    rows = sum(v for _, v in metric_samples(text, f"{mc.INFERENCE_BATCH_SIZE.name}_sum"))
     return count, rows
 
 
@@ -436,39 +437,32 @@ def test_metrics_content(iris_server: Server, models: Models) -> None:
                 return v
         return 0.0
 
-    assert value("canarium_model_ready") == 1.0
-    info = metric_samples(text, "canarium_model_info")
+    assert value(mc.MODEL_READY.name) == 1.0
+    info = metric_samples(text, mc.MODEL_INFO.name)
     assert len(info) == 1
     assert info[0][0]["sha256"] == models.iris.sha256
     assert info[0][0]["platform"] == "onnxruntime_onnx"
-    assert (
-        value("canarium_requests_total", code="200")
-        - old_value("canarium_requests_total", code="200")
-        == 8
-    )
-    assert (
-        value("canarium_requests_total", code="400")
-        - old_value("canarium_requests_total", code="400")
-        == 1
-    )
-    assert value("canarium_request_duration_seconds_count") >= 9
-    les = [lab["le"] for lab, _ in metric_samples(text, "canarium_request_duration_seconds_bucket")]
+    assert value(mc.REQUESTS.series, code="200") - old_value(mc.REQUESTS.series, code="200") == 8
+    assert value(mc.REQUESTS.series, code="400") - old_value(mc.REQUESTS.series, code="400") == 1
+    assert value(f"{mc.REQUEST_DURATION.name}_count") >= 9
+    les = [lab["le"] for lab, _ in metric_samples(text, mc.REQUEST_DURATION.series)]
     assert {"0.001", "0.005", "0.01", "0.1", "1.0", "+Inf"} <= set(les)
     assert (
-        value("canarium_inference_batch_size_bucket", le="+Inf")
-        - old_value("canarium_inference_batch_size_bucket", le="+Inf")
+        value(mc.INFERENCE_BATCH_SIZE.series, le="+Inf")
+        - old_value(mc.INFERENCE_BATCH_SIZE.series, le="+Inf")
         == 8
     )
     assert (
-        value("canarium_inference_batch_size_sum") - old_value("canarium_inference_batch_size_sum")
+        value(f"{mc.INFERENCE_BATCH_SIZE.name}_sum")
+        - old_value(f"{mc.INFERENCE_BATCH_SIZE.name}_sum")
         == 107
     )
 
     # class counts = what the model predicted
     predicted = models.iris_estimator.predict(np.concatenate([x[:100], x[100:107]]))
     for cls in ("0", "1", "2"):
-        delta = value("canarium_prediction_class_total", output="label", **{"class": cls}) - (
-            old_value("canarium_prediction_class_total", output="label", **{"class": cls})
+        delta = value(mc.PREDICTION_CLASS.series, output="label", **{"class": cls}) - (
+            old_value(mc.PREDICTION_CLASS.series, output="label", **{"class": cls})
         )
         assert delta == int((predicted == int(cls)).sum())
 
@@ -476,16 +470,16 @@ def test_metrics_content(iris_server: Server, models: Models) -> None:
     ref = models.iris.reference
     feature = ref["features"][2]
     assert feature["name"] == "petal_length"
-    live = metric_samples(text, "canarium_input_feature_value_bucket")
+    live = metric_samples(text, mc.INPUT_FEATURE_VALUE.series)
     live_les = [lab["le"] for lab, _ in live if lab["feature"] == "petal_length"]
-    ref_rows = metric_samples(text, "canarium_reference_input_feature_ratio")
+    ref_rows = metric_samples(text, mc.REFERENCE_INPUT_FEATURE_RATIO.name)
     ref_les = [lab["le"] for lab, _ in ref_rows if lab["feature"] == "petal_length"]
     assert live_les == ref_les
     assert len(live_les) == len(feature["edges"]) + 1
     assert [float(le) for le in live_les[:-1]] == feature["edges"]
     old = {
         lab["le"]: v
-        for lab, v in metric_samples(before, "canarium_input_feature_value_bucket")
+        for lab, v in metric_samples(before, mc.INPUT_FEATURE_VALUE.series)
         if lab["feature"] == "petal_length"
     }
     vals = np.concatenate([x[:100], x[100:107]])[:, 2]
@@ -498,9 +492,9 @@ def test_metrics_content(iris_server: Server, models: Models) -> None:
     assert {lab["le"]: v for lab, v in ref_rows if lab["feature"] == "petal_length"}[
         "+Inf"
     ] == pytest.approx(1.0)
-    ref_cls = metric_samples(text, "canarium_reference_prediction_class_ratio")
+    ref_cls = metric_samples(text, mc.REFERENCE_PREDICTION_CLASS_RATIO.name)
     assert sum(v for _, v in ref_cls) == pytest.approx(1.0)
-    assert value("canarium_reference_samples") == 150
+    assert value(mc.REFERENCE_SAMPLES.name) == 150
 
 
 def test_regressor_value_histogram_uses_reference_edges(reg_server: Server, models: Models) -> None:
@@ -508,13 +502,13 @@ def test_regressor_value_histogram_uses_reference_edges(reg_server: Server, mode
     with reg_server.client() as c:
         before = {
             lab["le"]: v
-            for lab, v in metric_samples(c.get("/metrics").text, "canarium_prediction_value_bucket")
+            for lab, v in metric_samples(c.get("/metrics").text, mc.PREDICTION_VALUE.series)
         }
         assert infer(c, infer_body(x), "/v2/models/reg/infer").status_code == 200
         text = c.get("/metrics").text
     (out,) = [o for o in models.regressor.reference["outputs"] if o["name"] == "variable"]
     assert out["kind"] == "value"
-    buckets = metric_samples(text, "canarium_prediction_value_bucket")
+    buckets = metric_samples(text, mc.PREDICTION_VALUE.series)
     assert [float(lab["le"]) for lab, _ in buckets[:-1]] == out["edges"]
     assert buckets[-1][1] - before.get("+Inf", 0.0) == 64
     preds = models.regressor_estimator.predict(x)
@@ -522,7 +516,7 @@ def test_regressor_value_histogram_uses_reference_edges(reg_server: Server, mode
         # float32 outputs vs float64 predictions: allow a value sitting on an edge
         delta = v - before.get(lab["le"], 0.0)
         assert abs(delta - int((preds <= float(lab["le"])).sum())) <= 1
-    ratios = metric_samples(text, "canarium_reference_prediction_value_ratio")
+    ratios = metric_samples(text, mc.REFERENCE_PREDICTION_VALUE_RATIO.name)
     assert ratios[-1][1] == pytest.approx(1.0)
 
 

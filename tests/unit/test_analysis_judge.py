@@ -14,19 +14,24 @@ import pytest
 from aiohttp import web
 from canarium.analysis import (
     AnalysisTarget,
-    PodMetricsProvider,
     PodSample,
-    PrometheusProvider,
     RevisionMetrics,
     combine,
     delta,
     judge,
-    provider_for,
     window,
 )
-from canarium.analysis.judge import CUSTOM_NEEDS_PROMETHEUS
-from canarium.analysis.prometheus import fill_template, parse_answer, selector
+from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
+from canarium.analysis.providers import ProviderContext, ProviderRegistry
+from canarium.analysis.providers.podmetrics import PodMetricsProvider
+from canarium.analysis.providers.prometheus import (
+    PrometheusProvider,
+    fill_template,
+    parse_answer,
+    selector,
+)
 from canarium.api import AnalysisSpec, MetricsProvider
+from canarium_serving import metrics_contract as mc
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 INF = math.inf
@@ -328,7 +333,7 @@ def test_custom_checks() -> None:
     # podMetrics cannot run PromQL.
     pod = spec({"custom": [{"name": "accuracy", "query": "q", "min": 0.9}]})
     m = by_check(judge(pod, canary, None, NOW))["accuracy"]
-    assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_NEEDS_PROMETHEUS)
+    assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_CHECKS_NOT_RUN)
 
 
 def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:
@@ -683,18 +688,18 @@ def exposition(revision: str, ok: int, bad: int, start: float = 1000.0) -> str:
         f'revision="{revision}",role="canary"'
     )
     lines = [
-        "# TYPE canarium_requests counter",
-        f'canarium_requests_total{{{labels},code="200"}} {ok}',
-        f'canarium_requests_total{{{labels},code="400"}} {bad}',
-        "# TYPE canarium_request_duration_seconds histogram",
-        f'canarium_request_duration_seconds_bucket{{{labels},le="0.01"}} {ok + bad}',
-        f'canarium_request_duration_seconds_bucket{{{labels},le="+Inf"}} {ok + bad}',
-        f"canarium_request_duration_seconds_count{{{labels}}} {ok + bad}",
-        f"canarium_request_duration_seconds_sum{{{labels}}} 0.1",
-        "# TYPE canarium_model_ready gauge",
-        f"canarium_model_ready{{{labels}}} 1",
+        f"# TYPE {mc.REQUESTS.name} counter",
+        f'{mc.REQUESTS.series}{{{labels},code="200"}} {ok}',
+        f'{mc.REQUESTS.series}{{{labels},code="400"}} {bad}',
+        f"# TYPE {mc.REQUEST_DURATION.name} histogram",
+        f'{mc.REQUEST_DURATION.series}{{{labels},le="0.01"}} {ok + bad}',
+        f'{mc.REQUEST_DURATION.series}{{{labels},le="+Inf"}} {ok + bad}',
+        f"{mc.REQUEST_DURATION.name}_count{{{labels}}} {ok + bad}",
+        f"{mc.REQUEST_DURATION.name}_sum{{{labels}}} 0.1",
+        f"# TYPE {mc.MODEL_READY.name} gauge",
+        f"{mc.MODEL_READY.name}{{{labels}}} 1",
         # A series of another revision must be ignored.
-        'canarium_model_ready{deployment="iris",namespace="ml",revision="other"} 1',
+        f'{mc.MODEL_READY.name}{{deployment="iris",namespace="ml",revision="other"}} 1',
         "# TYPE process_start_time_seconds gauge",
         f"process_start_time_seconds {start}",
     ]
@@ -774,7 +779,7 @@ def test_pod_metrics_provider_windows() -> None:
         assert fourth.canary.requests == 0
         assert any("no canarium series" in e for e in fourth.errors)
         # forget, then baseline: the next measure has data at once.
-        provider.forget("iris-c4n")
+        provider.forget("ml", "iris")
         assert (await provider.measure(TARGET)).canary is None
         await provider.baseline(TARGET)
         kube.texts["c1"] = exposition("iris-c4n", 41, 3)
@@ -813,13 +818,13 @@ def test_pod_metrics_provider_not_ready_pods_and_list_errors() -> None:
 
 
 def test_provider_for() -> None:
-    kube = FakeKube()
+    providers = ProviderRegistry(ProviderContext(FakeKube()))
     pod_spec = MetricsProvider.model_validate({"podMetrics": {}})
-    first = provider_for(pod_spec, kube)
+    first = providers.provider_for(pod_spec)
     assert isinstance(first, PodMetricsProvider)
-    assert provider_for(pod_spec, kube) is first  # the baselines live in one instance
-    prom = provider_for(
-        MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}}), kube
+    assert providers.provider_for(pod_spec) is first  # the baselines live in one instance
+    prom = providers.provider_for(
+        MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}})
     )
     assert isinstance(prom, PrometheusProvider)
 
@@ -852,21 +857,21 @@ def fake_answer(query: str) -> tuple[int, dict[str, Any]]:
         return 200, vector(({"a": "1"}, 1), ({"a": "2"}, 2))
     if "custom_nan" in query:
         return 200, vector(({}, "NaN"))
-    if 'revision="iris-s7b"' in query and "canarium_requests_total" in query:
+    if 'revision="iris-s7b"' in query and mc.REQUESTS.series in query:
         return 200, vector(({"code": "200"}, 300))
     if 'revision="iris-c4n"' not in query:
         return 200, vector()
-    if "canarium_requests_total" in query:
+    if mc.REQUESTS.series in query:
         return 200, vector(({"code": "200"}, 90), ({"code": "400"}, 6), ({"code": "503"}, 4))
-    if "canarium_request_duration_seconds_bucket" in query:
+    if mc.REQUEST_DURATION.series in query:
         return 200, vector(({"le": "0.1"}, 99), ({"le": "+Inf"}, 100))
-    if "canarium_prediction_class_total" in query:
+    if mc.PREDICTION_CLASS.series in query:
         return 200, vector(({"output": "label", "class": "1"}, 100))
-    if "canarium_input_feature_value_bucket" in query:
+    if mc.INPUT_FEATURE_VALUE.series in query:
         return 200, vector(({"feature": "x", "le": "1"}, 40), ({"feature": "x", "le": "+Inf"}, 100))
-    if "canarium_reference_input_feature_ratio" in query:
+    if mc.REFERENCE_INPUT_FEATURE_RATIO.name in query:
         return 200, vector(({"feature": "x", "le": "1"}, 0.5), ({"feature": "x", "le": "+Inf"}, 1))
-    if "canarium_model_ready" in query:
+    if mc.MODEL_READY.name in query:
         return 200, vector(({}, 2))
     return 200, vector()
 
@@ -920,7 +925,7 @@ def test_prometheus_provider_measures(
     prometheus_loop: tuple[asyncio.AbstractEventLoop, FakePrometheus],
 ) -> None:
     loop, fake = prometheus_loop
-    provider = provider_for(prom_spec(fake.url), FakeKube())
+    provider = ProviderRegistry(ProviderContext(FakeKube())).provider_for(prom_spec(fake.url))
     result = loop.run_until_complete(provider.measure(TARGET))
     assert result.errors == []
     canary, stable = result.canary, result.stable
@@ -933,10 +938,8 @@ def test_prometheus_provider_measures(
     assert canary.reference_input_ratios == {"x": {1.0: 0.5, INF: 1.0}}
     assert stable.requests == 300
     sel = '{namespace="ml",deployment="iris",revision="iris-c4n"}'
-    assert f"sum by (code) (increase(canarium_requests_total{sel}[30s]))" in fake.queries
-    assert f"sum by (le) (increase(canarium_request_duration_seconds_bucket{sel}[30s]))" in (
-        fake.queries
-    )
+    assert f"sum by (code) (increase({mc.REQUESTS.series}{sel}[30s]))" in fake.queries
+    assert f"sum by (le) (increase({mc.REQUEST_DURATION.series}{sel}[30s]))" in (fake.queries)
     assert all(h.get("X-Scope-OrgID") == "t1" for h in fake.headers)
     assert len(set(fake.times)) == 1  # every query evaluated at the same instant
     assert fake.times[0]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from canarium.analysis.stats import PSI_EPSILON, align, bucket_masses, histogram_quantile, psi
+from canarium.analysis.stats import align, bucket_masses, histogram_quantile
+from canarium_serving.metrics_contract import PSI_EPSILON, psi
 
 INF = math.inf
 

@@ -23,6 +23,11 @@ from canarium.api import (
     format_duration,
     parse_duration,
 )
+from canarium.api.rolloutpolicy import (
+    MetricsProvider,
+    PodMetricsProvider,
+    exactly_one_of,
+)
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -539,6 +544,48 @@ def test_prometheus_provider() -> None:
     assert spec.analysis.provider.prometheus is not None
     assert spec.analysis.provider.pod_metrics is None
     assert spec.analysis.checks.custom[0].max == 0.3
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [{}, {"podMetrics": {}, "prometheus": {"address": "http://prometheus.monitoring:9090"}}],
+    ids=["none", "two"],
+)
+def test_exactly_one_provider(provider: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="set exactly one of podMetrics or prometheus"):
+        MetricsProvider.model_validate(provider)
+
+
+def test_provider_type_and_settings() -> None:
+    pod = MetricsProvider.model_validate({"podMetrics": {}})
+    assert (pod.type, pod.settings) == ("podMetrics", PodMetricsProvider())
+    prom = MetricsProvider.model_validate({"prometheus": {"address": "http://p:9090"}})
+    assert (prom.type, prom.settings) == ("prometheus", prom.prometheus)
+
+
+def test_the_provider_rule_names_every_provider() -> None:
+    """The CEL rule comes from the fields: a provider added to the model is in it."""
+    (rule,) = MetricsProvider.model_json_schema()["x-kubernetes-validations"]
+    assert rule == {
+        "rule": "[has(self.podMetrics), has(self.prometheus)].exists_one(x, x)",
+        "message": "set exactly one of podMetrics or prometheus",
+    }
+
+    class MoreProviders(MetricsProvider):
+        another: PodMetricsProvider | None = None
+
+    (rule,) = MoreProviders.model_json_schema()["x-kubernetes-validations"]
+    assert rule["rule"] == (
+        "[has(self.podMetrics), has(self.prometheus), has(self.another)].exists_one(x, x)"
+    )
+    with pytest.raises(ValidationError, match="set exactly one of podMetrics, prometheus or"):
+        MoreProviders.model_validate({"podMetrics": {}, "another": {}})
+
+
+def test_exactly_one_of_grows_with_its_fields() -> None:
+    rule = exactly_one_of("a", "b", "c")
+    assert rule.rule == "[has(self.a), has(self.b), has(self.c)].exists_one(x, x)"
+    assert rule.message == "set exactly one of a, b or c"
 
 
 def test_unknown_fields_rejected() -> None:

@@ -11,9 +11,10 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pytest
-from canarium import controller as controller_module
 from canarium import metrics
 from canarium.analysis import AnalysisTarget, WindowResult
+from canarium.analysis import providers as providers_module
+from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
 from canarium.controller import MAX_BACKOFF, Controller, Key, contested, covers
 from canarium.kube import Kube, KubeError, ObjectRef
 from canarium.reconcile import ChildRef, Plan
@@ -646,6 +647,8 @@ def test_start_fails_on_other_list_errors() -> None:
 
 # --- analysis: when and what it measures ------------------------------------------------------
 class FakeProvider:
+    runs_custom_checks = True
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
@@ -660,20 +663,22 @@ class FakeProvider:
         self.calls.append(("custom", target))
         return {}
 
-    def forget(self, revision: str) -> None:
-        self.calls.append(("forget", revision))
+    def forget(self, namespace: str, deployment: str) -> None:
+        self.calls.append(("forget", (namespace, deployment)))
 
 
 @pytest.fixture
 def provider(monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
     fake = FakeProvider()
-    monkeypatch.setattr(controller_module, "provider_for", lambda *args: fake)
+    monkeypatch.setitem(providers_module.FACTORIES, "podMetrics", lambda *args: fake)
     return fake
 
 
-def _analysed(status: dict[str, Any], now_offset: int = 31) -> tuple[Controller, Any]:
+def _analysed(
+    status: dict[str, Any], now_offset: int = 31, policy: dict[str, Any] = POLICY
+) -> tuple[Controller, Any]:
     controller, _ = _controller(clock=lambda: NOW + timedelta(seconds=now_offset))
-    body = _body(rollout={"policy": POLICY})
+    body = _body(rollout={"policy": policy})
     body["status"] = status
     controller.on_mdep("ADDED", body)
     inp = controller.build_input(KEY)
@@ -736,7 +741,23 @@ def test_a_due_interval_of_a_canary_is_measured_and_judged(provider: FakeProvide
     assert inp.analysis_run is not None
     assert inp.analysis_run.judgement is not None
     assert inp.analysis_run.judgement.verdict == "Inconclusive", "no data is never Failed"
-    assert controller._analysed[KEY] == {_desired()}
+    controller.providers.analysis_ended(*KEY)
+    assert provider.calls[-1] == ("forget", KEY), "the provider that measured it is kept"
+
+
+def test_custom_checks_of_a_provider_that_runs_none_are_inconclusive(
+    provider: FakeProvider,
+) -> None:
+    provider.runs_custom_checks = False
+    last = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    custom = {"name": "accuracy", "query": "q", "min": 0.9}
+    policy = {**POLICY, "analysis": {"interval": "30s", "checks": {"custom": [custom]}}}
+    _, inp = _analysed(_rolling({"intervals": 1, "lastRunTime": last}), policy=policy)
+    assert [verb for verb, _ in provider.calls] == ["measure"]
+    assert inp.analysis_run is not None
+    assert inp.analysis_run.judgement is not None
+    (measurement,) = [m for m in inp.analysis_run.judgement.measurements if m.check == "accuracy"]
+    assert (measurement.verdict, measurement.reason) == ("Inconclusive", CUSTOM_CHECKS_NOT_RUN)
 
 
 def test_an_interval_not_yet_due_measures_nothing(provider: FakeProvider) -> None:
@@ -776,13 +797,12 @@ def test_a_canary_of_an_older_spec_is_not_measured_as_the_canary(provider: FakeP
 def test_analysis_state_is_forgotten_once_no_canary_or_bake_remains(
     provider: FakeProvider,
 ) -> None:
-    controller, kube = _controller()
-    controller.on_mdep("ADDED", _body(rollout={"policy": POLICY}))
-    controller._analysed[KEY] = {"iris-c4n"}
+    controller, _ = _analysed(_rolling())
+    assert ("forget", KEY) not in provider.calls
+    controller.on_mdep("MODIFIED", _body(rollout={"policy": POLICY}))  # no canary any more
     asyncio.run(controller.reconcile_key(KEY))
-    assert ("forget", "iris-c4n") in provider.calls
-    assert KEY not in controller._analysed
-    assert "apply" in kube.verbs()
+    assert ("forget", KEY) in provider.calls
+    assert "apply" in cast(FakeKube, controller.kube).verbs()
 
 
 def test_deleting_a_model_deployment_mid_analysis_drops_the_providers_state(
@@ -791,10 +811,9 @@ def test_deleting_a_model_deployment_mid_analysis_drops_the_providers_state(
     """A ModelDeployment deleted mid-rollout: the provider forgets the revisions it measured
     (pod-metrics keeps baselines per revision, for as long as nobody says otherwise)."""
     controller, _ = _analysed(_rolling())
-    assert controller._analysed[KEY] == {_desired()}
+    assert ("forget", KEY) not in provider.calls
     controller.on_mdep("DELETED", _body())
-    assert ("forget", _desired()) in provider.calls
-    assert KEY not in controller._analysed
+    assert ("forget", KEY) in provider.calls
 
 
 def test_a_model_deployment_deleted_during_its_reconcile_ends_it_quietly() -> None:

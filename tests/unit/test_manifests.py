@@ -8,7 +8,6 @@ suite (tests/e2e/test_install.py) applies the same manifests to a real API serve
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import re
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from canarium import controller, crdgen, kube, render
 from canarium_serving import contract
-from canarium_serving import metrics as serving_metrics
+from canarium_serving import metrics_contract as mc
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "manifests" / "install"
@@ -264,11 +263,11 @@ def test_dashboard_configmap_is_picked_up_by_grafana() -> None:
         assert all(t["expr"] for t in panel["targets"])
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
     for needle in (
-        "canarium_requests_total",
+        mc.REQUESTS.series,
         'code=~"5.."',
         "histogram_quantile(0.99",
-        "canarium_request_duration_seconds_bucket",
-        "canarium_prediction_class_total",
+        mc.REQUEST_DURATION.series,
+        mc.PREDICTION_CLASS.series,
         "canarium_reconcile_total",
         "canarium_reconcile_duration_seconds_bucket",
         "canarium_modeldeployments",
@@ -288,7 +287,7 @@ def test_prometheus_rule_has_the_alerts() -> None:
         alerts["CanariumModelDeploymentDegraded"]["expr"].strip()
         == 'canarium_modeldeployments{phase="Degraded"} > 0'
     )
-    assert 'canarium_requests_total{code=~"5.."}' in alerts["CanariumServingErrorRate"]["expr"]
+    assert f'{mc.REQUESTS.series}{{code=~"5.."}}' in alerts["CanariumServingErrorRate"]["expr"]
     for alert in alerts.values():
         assert alert["labels"]["severity"] in {"critical", "warning", "info"}
         assert alert["annotations"]["summary"]
@@ -300,21 +299,10 @@ def test_prometheus_rule_has_the_alerts() -> None:
 def _exported() -> dict[str, set[str]]:
     """Every sample name the operator and the model server export, with its labels."""
     families: dict[str, set[str]] = {}
-    # The model server builds its families in a custom collector: read them from the source.
-    source = Path(serving_metrics.__file__).read_text()
-    base = set(serving_metrics.BASE_LABELS)
-    for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-            continue
-        kind = node.func.id.removesuffix("MetricFamily")
-        if kind == node.func.id or not node.args or not isinstance(node.args[0], ast.Constant):
-            continue
-        name = str(node.args[0].value)
-        labels = set(base)
-        for kw in node.keywords:
-            if kw.arg == "labels":
-                labels |= {str(c.value) for c in ast.walk(kw.value) if isinstance(c, ast.Constant)}
-        _add_family(families, name, kind.lower(), labels)
+    # The model server's families are the metrics contract's (tests/unit/test_metrics_contract.py
+    # checks that the server exposes exactly those).
+    for family in mc.FAMILIES:
+        _add_family(families, family.name, family.type, {*mc.BASE_LABELS, *family.labels})
     # The operator's metrics are ordinary prometheus_client metrics in the default registry.
     from canarium import metrics as operator_metrics
     from prometheus_client import REGISTRY
@@ -357,9 +345,9 @@ def _promql() -> list[str]:
 
 def test_promql_names_only_exported_metrics_and_labels() -> None:
     families = _exported()
-    assert "canarium_requests_total" in families
-    assert "canarium_request_duration_seconds_bucket" in families
-    assert "canarium_prediction_class_total" in families
+    assert mc.REQUESTS.series in families
+    assert mc.REQUEST_DURATION.series in families
+    assert mc.PREDICTION_CLASS.series in families
     assert "canarium_reconcile_errors_total" in families
     known_labels = set().union(*families.values()) | TARGET_LABELS
     for expr in _promql():

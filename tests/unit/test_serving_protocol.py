@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from canarium_serving import metrics_contract as mc
 from canarium_serving.fetch import s3_request, sigv4_headers
 from canarium_serving.metrics import Labels, ServingMetrics
+from canarium_serving.metrics_contract import ReferenceStatistics, psi
 from canarium_serving.protocol import (
     DATATYPE_TO_NUMPY,
     ONNX_TO_DATATYPE,
@@ -25,7 +27,7 @@ from canarium_serving.protocol import (
     parse_request_object,
     select_outputs,
 )
-from canarium_serving.stats import bucket_counts, fractions, psi, quantile_edges
+from canarium_serving.stats import bucket_counts, fractions, quantile_edges
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -253,19 +255,21 @@ def test_live_histograms_match_reference_binning(values: list[float], bins: int)
     assert len(edges) <= bins - 1 or len(edges) == 1
     ref = bucket_counts(x, edges)
     assert ref.sum() == len(values)
-    reference = {
-        "samples": len(values),
-        "features": [
-            {
-                "name": "f",
-                "input": "input",
-                "column": 0,
-                "edges": edges,
-                "fractions": fractions(ref),
-            }
-        ],
-        "outputs": [],
-    }
+    reference = ReferenceStatistics.model_validate(
+        {
+            "samples": len(values),
+            "features": [
+                {
+                    "name": "f",
+                    "input": "input",
+                    "column": 0,
+                    "edges": edges,
+                    "fractions": fractions(ref),
+                }
+            ],
+            "outputs": [],
+        }
+    )
     metrics = ServingMetrics(Labels("m", "1"))
     metrics.configure_model(platform="p", sha256="s", uri="u", outputs=[], reference=reference)
     # the same values arrive as single-row requests: the live counts equal the reference counts
@@ -275,7 +279,7 @@ def test_live_histograms_match_reference_binning(values: list[float], bins: int)
     live = [
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("canarium_input_feature_value_bucket{")
+        if line.startswith(f"{mc.INPUT_FEATURE_VALUE.series}{{")
     ]
     assert live == np.cumsum(ref).astype(float).tolist()
 

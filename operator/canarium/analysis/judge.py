@@ -10,7 +10,8 @@ Rules (one `Measurement` per check, plus `samples`):
   revision with fewer than minSamples requests makes this check Inconclusive.
 - dataDrift: the largest PSI over input features of the canary's live inputs against the
   model's reference statistics <= maxPSI.
-- custom: the provider's value within [min, max]; no value is Inconclusive.
+- custom: the provider's value within [min, max]; no value, or a provider that runs no custom
+  checks, is Inconclusive.
 Overall: Failed if any check failed, else Inconclusive if any was, else Passed.
 """
 
@@ -21,15 +22,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from canarium_serving.metrics_contract import psi
+
 from canarium.analysis.samples import RevisionMetrics
-from canarium.analysis.stats import align, histogram_quantile, psi
+from canarium.analysis.stats import align, histogram_quantile
 from canarium.api import AnalysisSpec, CustomCheck, Measurement, Verdict
 
 PASSED: Verdict = "Passed"
 FAILED: Verdict = "Failed"
 INCONCLUSIVE: Verdict = "Inconclusive"
 
-CUSTOM_NEEDS_PROMETHEUS = "custom checks need the prometheus provider"
+CUSTOM_CHECKS_NOT_RUN = "custom checks need the prometheus provider"
+"""The reason of a custom check's verdict when the provider runs no custom checks."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +254,10 @@ def judge(
     """Judge one analysis window of the canary against `analysis`' checks.
 
     `canary`/`stable` are window counts (`WindowResult`); None means no data. `custom_values`
-    are the custom checks' values by name (from the provider; missing or None = no data).
+    are the custom checks' values by name from a provider that runs them (missing or None = no
+    data); None when the provider runs no custom checks.
     """
     checks = analysis.checks
-    custom_values = custom_values or {}
     measurements: list[Measurement] = []
 
     def add(check: str, threshold: str, result: _Result) -> None:
@@ -305,15 +309,13 @@ def judge(
         limit = checks.data_drift.max_psi
         run("dataDrift", f"<= {_num(limit)}", check_data_drift(data, limit))
     no_value = (
-        CUSTOM_NEEDS_PROMETHEUS
-        if analysis.provider.prometheus is None
-        else "no data (the query returned nothing)"
+        CUSTOM_CHECKS_NOT_RUN if custom_values is None else "no data (the query returned nothing)"
     )
     for custom in checks.custom:
         run(
             custom.name,
             _custom_threshold(custom),
-            check_custom(custom, custom_values.get(custom.name), no_value),
+            check_custom(custom, (custom_values or {}).get(custom.name), no_value),
         )
 
     verdicts = {m.verdict for m in measurements}

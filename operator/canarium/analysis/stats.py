@@ -1,15 +1,12 @@
-"""The arithmetic of the analysis: quantiles of Prometheus histograms and the population
-stability index (PSI). Pure functions on plain numbers."""
+"""The arithmetic of the analysis: quantiles of Prometheus histograms and the alignment of two
+histograms for the population stability index (PSI, `canarium_serving.metrics_contract.psi`,
+shared with the model server). Pure functions on plain numbers."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-
-PSI_EPSILON = 1e-4
-"""Floor of a bucket's fraction in PSI, so that an empty bucket costs a finite amount (the same
-floor as `canarium_serving.stats.psi`)."""
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
@@ -45,24 +42,6 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
     if in_bucket <= 0:
         return bounds[index]
     return start + (bounds[index] - start) * (rank - below) / in_bucket
-
-
-def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = PSI_EPSILON) -> float:
-    """Population stability index of two distributions over the same buckets:
-    `sum((a - e) * ln(a / e))` over buckets, each side normalised to sum 1 (counts or fractions
-    both work) and floored at `epsilon` so empty buckets stay finite. 0 = identical; rule of
-    thumb: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major."""
-    if len(expected) != len(actual):
-        raise ValueError("distributions must have the same buckets")
-    e_total, a_total = float(sum(expected)), float(sum(actual))
-    if e_total <= 0 or a_total <= 0:
-        raise ValueError("distributions must not be empty")
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e2 = max(e / e_total, epsilon)
-        a2 = max(a / a_total, epsilon)
-        total += (a2 - e2) * math.log(a2 / e2)
-    return total
 
 
 def bucket_masses(cumulative: Mapping[float, float]) -> list[float]:

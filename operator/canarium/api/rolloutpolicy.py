@@ -127,27 +127,53 @@ class PrometheusProvider(SpecModel):
         return value
 
 
-RULE_ONE_PROVIDER = Rule(
-    "has(self.podMetrics) != has(self.prometheus)",
-    "set exactly one of podMetrics or prometheus",
-)
+def exactly_one_of(*fields: str) -> Rule:
+    """A rule that exactly one of the optional `fields` (as spelled in the API) is set, for any
+    number of them."""
+    listed = ", ".join(fields[:-1]) + f" or {fields[-1]}"
+    present = ", ".join(f"has(self.{f})" for f in fields)
+    return Rule(f"[{present}].exists_one(x, x)", f"set exactly one of {listed}")
 
 
 class MetricsProvider(SpecModel):
-    """Where measurements come from: exactly one of podMetrics or prometheus."""
+    """Where measurements come from: exactly one provider."""
 
-    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_PROVIDER))
+    # The rule is made from the fields when the schema is, so a provider is just a field.
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema, cls: schema.update(validations(cls.one_provider_rule()))
+    )
 
     pod_metrics: PodMetricsProvider | None = Field(
         None, description="Scrape the serving pods through the API server (no Prometheus needed)."
     )
     prometheus: PrometheusProvider | None = Field(None, description="Query a Prometheus server.")
 
+    @classmethod
+    def one_provider_rule(cls) -> Rule:
+        """Exactly one of the providers (every field) is set."""
+        return exactly_one_of(*(field.alias or name for name, field in cls.model_fields.items()))
+
     @model_validator(mode="after")
     def _one_provider(self) -> MetricsProvider:
-        if (self.pod_metrics is None) == (self.prometheus is None):
-            raise RULE_ONE_PROVIDER.fail()
+        if len(self._set_fields()) != 1:
+            raise self.one_provider_rule().fail()
         return self
+
+    def _set_fields(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+    @property
+    def type(self) -> str:
+        """The provider's type: the name of its field in the API, e.g. podMetrics."""
+        (name,) = self._set_fields()
+        return type(self).model_fields[name].alias or name
+
+    @property
+    def settings(self) -> SpecModel:
+        """The chosen provider's own settings (the value of its field)."""
+        (name,) = self._set_fields()
+        value: SpecModel = getattr(self, name)
+        return value
 
 
 class ErrorRateCheck(SpecModel):

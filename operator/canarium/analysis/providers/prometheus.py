@@ -21,15 +21,17 @@ import time
 from typing import Any
 
 import aiohttp
+from canarium_serving import contract
+from canarium_serving import metrics_contract as mc
 
+from canarium.analysis.providers.base import ProviderContext
 from canarium.analysis.samples import AnalysisTarget, Buckets, RevisionMetrics, WindowResult
 from canarium.api import AnalysisSpec
 from canarium.api import PrometheusProvider as PrometheusSpec
 
 log = logging.getLogger(__name__)
 
-ROLE_CANARY = "canary"
-ROLE_STABLE = "stable"
+TYPE = "prometheus"
 
 
 class PrometheusError(Exception):
@@ -44,8 +46,9 @@ def selector(namespace: str, deployment: str, revision: str, extra: str = "") ->
     """The label matchers of one revision's series, e.g.
     `{namespace="ml",deployment="iris",revision="iris-5d8f7c"}`."""
     matchers = (
-        f'namespace="{_escape(namespace)}",deployment="{_escape(deployment)}",'
-        f'revision="{_escape(revision)}"'
+        f'{mc.LABEL_NAMESPACE}="{_escape(namespace)}",'
+        f'{mc.LABEL_DEPLOYMENT}="{_escape(deployment)}",'
+        f'{mc.LABEL_REVISION}="{_escape(revision)}"'
     )
     return "{" + matchers + (f",{extra}" if extra else "") + "}"
 
@@ -57,34 +60,25 @@ def window_of(interval_seconds: float) -> str:
 
 def revision_queries(sel: str, window: str) -> dict[str, str]:
     """The PromQL queries that make one revision's `RevisionMetrics`, by name."""
+
+    def increase(family: mc.Family, by: str) -> str:
+        return f"sum by ({by}) (increase({family.series}{sel}[{window}]))"
+
+    def reference(family: mc.Family) -> str:
+        by = ", ".join(family.labels)
+        return f"max by ({by}) (last_over_time({family.series}{sel}[{window}]))"
+
     return {
-        "requests": f"sum by (code) (increase(canarium_requests_total{sel}[{window}]))",
-        "latency": (
-            f"sum by (le) (increase(canarium_request_duration_seconds_bucket{sel}[{window}]))"
-        ),
-        "classes": (
-            f"sum by (output, class) (increase(canarium_prediction_class_total{sel}[{window}]))"
-        ),
-        "values": (
-            f"sum by (output, le) (increase(canarium_prediction_value_bucket{sel}[{window}]))"
-        ),
-        "features": (
-            f"sum by (feature, le) (increase(canarium_input_feature_value_bucket{sel}[{window}]))"
-        ),
-        "ref_inputs": (
-            "max by (feature, le) "
-            f"(last_over_time(canarium_reference_input_feature_ratio{sel}[{window}]))"
-        ),
-        "ref_classes": (
-            "max by (output, class) "
-            f"(last_over_time(canarium_reference_prediction_class_ratio{sel}[{window}]))"
-        ),
-        "ref_values": (
-            "max by (output, le) "
-            f"(last_over_time(canarium_reference_prediction_value_ratio{sel}[{window}]))"
-        ),
+        "requests": increase(mc.REQUESTS, mc.LABEL_CODE),
+        "latency": increase(mc.REQUEST_DURATION, mc.LABEL_LE),
+        "classes": increase(mc.PREDICTION_CLASS, f"{mc.LABEL_OUTPUT}, {mc.LABEL_CLASS}"),
+        "values": increase(mc.PREDICTION_VALUE, f"{mc.LABEL_OUTPUT}, {mc.LABEL_LE}"),
+        "features": increase(mc.INPUT_FEATURE_VALUE, f"{mc.LABEL_FEATURE}, {mc.LABEL_LE}"),
+        "ref_inputs": reference(mc.REFERENCE_INPUT_FEATURE_RATIO),
+        "ref_classes": reference(mc.REFERENCE_PREDICTION_CLASS_RATIO),
+        "ref_values": reference(mc.REFERENCE_PREDICTION_VALUE_RATIO),
         # One series per scraped pod (they differ by the target's instance/pod labels).
-        "pods": f"count(last_over_time(canarium_model_ready{sel}[{window}]))",
+        "pods": f"count(last_over_time({mc.MODEL_READY.series}{sel}[{window}]))",
     }
 
 
@@ -142,7 +136,7 @@ def build_metrics(results: dict[str, Vector]) -> RevisionMetrics | None:
         if math.isnan(value):
             continue
         requests += value
-        if not labels.get("code", "").startswith("2"):
+        if not labels.get(mc.LABEL_CODE, "").startswith("2"):
             errors += value
 
     def keyed(name: str, first: str, second: str) -> dict[tuple[str, str], float]:
@@ -155,26 +149,26 @@ def build_metrics(results: dict[str, Vector]) -> RevisionMetrics | None:
     def histograms(name: str, key: str) -> dict[str, Buckets]:
         out: dict[str, Buckets] = {}
         for labels, value in results.get(name, []):
-            if "le" in labels and not math.isnan(value):
-                out.setdefault(labels.get(key, ""), {})[float(labels["le"])] = value
+            if mc.LABEL_LE in labels and not math.isnan(value):
+                out.setdefault(labels.get(key, ""), {})[float(labels[mc.LABEL_LE])] = value
         return out
 
     latency: Buckets = {
-        float(labels["le"]): value
+        float(labels[mc.LABEL_LE]): value
         for labels, value in results.get("latency", [])
-        if "le" in labels and not math.isnan(value)
+        if mc.LABEL_LE in labels and not math.isnan(value)
     }
     pods = results.get("pods") or []
     return RevisionMetrics(
         requests=requests,
         errors=errors,
         latency_buckets=latency,
-        prediction_classes=keyed("classes", "output", "class"),
-        prediction_value_buckets=histograms("values", "output"),
-        input_feature_buckets=histograms("features", "feature"),
-        reference_input_ratios=histograms("ref_inputs", "feature"),
-        reference_prediction_class_ratios=keyed("ref_classes", "output", "class"),
-        reference_prediction_value_ratios=histograms("ref_values", "output"),
+        prediction_classes=keyed("classes", mc.LABEL_OUTPUT, mc.LABEL_CLASS),
+        prediction_value_buckets=histograms("values", mc.LABEL_OUTPUT),
+        input_feature_buckets=histograms("features", mc.LABEL_FEATURE),
+        reference_input_ratios=histograms("ref_inputs", mc.LABEL_FEATURE),
+        reference_prediction_class_ratios=keyed("ref_classes", mc.LABEL_OUTPUT, mc.LABEL_CLASS),
+        reference_prediction_value_ratios=histograms("ref_values", mc.LABEL_OUTPUT),
         pods=int(pods[0][1]) if pods and math.isfinite(pods[0][1]) else 0,
     )
 
@@ -182,6 +176,8 @@ def build_metrics(results: dict[str, Vector]) -> RevisionMetrics | None:
 class PrometheusProvider:
     """Measure revisions with instant queries to a Prometheus HTTP API. Stateless: `baseline`
     and `forget` do nothing."""
+
+    runs_custom_checks = True
 
     def __init__(self, spec: PrometheusSpec, *, timeout: float = 10.0) -> None:
         self.address = spec.address.rstrip("/")
@@ -203,7 +199,7 @@ class PrometheusProvider:
     async def baseline(self, target: AnalysisTarget) -> None:
         """Nothing to do: Prometheus keeps the history."""
 
-    def forget(self, revision_name: str) -> None:
+    def forget(self, namespace: str, deployment: str) -> None:
         """Nothing to do: no state is kept."""
 
     async def custom_values(
@@ -224,7 +220,7 @@ class PrometheusProvider:
                             namespace=target.namespace,
                             deployment=target.deployment,
                             revision=target.canary_revision_name,
-                            role=ROLE_CANARY,
+                            role=contract.ROLE_CANARY,
                         ),
                         f"{target.namespace}/{target.deployment} check {check.name}",
                     )
@@ -299,3 +295,8 @@ class PrometheusProvider:
             return None
         value = samples[0][1]
         return None if math.isnan(value) else value
+
+
+def new(settings: PrometheusSpec, context: ProviderContext) -> PrometheusProvider:
+    """The registry's factory: one provider per address and headers."""
+    return PrometheusProvider(settings)

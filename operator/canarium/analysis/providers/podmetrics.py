@@ -7,7 +7,7 @@ every revision under analysis in memory and answers the counts since then (`samp
 per-pod deltas, right when pods come, go or restart). The first `measure` of a revision has no
 baseline and answers None (Inconclusive upstream); call `baseline` when the canary starts
 getting traffic so the first interval already has data. After an operator restart the first
-interval is inconclusive again. Call `forget` when a revision's analysis ends.
+interval is inconclusive again. Call `forget` when a ModelDeployment's analyses end.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import logging
 import math
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from canarium_serving import contract
+from canarium_serving import metrics_contract as mc
 from prometheus_client.parser import text_string_to_metric_families
 
+from canarium.analysis.providers.base import PodsClient, ProviderContext
 from canarium.analysis.samples import (
     AnalysisTarget,
     Buckets,
@@ -32,19 +34,14 @@ from canarium.analysis.samples import (
     window,
 )
 from canarium.api import AnalysisSpec
+from canarium.api import PodMetricsProvider as PodMetricsSettings
 
 log = logging.getLogger(__name__)
 
+TYPE = "podMetrics"
+
 LABEL_DEPLOYMENT = "canarium.dev/deployment"  # the pod labels set by canarium.render
 LABEL_REVISION = "canarium.dev/revision"
-
-
-class PodsClient(Protocol):
-    """What the provider needs from `canarium.kube.Kube`."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-    async def get_text(self, path: str, *, timeout: float = ...) -> str: ...  # noqa: ASYNC109
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,24 +64,27 @@ class _Builder:
         self.start_time: float | None = None
 
     def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        if name == "canarium_requests_total":
+        if name == mc.REQUESTS.series:
             self.requests += value
-            if not labels.get("code", "").startswith("2"):
+            if not labels.get(mc.LABEL_CODE, "").startswith("2"):
                 self.errors += value
-        elif name == "canarium_request_duration_seconds_bucket":
-            self.latency[float(labels["le"])] = value
-        elif name == "canarium_prediction_class_total":
-            self.classes[(labels["output"], labels["class"])] = value
-        elif name == "canarium_prediction_value_bucket":
-            self.values.setdefault(labels["output"], {})[float(labels["le"])] = value
-        elif name == "canarium_input_feature_value_bucket":
-            self.features.setdefault(labels["feature"], {})[float(labels["le"])] = value
-        elif name == "canarium_reference_input_feature_ratio":
-            self.ref_inputs.setdefault(labels["feature"], {})[float(labels["le"])] = value
-        elif name == "canarium_reference_prediction_class_ratio":
-            self.ref_classes[(labels["output"], labels["class"])] = value
-        elif name == "canarium_reference_prediction_value_ratio":
-            self.ref_values.setdefault(labels["output"], {})[float(labels["le"])] = value
+        elif name == mc.REQUEST_DURATION.series:
+            self.latency[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.PREDICTION_CLASS.series:
+            self.classes[(labels[mc.LABEL_OUTPUT], labels[mc.LABEL_CLASS])] = value
+        elif name == mc.PREDICTION_VALUE.series:
+            self.values.setdefault(labels[mc.LABEL_OUTPUT], {})[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.INPUT_FEATURE_VALUE.series:
+            by_feature = self.features.setdefault(labels[mc.LABEL_FEATURE], {})
+            by_feature[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.REFERENCE_INPUT_FEATURE_RATIO.series:
+            by_feature = self.ref_inputs.setdefault(labels[mc.LABEL_FEATURE], {})
+            by_feature[float(labels[mc.LABEL_LE])] = value
+        elif name == mc.REFERENCE_PREDICTION_CLASS_RATIO.series:
+            self.ref_classes[(labels[mc.LABEL_OUTPUT], labels[mc.LABEL_CLASS])] = value
+        elif name == mc.REFERENCE_PREDICTION_VALUE_RATIO.series:
+            by_output = self.ref_values.setdefault(labels[mc.LABEL_OUTPUT], {})
+            by_output[float(labels[mc.LABEL_LE])] = value
 
     def build(self, pods: int) -> RevisionMetrics:
         return RevisionMetrics(
@@ -116,12 +116,12 @@ def parse_metrics(
             if name == "process_start_time_seconds":
                 builder.start_time = value
                 continue
-            if not name.startswith("canarium_"):
+            if not name.startswith(mc.PREFIX):
                 continue
             if (
-                labels.get("deployment") != deployment
-                or labels.get("namespace") != namespace
-                or labels.get("revision") != revision
+                labels.get(mc.LABEL_DEPLOYMENT) != deployment
+                or labels.get(mc.LABEL_NAMESPACE) != namespace
+                or labels.get(mc.LABEL_REVISION) != revision
             ):
                 continue
             builder.matched = True
@@ -154,8 +154,10 @@ class PodMetricsProvider:
     API server's pod proxy (`via="api-proxy"`, for an operator run from outside the cluster).
 
     One instance serves every ModelDeployment (it bounds the concurrent scrapes and keeps the
-    per-pod baselines); `provider_for` hands out one per Kube client.
+    per-pod baselines); the provider registry hands out one per operator.
     """
+
+    runs_custom_checks = False  # PromQL needs Prometheus
 
     def __init__(
         self,
@@ -174,8 +176,9 @@ class PodMetricsProvider:
         self.scrape_timeout = scrape_timeout
         self.port = port
         self._limit = asyncio.Semaphore(concurrency)
-        # revision name -> pod key -> that pod's last good scrape
-        self._snapshots: dict[str, dict[str, PodSample]] = {}
+        # (namespace, deployment) -> revision name -> pod key -> that pod's last good scrape.
+        # Revision names repeat across namespaces (the same spec hashes the same).
+        self._snapshots: dict[tuple[str, str], dict[str, dict[str, PodSample]]] = {}
 
     # --- the Provider interface --------------------------------------------------------------
     async def measure(self, target: AnalysisTarget) -> WindowResult:
@@ -202,9 +205,9 @@ class PodMetricsProvider:
         for error in errors:
             log.warning("baseline of %s/%s: %s", target.namespace, target.deployment, error)
 
-    def forget(self, revision_name: str) -> None:
-        """Drop the baseline of a revision whose analysis ended."""
-        self._snapshots.pop(revision_name, None)
+    def forget(self, namespace: str, deployment: str) -> None:
+        """Drop the baselines of a ModelDeployment's revisions: its analyses ended."""
+        self._snapshots.pop((namespace, deployment), None)
 
     async def custom_values(
         self, analysis: AnalysisSpec, target: AnalysisTarget
@@ -227,13 +230,14 @@ class PodMetricsProvider:
         if scraped is None:
             return None
         listed, samples = scraped
-        previous = None if reset else self._snapshots.get(revision_name)
+        revisions = self._snapshots.setdefault((target.namespace, target.deployment), {})
+        previous = None if reset else revisions.get(revision_name)
         # Pods still there but not scraped now (not Ready, scrape failed) keep their last
         # sample, so they do not count their whole lifetime once they are back.
-        kept = self._snapshots.get(revision_name) or {}
+        kept = revisions.get(revision_name) or {}
         snapshot = {k: kept[k] for k in listed if k in kept and k not in samples}
         snapshot.update(samples)
-        self._snapshots[revision_name] = snapshot
+        revisions[revision_name] = snapshot
         if previous is None:
             return None
         return window(samples, previous)
@@ -315,3 +319,8 @@ class PodMetricsProvider:
 def pod_samples_window(after: Iterable[PodSample], before: Iterable[PodSample]) -> RevisionMetrics:
     """`samples.window` keyed by the samples' pod names (a convenience for tests and tools)."""
     return window({s.pod: s for s in after}, {s.pod: s for s in before})
+
+
+def new(settings: PodMetricsSettings, context: ProviderContext) -> PodMetricsProvider:
+    """The registry's factory: podMetrics takes no settings."""
+    return PodMetricsProvider(context.kube, via=context.pod_scrape)
