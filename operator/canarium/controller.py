@@ -18,16 +18,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, judge
+from canarium.analysis import AnalysisTarget, judge, unanswered
 from canarium.analysis.providers import ProviderContext, ProviderRegistry
-from canarium.api import ModelDeployment, RolloutPolicySpec
+from canarium.api import AnalysisSpec, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
 from canarium.reconcile import (
@@ -62,6 +62,17 @@ CHILD_KINDS = tuple(
     (resource.api_version, resource.kind) for resource in (*CORE_CHILDREN, *ROUTER_RESOURCES)
 )
 MAX_BACKOFF = 300.0
+MEASURING_REQUEUE = 1.0  # seconds: the soonest look again while an interval is measured
+
+
+@dataclass(frozen=True)
+class DueAnalysis:
+    """An analysis interval to measure: the policy's analysis, what it compares, and whether
+    it is the first snapshot of a window (a baseline) or a window to judge."""
+
+    analysis: AnalysisSpec
+    target: AnalysisTarget
+    first: bool
 
 
 def utcnow() -> datetime:
@@ -181,6 +192,11 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         self.providers = ProviderRegistry(ProviderContext(kube, settings.pod_scrape))
+        # Analysis intervals are measured in tasks of their own, a few at a time, and their
+        # runs wait here for the next reconcile of their ModelDeployment.
+        self._analysis_tasks: dict[Key, asyncio.Task[None]] = {}
+        self._analysis_runs: dict[Key, tuple[DueAnalysis, AnalysisRun]] = {}
+        self._analysis_slots = asyncio.Semaphore(settings.analysis_concurrency)
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -292,6 +308,10 @@ class Controller:
             kind.pop(key, None)
         self.pods.pop(key, None)
         self.providers.analysis_ended(*key)
+        task = self._analysis_tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._analysis_runs.pop(key, None)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -340,9 +360,10 @@ class Controller:
         log.info("controller started with %d workers", self.worker_count)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._analysis_tasks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
 
@@ -430,17 +451,17 @@ class Controller:
             policy_error=policy_error,
         )
 
-    async def analyse(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
-        """Measure and judge one analysis interval when one is due (the state machine decides
-        when, purely); the run goes into the reconcile input."""
+    def due_analysis(self, key: Key, inp: ReconcileInput) -> DueAnalysis | None:
+        """The analysis interval to measure now, if one is due (the state machine decides
+        when, purely)."""
         r_inp = rollout_input(inp)
         analysis = inp.policy.analysis if inp.policy else None
         if analysis is None or not analysis_due(r_inp):
-            return inp
+            return None
         status = inp.mdep.status
         name = inp.mdep.metadata.name
         if status.stable is None or not status.stable.name:
-            return inp  # analysis_due checked it; for the type checker
+            return None  # analysis_due checked it; for the type checker
         stable: str | None
         if status.canary is not None and status.canary.name == r_inp.desired:
             canary, stable = status.canary.name, status.stable.name
@@ -456,28 +477,84 @@ class Controller:
             stable_revision_name=stable,
             interval_seconds=analysis.interval_seconds,
         )
-        provider = self.providers.provider_for(analysis.provider)
+        first = status.analysis is None or status.analysis.last_run_time is None
+        return DueAnalysis(analysis, target, first)
+
+    async def measure(self, key: Key, due: DueAnalysis) -> AnalysisRun:
+        """One analysis interval: the first snapshot of a window (a baseline), or the window
+        that just ended measured and judged."""
+        provider = self.providers.provider_for(due.analysis.provider)
         now = self.clock()
-        if status.analysis is None or status.analysis.last_run_time is None:
-            await provider.baseline(target)  # the first window starts now
-            return replace(inp, now=now, analysis_run=AnalysisRun(now, None))
-        result = await provider.measure(target)
+        if due.first:
+            await provider.baseline(due.target)  # the first window starts now
+            return AnalysisRun(now, None)
+        result = await provider.measure(due.target)
         custom = (
-            await provider.custom_values(analysis, target) if provider.runs_custom_checks else None
+            await provider.custom_values(due.analysis, due.target)
+            if provider.runs_custom_checks
+            else None
         )
-        judgement = judge(analysis, result.canary, result.stable, now, custom)
+        judgement = judge(due.analysis, result.canary, result.stable, now, custom)
         if result.errors:
-            log.warning("analysis of %s/%s: %s", key[0], name, "; ".join(result.errors))
-        metrics.ANALYSIS_RUNS.labels(key[0], name, judgement.verdict).inc()
-        log.info("analysis of %s/%s: %s", key[0], name, judgement.summary)
-        return replace(inp, now=now, analysis_run=AnalysisRun(now, judgement))
+            log.warning("analysis of %s/%s: %s", *key, "; ".join(result.errors))
+        metrics.ANALYSIS_RUNS.labels(*key, judgement.verdict).inc()
+        log.info("analysis of %s/%s: %s", *key, judgement.summary)
+        return AnalysisRun(now, judgement)
+
+    async def analyse(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
+        """Measure and judge one analysis interval now when one is due; the run goes into the
+        reconcile input."""
+        due = self.due_analysis(key, inp)
+        if due is None:
+            return inp
+        run = await self.measure(key, due)
+        return replace(inp, now=run.time, analysis_run=run)
+
+    def with_analysis(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
+        """The reconcile input with the interval measured since the last reconcile, if it
+        still applies; an interval that is due starts measuring in its own task, so that a
+        slow metrics provider never holds up a reconcile worker (the finished run queues the
+        ModelDeployment again)."""
+        due = self.due_analysis(key, inp)
+        finished = self._analysis_runs.pop(key, None)
+        if due is None:
+            return inp
+        if finished is not None and finished[0] == due:
+            return replace(inp, analysis_run=finished[1])
+        if key not in self._analysis_tasks:
+            self._analysis_tasks[key] = asyncio.create_task(
+                self._analysis_task(key, due), name=f"canarium-analysis-{key[0]}-{key[1]}"
+            )
+        return inp
+
+    async def _analysis_task(self, key: Key, due: DueAnalysis) -> None:
+        timeout = self.settings.analysis_timeout_seconds
+        try:
+            async with self._analysis_slots:
+                run: AnalysisRun | None = await asyncio.wait_for(
+                    self.measure(key, due), timeout=timeout
+                )
+        except TimeoutError:
+            log.warning("analysis of %s/%s: no answer within %.0fs", *key, timeout)
+            # A window that did not start is tried again; a window whose numbers did not come
+            # is no data, which holds the rollout and never fails it.
+            now = self.clock()
+            run = None if due.first else AnalysisRun(now, unanswered(due.analysis, now, timeout))
+        except Exception:
+            log.exception("analysis of %s/%s failed", *key)
+            run = None
+        finally:
+            self._analysis_tasks.pop(key, None)
+        if run is not None and key in self.mdeps:
+            self._analysis_runs[key] = (due, run)
+            self.enqueue(key)
 
     async def reconcile_key(self, key: Key) -> None:
         started = time.perf_counter()
         inp = self.build_input(key)
         if inp is None:
             return
-        inp = await self.analyse(key, inp)
+        inp = self.with_analysis(key, inp)
         plan = reconcile(inp)
         await self.execute(key, plan)
         if not plan.status.get("canary") and not plan.status.get("previous"):
@@ -527,4 +604,9 @@ class Controller:
                 if not exc.namespace_gone:
                     log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
         if plan.requeue_after is not None:
-            self.enqueue_after(key, plan.requeue_after)
+            delay = plan.requeue_after
+            if key in self._analysis_tasks:
+                # The interval being measured is due: its end queues the key, and until then
+                # a timer for it would only spin.
+                delay = max(delay, MEASURING_REQUEUE)
+            self.enqueue_after(key, delay)

@@ -20,6 +20,10 @@ class Settings:
     progress_deadline_seconds: int = 600
     # Scrape or query timeout of one analysis measurement.
     metrics_timeout_seconds: float = 5.0
+    # Analysis runs beside the reconcile workers: this many intervals measured at once, each
+    # given up (as no data) after this long.
+    analysis_concurrency: int = 8
+    analysis_timeout_seconds: float = 30.0
     # How the podMetrics provider reaches the serving pods: "pod-ip" (inside the cluster) or
     # "api-proxy" (through the API server, for an operator run from outside the cluster).
     pod_scrape: str = "api-proxy"

@@ -5,6 +5,8 @@ A fake Kube records every call; no cluster."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -19,7 +21,7 @@ from canarium.controller import MAX_BACKOFF, Controller, Key, contested, covers
 from canarium.kube import Kube, KubeError, ObjectRef
 from canarium.reconcile import ChildRef, Plan
 from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
-from canarium.rollout import Event
+from canarium.rollout import AnalysisRun, Event
 
 from tests.unit.operator_fixtures import NOW, SETTINGS, mdep, name_of
 
@@ -822,3 +824,89 @@ def test_a_model_deployment_deleted_during_its_reconcile_ends_it_quietly() -> No
     controller.on_mdep("DELETED", _body("11"))
     asyncio.run(controller.execute(KEY, _plan(status={"phase": "Progressing"})))
     assert kube.verbs() == [], "nothing written for an object that is gone"
+
+
+# --- analysis beside the reconcile workers ----------------------------------------------------
+class HangingProvider(FakeProvider):
+    """Measures one ModelDeployment (`hangs_on`) never: it waits until cancelled."""
+
+    def __init__(self, hangs_on: str) -> None:
+        super().__init__()
+        self.hangs_on = hangs_on
+
+    async def measure(self, target: AnalysisTarget) -> WindowResult:
+        if target.deployment == self.hangs_on:
+            self.calls.append(("hangs", target.deployment))
+            await asyncio.Event().wait()
+        return await super().measure(target)
+
+
+def test_a_provider_that_hangs_holds_up_no_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval of one ModelDeployment is measured in a task of its own: a provider that
+    hangs for its whole timeout delays no reconcile, of that model or of another (one worker
+    here), and the interval it never answered is recorded as no data."""
+    provider = HangingProvider(hangs_on="iris")
+    monkeypatch.setitem(providers_module.FACTORIES, "podMetrics", lambda *args: provider)
+    settings = dataclasses.replace(SETTINGS, analysis_timeout_seconds=0.5)
+    kube = FakeKube()
+    controller = Controller(
+        cast(Kube, kube), settings, workers=1, clock=lambda: NOW + timedelta(seconds=31)
+    )
+    last = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    other: Key = ("ml", "iris-b")
+    versions = itertools.count(100)
+
+    def rolling_body(name: str, resource_version: str) -> dict[str, Any]:
+        body = _body(resource_version, rollout={"policy": POLICY})
+        body["metadata"]["name"] = name
+        body["status"] = _rolling({"intervals": 1, "lastRunTime": last})
+        # Its revision: the same hash as iris', under its own name.
+        body["status"]["canary"]["name"] = name + _desired().removeprefix("iris")
+        return body
+
+    def finished_run(key: Key) -> AnalysisRun | None:
+        """The run a reconcile of `key` would take in now (its cache fed again: the fake API
+        answers status patches with the status only)."""
+        controller.on_mdep("MODIFIED", rolling_body(key[1], str(next(versions))))
+        inp = controller.build_input(key)
+        assert inp is not None
+        return controller.with_analysis(key, inp).analysis_run
+
+    async def scenario() -> None:
+        for key in (KEY, other):
+            controller.on_mdep("ADDED", rolling_body(key[1], "10"))
+        controller._queued.clear()  # the workers' part, done by hand here
+        # Each starts measuring and does not wait for it (a reconcile that waited would time
+        # out here: the provider hangs).
+        await asyncio.wait_for(controller.reconcile_key(KEY), timeout=0.25)
+        await asyncio.wait_for(controller.reconcile_key(other), timeout=0.25)
+        await asyncio.sleep(0.05)
+        assert ("hangs", "iris") in provider.calls
+        # The other model's interval came back at once and queued it for its reconcile.
+        assert controller._queued == {other}
+        run = finished_run(other)
+        assert run is not None
+        assert run.judgement is not None
+        assert run.judgement.verdict == "Inconclusive"
+        assert KEY in controller._analysis_tasks, "still measuring the hanging one"
+        assert finished_run(KEY) is None
+        # Its whole timeout passed: the interval is no data, never a failure.
+        await asyncio.sleep(0.6)
+        assert KEY not in controller._analysis_tasks
+        assert KEY in controller._queued
+        run = finished_run(KEY)
+        assert run is not None
+        assert run.judgement is not None
+        assert run.judgement.verdict == "Inconclusive"
+        samples = run.judgement.measurements[0]
+        assert (samples.check, samples.reason) == (
+            "samples",
+            "the metrics provider gave no answer within 0.5s",
+        )
+        await controller.stop()
+
+    asyncio.run(scenario())
+
+
+def _calls(kube: FakeKube, verb: str) -> list[Any]:
+    return [(v, args) for v, args in kube.calls if v == verb]

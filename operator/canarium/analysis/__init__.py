@@ -13,7 +13,7 @@ Everything here but the providers' I/O is pure and unit-tested (`samples`, `stat
 
 from __future__ import annotations
 
-from canarium.analysis.judge import Judgement, judge
+from canarium.analysis.judge import Judgement, judge, unanswered
 from canarium.analysis.samples import (
     AnalysisTarget,
     PodSample,
@@ -35,5 +35,6 @@ __all__ = [
     "delta",
     "histogram_quantile",
     "judge",
+    "unanswered",
     "window",
 ]

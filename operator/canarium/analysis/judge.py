@@ -250,12 +250,14 @@ def judge(
     stable: RevisionMetrics | None,
     now: datetime,
     custom_values: Mapping[str, float | None] | None = None,
+    no_data: str = "no canary metrics in this window",
 ) -> Judgement:
     """Judge one analysis window of the canary against `analysis`' checks.
 
     `canary`/`stable` are window counts (`WindowResult`); None means no data. `custom_values`
     are the custom checks' values by name from a provider that runs them (missing or None = no
-    data); None when the provider runs no custom checks.
+    data); None when the provider runs no custom checks. `no_data` says why there are no
+    canary numbers when there are none.
     """
     checks = analysis.checks
     measurements: list[Measurement] = []
@@ -274,7 +276,7 @@ def judge(
 
     min_samples = analysis.min_samples
     if canary is None or canary.empty:
-        hold = "no canary metrics in this window"
+        hold = no_data
         samples = _inconclusive(hold)
     elif canary.requests < min_samples:
         hold = f"{_num(canary.requests)} requests < minSamples {min_samples}"
@@ -331,3 +333,16 @@ def _summary(verdict: Verdict, measurements: list[Measurement]) -> str:
         picked = picked[:1]
     text = "; ".join(f"{m.check}: {m.reason}" for m in picked)
     return f"{verdict}: {text}"[:1024]
+
+
+def unanswered(analysis: AnalysisSpec, now: datetime, seconds: float) -> Judgement:
+    """A window whose numbers did not come in time: no data, so every check is inconclusive
+    (it holds the rollout and never fails it)."""
+    return judge(
+        analysis,
+        None,
+        None,
+        now,
+        {},
+        no_data=f"the metrics provider gave no answer within {seconds:g}s",
+    )
