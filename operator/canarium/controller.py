@@ -46,7 +46,7 @@ from canarium.render import (
     hash_of_revision,
 )
 from canarium.resources import CORE_CHILDREN
-from canarium.rollout import AnalysisRun, analysis_due
+from canarium.rollout import AnalysisRun, Event, analysis_due
 from canarium.routers import ROUTER_RESOURCES
 from canarium.settings import Settings
 
@@ -564,10 +564,24 @@ class Controller:
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
 
     async def execute(self, key: Key, plan: Plan) -> None:
-        namespace = key[0]
+        """Carry out a plan: children, status, events, and when to look again."""
         body = self.mdeps.get(key)
         if body is None:  # deleted while it was analysed: its children go with it
             return
+        await self.write_children(key, plan)
+        if not await self.write_status(key, body, plan.status):
+            return  # deleted meanwhile: its children go with it
+        metrics.observe_status(key, plan.status)
+        await self.record_events(key, body, plan.events)
+        if plan.requeue_after is not None:
+            delay = plan.requeue_after
+            if key in self._analysis_tasks:
+                # The interval being measured is due: its end queues the key, and until then
+                # a timer for it would only spin.
+                delay = max(delay, MEASURING_REQUEUE)
+            self.enqueue_after(key, delay)
+
+    async def write_children(self, key: Key, plan: Plan) -> None:
         applies = []
         for manifest in plan.apply:
             manifest["metadata"].setdefault("annotations", {})[ANNOTATION_APPLIED] = manifest_hash(
@@ -581,32 +595,30 @@ class Controller:
             # Our own write, cached before its watch event arrives; no reconcile for it.
             self.on_child("MODIFIED", result, notify=False)
         for ref in plan.delete:
-            await self.kube.delete(ObjectRef(ref.api_version, ref.kind, namespace, ref.name))
+            await self.kube.delete(ObjectRef(ref.api_version, ref.kind, key[0], ref.name))
 
-        patch = merge_patch(body.get("status") or {}, plan.status)
-        if patch is not None:
-            try:
-                updated = await self.kube.patch_status(
-                    ObjectRef(*MDEP, *key), patch, body["metadata"]["resourceVersion"]
-                )
-            except KubeError as exc:
-                if exc.status == 404:  # deleted meanwhile: its children go with it
-                    return
-                raise
-            self.mdeps[key] = _slim(updated)
-        metrics.observe_status(key, plan.status)
-        for event in plan.events:
+    async def write_status(self, key: Key, body: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Patch the status where it changed; False when the object is gone."""
+        patch = merge_patch(body.get("status") or {}, status)
+        if patch is None:
+            return True
+        try:
+            updated = await self.kube.patch_status(
+                ObjectRef(*MDEP, *key), patch, body["metadata"]["resourceVersion"]
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        self.mdeps[key] = _slim(updated)
+        return True
+
+    async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:
+        for event in events:
             if event.reason in ("RolledBack", "Aborted"):
-                metrics.ROLLBACKS.labels(namespace, key[1], event.reason).inc()
+                metrics.ROLLBACKS.labels(*key, event.reason).inc()
             try:
                 await self.kube.event(body, event.type, event.reason, event.message)
             except KubeError as exc:  # an event is not worth a retry of the whole reconcile
                 if not exc.namespace_gone:
                     log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
-        if plan.requeue_after is not None:
-            delay = plan.requeue_after
-            if key in self._analysis_tasks:
-                # The interval being measured is due: its end queues the key, and until then
-                # a timer for it would only spin.
-                delay = max(delay, MEASURING_REQUEUE)
-            self.enqueue_after(key, delay)
