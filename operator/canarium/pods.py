@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, get_args
 
+from canarium.observation import FailureReason, PodFailure
 from canarium.redact import redact, truncate
-from canarium.rollout import FailureReason, PodFailure
 
 MAX_MESSAGE = 512  # characters of a termination or waiting message kept (kubelet: 4096 bytes)
 _WAITING_FAILURES: frozenset[str] = frozenset(get_args(FailureReason)) - {"CrashLoopBackOff"}

@@ -24,6 +24,7 @@ from canarium.api import (
     Reason,
     RolloutPolicySpec,
 )
+from canarium.observation import RevisionObservation
 from canarium.pods import revision_failures
 from canarium.render import (
     ANNOTATION_CREATED_AS,
@@ -42,7 +43,6 @@ from canarium.rollout import (
     ANNOTATION_PAUSED,
     AnalysisRun,
     Event,
-    RevisionObservation,
     RolloutInput,
     decide,
 )

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from canarium.api import ModelDeployment
-from canarium.reconcile import ReconcileInput, RevisionObservation, observe_deployment
+from canarium.observation import RevisionObservation
+from canarium.reconcile import ReconcileInput, observe_deployment
 from canarium.render import render_revision, revision_hash, revision_name
 from canarium.settings import Settings
 

@@ -15,12 +15,11 @@ from canarium.api import (
     RolloutPolicySpec,
     Verdict,
 )
+from canarium.observation import PodFailure, RevisionObservation
 from canarium.reconcile import rollout_input as make_input
 from canarium.rollout import (
     AnalysisRun,
     Decision,
-    PodFailure,
-    RevisionObservation,
     RevisionPlan,
     RolloutInput,
     analysis_due,
