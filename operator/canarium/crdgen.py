@@ -20,7 +20,7 @@ import copy
 import difflib
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,52 +222,100 @@ def _resolve(node: Schema, defs: dict[str, Schema]) -> Schema:
 
 def to_structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
     """Rewrite one pydantic JSON schema node (and its children) as a structural schema."""
-    node = _resolve(node, defs)
-    if "anyOf" in node:
-        siblings = {k: v for k, v in node.items() if k != "anyOf"}
-        branches = [_resolve(b, defs) for b in node["anyOf"] if b.get("type") != "null"]
-        if len(branches) == 1:
-            node = _merge(branches[0], siblings)
-        elif {b.get("type") for b in branches} == _INT_OR_STRING and len(branches) == 2:
-            node = {"x-kubernetes-int-or-string": True}
-            for branch in branches:
-                node.update({k: v for k, v in branch.items() if k not in ("type", "format")})
-            node = _merge(node, siblings)
-        else:
-            raise CrdGenerationError(f"{path or '.'}: unions other than X | None or int | str")
+    node = _collapse_union(_resolve(node, defs), defs, path)
     if "oneOf" in node or "allOf" in node or "not" in node:
         raise CrdGenerationError(f"{path or '.'}: oneOf/allOf/not are not structural")
-
     out: Schema = {}
     for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "const":
-            out["enum"] = [value]
-        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
-            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
-            out[key] = True
-        elif key == "default":
-            if value is not None:
-                out[key] = copy.deepcopy(value)
-        elif key == "properties":
-            out[key] = {
-                name: to_structural(child, defs, f"{path}.{name}") for name, child in value.items()
-            }
-        elif key == "items":
-            out[key] = to_structural(value, defs, f"{path}[*]")
-        elif key == "additionalProperties":
-            if isinstance(value, dict):
-                out[key] = to_structural(value, defs, f"{path}.*")
-            # `false` (extra="forbid") is pydantic-only: the API server prunes or rejects
-            # unknown fields itself, and structural schemas forbid `additionalProperties: false`.
-        elif key == "description":
-            out[key] = " ".join(str(value).split())
-        elif key == "enum":
-            out[key] = [v for v in value if v is not None]
-        else:
-            out[key] = copy.deepcopy(value)
+        if key not in _DROP:
+            rewrite = _KEYWORD_REWRITES.get(key, _copy_keyword)
+            out.update(rewrite(key, value, defs, path))
+    return _complete_structural(out, path)
 
+
+def _collapse_union(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
+    """`anyOf` rewritten: `X | None` as X, `int | str` as x-kubernetes-int-or-string."""
+    if "anyOf" not in node:
+        return node
+    siblings = {k: v for k, v in node.items() if k != "anyOf"}
+    branches = [_resolve(b, defs) for b in node["anyOf"] if b.get("type") != "null"]
+    if len(branches) == 1:
+        return _merge(branches[0], siblings)
+    if {b.get("type") for b in branches} == _INT_OR_STRING and len(branches) == 2:
+        int_or_string: Schema = {"x-kubernetes-int-or-string": True}
+        for branch in branches:
+            int_or_string.update({k: v for k, v in branch.items() if k not in ("type", "format")})
+        return _merge(int_or_string, siblings)
+    raise CrdGenerationError(f"{path or '.'}: unions other than X | None or int | str")
+
+
+# One keyword of a schema node -> the keywords it becomes in the structural schema. Each takes
+# (keyword, value, defs, path of the node); the ones with children recurse with `defs` and `path`.
+_KeywordRewrite = Callable[[str, Any, dict[str, Schema], str], Schema]
+
+
+def _copy_keyword(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {key: copy.deepcopy(value)}
+
+
+def _const_as_enum(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {"enum": [value]}
+
+
+def _exclusive_bound(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    """A numeric JSON Schema exclusive bound as OpenAPI's bound + `exclusive...: true`."""
+    if isinstance(value, bool):  # already the OpenAPI form
+        return {key: copy.deepcopy(value)}
+    return {"minimum" if key == "exclusiveMinimum" else "maximum": value, key: True}
+
+
+def _default_unless_null(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {} if value is None else {key: copy.deepcopy(value)}
+
+
+def _structural_properties(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {
+        key: {name: to_structural(child, defs, f"{path}.{name}") for name, child in value.items()}
+    }
+
+
+def _structural_items(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {key: to_structural(value, defs, f"{path}[*]")}
+
+
+def _structural_additional_properties(
+    key: str, value: Any, defs: dict[str, Schema], path: str
+) -> Schema:
+    if isinstance(value, dict):
+        return {key: to_structural(value, defs, f"{path}.*")}
+    # `false` (extra="forbid") is pydantic-only: the API server prunes or rejects
+    # unknown fields itself, and structural schemas forbid `additionalProperties: false`.
+    return {}
+
+
+def _one_line_description(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {key: " ".join(str(value).split())}
+
+
+def _enum_without_null(key: str, value: Any, defs: dict[str, Schema], path: str) -> Schema:
+    return {key: [v for v in value if v is not None]}
+
+
+_KEYWORD_REWRITES: dict[str, _KeywordRewrite] = {
+    "const": _const_as_enum,
+    "exclusiveMinimum": _exclusive_bound,
+    "exclusiveMaximum": _exclusive_bound,
+    "default": _default_unless_null,
+    "properties": _structural_properties,
+    "items": _structural_items,
+    "additionalProperties": _structural_additional_properties,
+    "description": _one_line_description,
+    "enum": _enum_without_null,
+}
+
+
+def _complete_structural(out: Schema, path: str) -> Schema:
+    """Check a rewritten node and add what a structural schema needs (`out`, completed)."""
     if "properties" in out and "additionalProperties" in out:
         raise CrdGenerationError(f"{path or '.'}: both properties and additionalProperties")
     if (
