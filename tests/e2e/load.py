@@ -91,6 +91,20 @@ def _path_matches(match: dict[str, Any], path: str) -> bool:
     return prefix in ("", path) or path.startswith(prefix + "/")
 
 
+def _header_matches(header: dict[str, Any], got: str | None) -> bool:
+    """Whether one HTTPHeaderMatch matches the request's value of that header (None: absent)."""
+    if got is None:
+        return False
+    if header.get("type", "Exact") == "RegularExpression":
+        return re.fullmatch(header["value"], got) is not None
+    return got == header["value"]
+
+
+def _headers_match(wanted: list[dict[str, Any]], headers: Mapping[str, str]) -> bool:
+    lowered = {k.lower(): v for k, v in headers.items()}  # header names are case-insensitive
+    return all(_header_matches(header, lowered.get(header["name"].lower())) for header in wanted)
+
+
 def _match_score(
     match: dict[str, Any], path: str, method: str, headers: Mapping[str, str]
 ) -> tuple[int, int, int, int, int] | None:
@@ -99,16 +113,8 @@ def _match_score(
         return None
     if match.get("method") and match["method"] != method:
         return None
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for header in match.get("headers") or []:
-        got = lowered.get(header["name"].lower())
-        if got is None:
-            return None
-        if header.get("type", "Exact") == "RegularExpression":
-            if re.fullmatch(header["value"], got) is None:
-                return None
-        elif got != header["value"]:
-            return None
+    if not _headers_match(match.get("headers") or [], headers):
+        return None
     if match.get("queryParams"):
         return None  # requests carry no query parameters
     spec = match.get("path") or {"type": "PathPrefix", "value": "/"}

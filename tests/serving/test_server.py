@@ -403,6 +403,38 @@ def test_batched_and_unbatched_servers_answer_alike(
 # --- metrics ----------------------------------------------------------------------------
 
 
+def assert_petal_length_histograms(
+    before: str, text: str, ref: dict[str, Any], sent: np.ndarray[Any, Any]
+) -> None:
+    """The petal_length input histogram in /metrics `text` against the model's reference `ref`:
+    the same edges, and since the scrape `before` it counted the rows `sent`, bucket by bucket."""
+    # input histograms use the reference edges, bucket by bucket
+    feature = ref["features"][2]
+    assert feature["name"] == "petal_length"
+    live = metric_samples(text, mc.INPUT_FEATURE_VALUE.series)
+    live_les = [lab["le"] for lab, _ in live if lab["feature"] == "petal_length"]
+    ref_rows = metric_samples(text, mc.REFERENCE_INPUT_FEATURE_RATIO.name)
+    ref_les = [lab["le"] for lab, _ in ref_rows if lab["feature"] == "petal_length"]
+    assert live_les == ref_les
+    assert len(live_les) == len(feature["edges"]) + 1
+    assert [float(le) for le in live_les[:-1]] == feature["edges"]
+    old = {
+        lab["le"]: v
+        for lab, v in metric_samples(before, mc.INPUT_FEATURE_VALUE.series)
+        if lab["feature"] == "petal_length"
+    }
+    vals = sent[:, 2]
+    for lab, v in live:
+        if lab["feature"] != "petal_length":
+            continue
+        le = float(lab["le"])
+        assert v - old.get(lab["le"], 0.0) == int((vals <= le).sum())
+    # reference gauges are cumulative fractions ending at 1
+    assert {lab["le"]: v for lab, v in ref_rows if lab["feature"] == "petal_length"}[
+        "+Inf"
+    ] == pytest.approx(1.0)
+
+
 def test_metrics_content(iris_server: Server, models: Models) -> None:
     with iris_server.client() as c:
         before = c.get("/metrics").text
@@ -459,39 +491,15 @@ def test_metrics_content(iris_server: Server, models: Models) -> None:
     )
 
     # class counts = what the model predicted
-    predicted = models.iris_estimator.predict(np.concatenate([x[:100], x[100:107]]))
+    sent = np.concatenate([x[:100], x[100:107]])
+    predicted = models.iris_estimator.predict(sent)
     for cls in ("0", "1", "2"):
         delta = value(mc.PREDICTION_CLASS.series, output="label", **{"class": cls}) - (
             old_value(mc.PREDICTION_CLASS.series, output="label", **{"class": cls})
         )
         assert delta == int((predicted == int(cls)).sum())
 
-    # input histograms use the reference edges, bucket by bucket
-    ref = models.iris.reference
-    feature = ref["features"][2]
-    assert feature["name"] == "petal_length"
-    live = metric_samples(text, mc.INPUT_FEATURE_VALUE.series)
-    live_les = [lab["le"] for lab, _ in live if lab["feature"] == "petal_length"]
-    ref_rows = metric_samples(text, mc.REFERENCE_INPUT_FEATURE_RATIO.name)
-    ref_les = [lab["le"] for lab, _ in ref_rows if lab["feature"] == "petal_length"]
-    assert live_les == ref_les
-    assert len(live_les) == len(feature["edges"]) + 1
-    assert [float(le) for le in live_les[:-1]] == feature["edges"]
-    old = {
-        lab["le"]: v
-        for lab, v in metric_samples(before, mc.INPUT_FEATURE_VALUE.series)
-        if lab["feature"] == "petal_length"
-    }
-    vals = np.concatenate([x[:100], x[100:107]])[:, 2]
-    for lab, v in live:
-        if lab["feature"] != "petal_length":
-            continue
-        le = float(lab["le"])
-        assert v - old.get(lab["le"], 0.0) == int((vals <= le).sum())
-    # reference gauges are cumulative fractions ending at 1
-    assert {lab["le"]: v for lab, v in ref_rows if lab["feature"] == "petal_length"}[
-        "+Inf"
-    ] == pytest.approx(1.0)
+    assert_petal_length_histograms(before, text, models.iris.reference, sent)
     ref_cls = metric_samples(text, mc.REFERENCE_PREDICTION_CLASS_RATIO.name)
     assert sum(v for _, v in ref_cls) == pytest.approx(1.0)
     assert value(mc.REFERENCE_SAMPLES.name) == 150

@@ -844,35 +844,48 @@ def vector(*items: tuple[dict[str, str], float | str]) -> dict[str, Any]:
     }
 
 
+# The fake Prometheus' answer to a query that holds one of these markers (first match wins):
+# its failures and the custom metrics' queries.
+ANSWERS_BY_MARKER: list[tuple[str, int, dict[str, Any]]] = [
+    ("boom", 500, {"oops": 1}),
+    ("bad(", 400, {"status": "error", "errorType": "bad_data", "error": "parse error"}),
+    ("custom_one", 200, vector(({}, 0.97))),
+    (
+        "custom_scalar",
+        200,
+        {"status": "success", "data": {"resultType": "scalar", "result": [1, "5"]}},
+    ),
+    ("custom_many", 200, vector(({"a": "1"}, 1), ({"a": "2"}, 2))),
+    ("custom_nan", 200, vector(({}, "NaN"))),
+]
+
+# The canary revision's series, by the metric a query reads (first match wins).
+CANARY_SERIES: list[tuple[str, dict[str, Any]]] = [
+    (mc.REQUESTS.series, vector(({"code": "200"}, 90), ({"code": "400"}, 6), ({"code": "503"}, 4))),
+    (mc.REQUEST_DURATION.series, vector(({"le": "0.1"}, 99), ({"le": "+Inf"}, 100))),
+    (mc.PREDICTION_CLASS.series, vector(({"output": "label", "class": "1"}, 100))),
+    (
+        mc.INPUT_FEATURE_VALUE.series,
+        vector(({"feature": "x", "le": "1"}, 40), ({"feature": "x", "le": "+Inf"}, 100)),
+    ),
+    (
+        mc.REFERENCE_INPUT_FEATURE_RATIO.name,
+        vector(({"feature": "x", "le": "1"}, 0.5), ({"feature": "x", "le": "+Inf"}, 1)),
+    ),
+    (mc.MODEL_READY.name, vector(({}, 2))),
+]
+
+
 def fake_answer(query: str) -> tuple[int, dict[str, Any]]:
-    if "boom" in query:
-        return 500, {"oops": 1}
-    if "bad(" in query:
-        return 400, {"status": "error", "errorType": "bad_data", "error": "parse error"}
-    if "custom_one" in query:
-        return 200, vector(({}, 0.97))
-    if "custom_scalar" in query:
-        return 200, {"status": "success", "data": {"resultType": "scalar", "result": [1, "5"]}}
-    if "custom_many" in query:
-        return 200, vector(({"a": "1"}, 1), ({"a": "2"}, 2))
-    if "custom_nan" in query:
-        return 200, vector(({}, "NaN"))
+    for marker, status, body in ANSWERS_BY_MARKER:
+        if marker in query:
+            return status, body
     if 'revision="iris-s7b"' in query and mc.REQUESTS.series in query:
         return 200, vector(({"code": "200"}, 300))
-    if 'revision="iris-c4n"' not in query:
-        return 200, vector()
-    if mc.REQUESTS.series in query:
-        return 200, vector(({"code": "200"}, 90), ({"code": "400"}, 6), ({"code": "503"}, 4))
-    if mc.REQUEST_DURATION.series in query:
-        return 200, vector(({"le": "0.1"}, 99), ({"le": "+Inf"}, 100))
-    if mc.PREDICTION_CLASS.series in query:
-        return 200, vector(({"output": "label", "class": "1"}, 100))
-    if mc.INPUT_FEATURE_VALUE.series in query:
-        return 200, vector(({"feature": "x", "le": "1"}, 40), ({"feature": "x", "le": "+Inf"}, 100))
-    if mc.REFERENCE_INPUT_FEATURE_RATIO.name in query:
-        return 200, vector(({"feature": "x", "le": "1"}, 0.5), ({"feature": "x", "le": "+Inf"}, 1))
-    if mc.MODEL_READY.name in query:
-        return 200, vector(({}, 2))
+    if 'revision="iris-c4n"' in query:
+        for metric, series in CANARY_SERIES:
+            if metric in query:
+                return 200, series
     return 200, vector()
 
 

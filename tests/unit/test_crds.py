@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -325,20 +325,21 @@ def go_number(value: float) -> str:
     return str(value)
 
 
+# JSON type names by Python type, bool first: a bool is an int to isinstance.
+JSON_TYPES: list[tuple[type, str]] = [
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+]
+
+
 def json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next(
+        (name for python_type, name in JSON_TYPES if isinstance(value, python_type)), "null"
+    )
 
 
 def unknown_fields(obj: Any, schema: Schema, path: str) -> list[str]:
@@ -380,87 +381,132 @@ def apply_defaults(obj: Any, schema: Schema) -> Any:
 
 def validate(obj: Any, schema: Schema, path: str) -> list[str]:
     """OpenAPI validation with the API server's messages (the subset our schemas use)."""
-    errors: list[str] = []
     kind = json_type(obj)
-    if schema.get("x-kubernetes-int-or-string"):
-        if kind not in ("integer", "string"):
-            errors.append(f"{path}: Invalid value: must be an integer or a string")
-    elif schema["type"] != kind and not (schema["type"] == "number" and kind == "integer"):
-        errors.append(
+    if (
+        not schema.get("x-kubernetes-int-or-string")
+        and schema["type"] != kind
+        and not (schema["type"] == "number" and kind == "integer")
+    ):
+        # A value of the wrong type gets this one error: no other check applies to it.
+        return [
             f'{path}: Invalid value: "{kind}": {path} in body must be of type '
             f'{schema["type"]}: "{kind}"'
-        )
-        return errors
+        ]
+    errors: list[str] = []
+    for check in VALUE_CHECKS:
+        errors += check(obj, kind, schema, path)
+    return errors
+
+
+def int_or_string_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
+    if schema.get("x-kubernetes-int-or-string") and kind not in ("integer", "string"):
+        return [f"{path}: Invalid value: must be an integer or a string"]
+    return []
+
+
+def enum_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
     if "enum" in schema and obj not in schema["enum"]:
         supported = ", ".join(json.dumps(v) for v in schema["enum"])
+        return [f"{path}: Unsupported value: {json.dumps(obj)}: supported values: {supported}"]
+    return []
+
+
+def string_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
+    if not isinstance(obj, str):
+        return []
+    errors: list[str] = []
+    if "pattern" in schema and not re.search(schema["pattern"], obj):
         errors.append(
-            f"{path}: Unsupported value: {json.dumps(obj)}: supported values: {supported}"
+            f"{path}: Invalid value: {json.dumps(obj)}: {path} in body should match "
+            f"'{schema['pattern']}'"
         )
-    if isinstance(obj, str):
-        if "pattern" in schema and not re.search(schema["pattern"], obj):
-            errors.append(
-                f"{path}: Invalid value: {json.dumps(obj)}: {path} in body should match "
-                f"'{schema['pattern']}'"
-            )
-        if "maxLength" in schema and len(obj) > schema["maxLength"]:
-            errors.append(f"{path}: Too long: may not be more than {schema['maxLength']} bytes")
-        if "minLength" in schema and len(obj) < schema["minLength"]:
-            errors.append(
-                f"{path}: Invalid value: {json.dumps(obj)}: {path} in body should be at least "
-                f"{schema['minLength']} chars long"
-            )
-    if kind in ("integer", "number") and not isinstance(obj, bool):
-        if "maximum" in schema and obj > schema["maximum"]:
-            errors.append(
-                f"{path}: Invalid value: {go_number(obj)}: {path} in body should be less than "
-                f"or equal to {go_number(schema['maximum'])}"
-            )
-        if "minimum" in schema:
-            if schema.get("exclusiveMinimum") and obj <= schema["minimum"]:
-                errors.append(
-                    f"{path}: Invalid value: {go_number(obj)}: {path} in body should be "
-                    f"greater than {go_number(schema['minimum'])}"
-                )
-            elif obj < schema["minimum"]:
-                errors.append(
-                    f"{path}: Invalid value: {go_number(obj)}: {path} in body should be "
-                    f"greater than or equal to {go_number(schema['minimum'])}"
-                )
-    if isinstance(obj, dict):
-        if "maxProperties" in schema and len(obj) > schema["maxProperties"]:
-            errors.append(f"{path}: Too many: {len(obj)}: must have at most ... items")
-        for name in schema.get("required", []):
-            if name not in obj:
-                errors.append(f"{path}.{name}: Required value")
-        for key, value in obj.items():
-            if key in schema.get("properties", {}):
-                errors += validate(value, schema["properties"][key], f"{path}.{key}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(value, schema["additionalProperties"], f"{path}.{key}")
-    if isinstance(obj, list):
-        if "maxItems" in schema and len(obj) > schema["maxItems"]:
-            errors.append(
-                f"{path}: Too many: {len(obj)}: must have at most {schema['maxItems']} items"
-            )
-        if "minItems" in schema and len(obj) < schema["minItems"]:
-            errors.append(
-                f"{path}: Invalid value: {len(obj)}: {path} in body should have at least "
-                f"{schema['minItems']} items"
-            )
-        list_type = schema.get("x-kubernetes-list-type")
-        seen: list[Any] = []
-        for index, value in enumerate(obj):
-            errors += validate(value, schema["items"], f"{path}[{index}]")
-            if list_type == "map":
-                key = {k: value.get(k) for k in schema["x-kubernetes-list-map-keys"]}
-            elif list_type == "set":
-                key = value
-            else:
-                continue
-            if key in seen:
-                errors.append(f"{path}[{index}]: Duplicate value: {json.dumps(key)}")
-            seen.append(key)
+    if "maxLength" in schema and len(obj) > schema["maxLength"]:
+        errors.append(f"{path}: Too long: may not be more than {schema['maxLength']} bytes")
+    if "minLength" in schema and len(obj) < schema["minLength"]:
+        errors.append(
+            f"{path}: Invalid value: {json.dumps(obj)}: {path} in body should be at least "
+            f"{schema['minLength']} chars long"
+        )
     return errors
+
+
+def number_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
+    if kind not in ("integer", "number") or isinstance(obj, bool):
+        return []
+    errors: list[str] = []
+    if "maximum" in schema and obj > schema["maximum"]:
+        errors.append(
+            f"{path}: Invalid value: {go_number(obj)}: {path} in body should be less than "
+            f"or equal to {go_number(schema['maximum'])}"
+        )
+    if "minimum" in schema:
+        if schema.get("exclusiveMinimum") and obj <= schema["minimum"]:
+            errors.append(
+                f"{path}: Invalid value: {go_number(obj)}: {path} in body should be "
+                f"greater than {go_number(schema['minimum'])}"
+            )
+        elif obj < schema["minimum"]:
+            errors.append(
+                f"{path}: Invalid value: {go_number(obj)}: {path} in body should be "
+                f"greater than or equal to {go_number(schema['minimum'])}"
+            )
+    return errors
+
+
+def object_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
+    if not isinstance(obj, dict):
+        return []
+    errors: list[str] = []
+    if "maxProperties" in schema and len(obj) > schema["maxProperties"]:
+        errors.append(f"{path}: Too many: {len(obj)}: must have at most ... items")
+    for name in schema.get("required", []):
+        if name not in obj:
+            errors.append(f"{path}.{name}: Required value")
+    for key, value in obj.items():
+        if key in schema.get("properties", {}):
+            errors += validate(value, schema["properties"][key], f"{path}.{key}")
+        elif isinstance(schema.get("additionalProperties"), dict):
+            errors += validate(value, schema["additionalProperties"], f"{path}.{key}")
+    return errors
+
+
+def list_errors(obj: Any, kind: str, schema: Schema, path: str) -> list[str]:
+    if not isinstance(obj, list):
+        return []
+    errors: list[str] = []
+    if "maxItems" in schema and len(obj) > schema["maxItems"]:
+        errors.append(f"{path}: Too many: {len(obj)}: must have at most {schema['maxItems']} items")
+    if "minItems" in schema and len(obj) < schema["minItems"]:
+        errors.append(
+            f"{path}: Invalid value: {len(obj)}: {path} in body should have at least "
+            f"{schema['minItems']} items"
+        )
+    list_type = schema.get("x-kubernetes-list-type")
+    seen: list[Any] = []
+    for index, value in enumerate(obj):
+        errors += validate(value, schema["items"], f"{path}[{index}]")
+        if list_type == "map":
+            key = {k: value.get(k) for k in schema["x-kubernetes-list-map-keys"]}
+        elif list_type == "set":
+            key = value
+        else:
+            continue
+        if key in seen:
+            errors.append(f"{path}[{index}]: Duplicate value: {json.dumps(key)}")
+        seen.append(key)
+    return errors
+
+
+# The checks of a value of the right type, in the order the API server reports their errors;
+# each takes (value, its JSON type, schema, path) and checks only the types it applies to.
+VALUE_CHECKS: list[Callable[[Any, str, Schema, str], list[str]]] = [
+    int_or_string_errors,
+    enum_errors,
+    string_errors,
+    number_errors,
+    object_errors,
+    list_errors,
+]
 
 
 def api_server(obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
