@@ -137,11 +137,36 @@ def contested(observed: dict[str, Any], manifest: dict[str, Any]) -> bool:
     )
 
 
-def _resource_version(body: dict[str, Any]) -> int:
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
+class OwnWrites:
+    """The resourceVersions of this operator's own writes that the watch has not delivered yet.
+
+    resourceVersion is opaque (compared for equality only), and a watch delivers an object's
+    changes in order: until the watch brings back the version this operator wrote, any other
+    event of that object is older than the write and would only roll the cache back. A listing
+    (a watch restarted) or a deletion is always taken."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, ...], str] = {}
+
+    def wrote(self, ref: tuple[str, ...], body: dict[str, Any]) -> None:
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._pending[ref] = version
+
+    def stale(self, ref: tuple[str, ...], event_type: str | None, body: dict[str, Any]) -> bool:
+        """Whether a watch event predates this operator's own write of the object."""
+        pending = self._pending.get(ref)
+        if pending is None:
+            return False
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if event_type in (None, "DELETED") or version == pending:
+            del self._pending[ref]
+            return False
+        return True
+
+    def forget(self, prefix: tuple[str, ...]) -> None:
+        for ref in [ref for ref in self._pending if ref[: len(prefix)] == prefix]:
+            del self._pending[ref]
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -192,6 +217,7 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         self.providers = ProviderRegistry(ProviderContext(kube, settings.pod_scrape))
+        self.own_writes = OwnWrites()
         # Analysis intervals are measured in tasks of their own, a few at a time, and their
         # runs wait here for the next reconcile of their ModelDeployment.
         self._analysis_tasks: dict[Key, asyncio.Task[None]] = {}
@@ -209,29 +235,32 @@ class Controller:
             self._forget(key)
             metrics.forget(key)
             return
-        cached = self.mdeps.get(key)
-        if cached is not None and _resource_version(cached) > _resource_version(body):
+        if self.own_writes.stale(("ModelDeployment", *key), event_type, body):
             return  # an event older than what this operator itself wrote
         self.mdeps[key] = _slim(body)
         self.enqueue(key)
 
     def on_child(
-        self, event_type: str | None, body: dict[str, Any], *, notify: bool = True
+        self, event_type: str | None, body: dict[str, Any], *, own_write: bool = False
     ) -> None:
+        """A child changed (a watch event), or this operator wrote it (`own_write`: cached
+        before its watch event arrives, and no reconcile for it)."""
         meta = body["metadata"]
         labels = meta.get("labels") or {}
         if labels.get(LABEL_MANAGED_BY) != MANAGER or LABEL_DEPLOYMENT not in labels:
             return
         key = (meta["namespace"], labels[LABEL_DEPLOYMENT])
         by_owner = self.children[body["kind"]][key]
+        ref = ("child", *key, body["kind"], meta["name"])
+        if own_write:
+            self.own_writes.wrote(ref, body)
+        elif self.own_writes.stale(ref, event_type, body):
+            return  # older than what this operator itself wrote
         if event_type == "DELETED":
             by_owner.pop(meta["name"], None)
         else:
-            cached = by_owner.get(meta["name"])
-            if cached is not None and _resource_version(cached) > _resource_version(body):
-                return  # older than what this operator itself wrote
             by_owner[meta["name"]] = _slim(body)
-        if notify:
+        if not own_write:
             self.enqueue(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -250,8 +279,6 @@ class Controller:
                 self.pods.pop(key, None)
             changed = cached is not None and pod_failure(cached) is not None
         else:
-            if cached is not None and _resource_version(cached) > _resource_version(body):
-                return
             slim = _slim_pod(body)
             by_owner[meta["name"]] = slim
             before = pod_failure(cached) if cached is not None else None
@@ -307,6 +334,8 @@ class Controller:
         for kind in self.children.values():
             kind.pop(key, None)
         self.pods.pop(key, None)
+        self.own_writes.forget(("child", *key))
+        self.own_writes.forget(("ModelDeployment", *key))
         self.providers.analysis_ended(*key)
         task = self._analysis_tasks.pop(key, None)
         if task is not None:
@@ -593,7 +622,7 @@ class Controller:
             applies.append(self.kube.apply(manifest))
         for result in await asyncio.gather(*applies):
             # Our own write, cached before its watch event arrives; no reconcile for it.
-            self.on_child("MODIFIED", result, notify=False)
+            self.on_child("MODIFIED", result, own_write=True)
         for ref in plan.delete:
             await self.kube.delete(ObjectRef(ref.api_version, ref.kind, key[0], ref.name))
 
@@ -611,6 +640,7 @@ class Controller:
                 return False
             raise
         self.mdeps[key] = _slim(updated)
+        self.own_writes.wrote(("ModelDeployment", *key), updated)
         return True
 
     async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:

@@ -43,6 +43,7 @@ class FakeKube:
         self.fail: dict[str, list[Exception]] = {}
         self.lists: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
         self.status_version = 50
+        self.status_version_prefix = ""
 
     def _maybe_fail(self, verb: str) -> None:
         errors = self.fail.get(verb)
@@ -73,7 +74,7 @@ class FakeKube:
             "metadata": {
                 "name": ref.name,
                 "namespace": ref.namespace,
-                "resourceVersion": str(self.status_version),
+                "resourceVersion": f"{self.status_version_prefix}{self.status_version}",
             },
             "status": patch,
         }
@@ -304,28 +305,42 @@ def test_a_deleted_namespace_or_object_is_not_retried_but_other_errors_are() -> 
 
 # --- watch events -----------------------------------------------------------------------------
 def test_an_event_older_than_the_cache_is_ignored() -> None:
-    controller, _ = _controller()
-    controller.on_mdep("ADDED", _body("10"))
+    """resourceVersion is opaque: an event is older than the operator's own write until the
+    watch delivers the version that write made (a watch delivers an object's changes in
+    order)."""
+    controller, kube = _controller()
+    controller.on_mdep("ADDED", _body("x-10"))
     assert controller._queued == {KEY}
     controller._queued.clear()
-    # The operator's own status patch cached version 12; the watch then delivers 11.
-    controller.mdeps[KEY]["metadata"]["resourceVersion"] = "12"
-    controller.mdeps[KEY]["status"] = {"phase": "Healthy"}
-    controller.on_mdep("MODIFIED", _body("11"))
+    # The operator's own status patch made version x-51; the watch then delivers x-11.
+    kube.status_version_prefix = "x-"
+    assert asyncio.run(controller.write_status(KEY, controller.mdeps[KEY], {"phase": "Healthy"}))
+    controller.mdeps[KEY]["spec"] = _body()["spec"]  # the fake answers with the status only
+    controller.on_mdep("MODIFIED", _body("x-11"))
     assert controller.mdeps[KEY]["status"] == {"phase": "Healthy"}
     assert not controller._queued
-    # A newer one replaces the cache and queues a reconcile.
-    controller.on_mdep("MODIFIED", _body("13", version="2.0.0"))
+    # The write comes back, then a newer one replaces the cache and queues a reconcile.
+    echo = _body("x-51")
+    echo["status"] = {"phase": "Healthy"}
+    controller.on_mdep("MODIFIED", echo)
+    controller.on_mdep("MODIFIED", _body("x-9", version="2.0.0"))
     assert controller.mdeps[KEY]["spec"]["model"]["version"] == "2.0.0"
     assert controller._queued == {KEY}
+    # A listing (the watch restarted) or a deletion is always taken.
+    assert asyncio.run(controller.write_status(KEY, controller.mdeps[KEY], {"phase": "Paused"}))
+    controller.on_mdep(None, _body("x-8", version="3.0.0"))
+    assert controller.mdeps[KEY]["spec"]["model"]["version"] == "3.0.0"
 
 
 def test_a_child_event_older_than_the_cache_is_ignored() -> None:
     controller, _ = _controller()
-    controller.on_child("ADDED", _child("iris", "20", annotations={"v": "new"}))
+    # The operator's own apply made version 20; the watch still delivers 19 first.
+    controller.on_child("ADDED", _child("iris", "20", annotations={"v": "new"}), own_write=True)
+    assert not controller._queued, "no reconcile for the operator's own write"
     controller.on_child("MODIFIED", _child("iris", "19", annotations={"v": "old"}))
     cached = controller.children["Service"][KEY]["iris"]
     assert cached["metadata"]["annotations"] == {"v": "new"}
+    controller.on_child("MODIFIED", _child("iris", "20", annotations={"v": "new"}))
     controller.on_child("MODIFIED", _child("iris", "21", annotations={"v": "newer"}))
     assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "newer"}
     controller.on_child("DELETED", _child("iris", "22"))
@@ -867,7 +882,7 @@ def test_a_provider_that_hangs_holds_up_no_reconcile(monkeypatch: pytest.MonkeyP
     def finished_run(key: Key) -> AnalysisRun | None:
         """The run a reconcile of `key` would take in now (its cache fed again: the fake API
         answers status patches with the status only)."""
-        controller.on_mdep("MODIFIED", rolling_body(key[1], str(next(versions))))
+        controller.on_mdep(None, rolling_body(key[1], str(next(versions))))
         inp = controller.build_input(key)
         assert inp is not None
         return controller.with_analysis(key, inp).analysis_run
