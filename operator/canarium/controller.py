@@ -137,6 +137,11 @@ def contested(observed: dict[str, Any], manifest: dict[str, Any]) -> bool:
     )
 
 
+def _version_of(body: dict[str, Any] | None) -> str | None:
+    version = ((body or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
+
+
 class OwnWrites:
     """The resourceVersions of this operator's own writes that the watch has not delivered yet.
 
@@ -148,9 +153,14 @@ class OwnWrites:
     def __init__(self) -> None:
         self._pending: dict[tuple[str, ...], str] = {}
 
-    def wrote(self, ref: tuple[str, ...], body: dict[str, Any]) -> None:
-        version = (body.get("metadata") or {}).get("resourceVersion")
-        if version:
+    def wrote(
+        self, ref: tuple[str, ...], body: dict[str, Any], cached: dict[str, Any] | None
+    ) -> None:
+        """This operator wrote an object (`body`, as the API server answered); `cached` is what
+        the watch had delivered of it before. A write that changed nothing keeps the version the
+        watch already delivered: nothing to wait for."""
+        version = _version_of(body)
+        if version and version != _version_of(cached):
             self._pending[ref] = version
 
     def stale(self, ref: tuple[str, ...], event_type: str | None, body: dict[str, Any]) -> bool:
@@ -158,7 +168,7 @@ class OwnWrites:
         pending = self._pending.get(ref)
         if pending is None:
             return False
-        version = (body.get("metadata") or {}).get("resourceVersion")
+        version = _version_of(body)
         if event_type in (None, "DELETED") or version == pending:
             del self._pending[ref]
             return False
@@ -253,7 +263,7 @@ class Controller:
         by_owner = self.children[body["kind"]][key]
         ref = ("child", *key, body["kind"], meta["name"])
         if own_write:
-            self.own_writes.wrote(ref, body)
+            self.own_writes.wrote(ref, body, by_owner.get(meta["name"]))
         elif self.own_writes.stale(ref, event_type, body):
             return  # older than what this operator itself wrote
         if event_type == "DELETED":
@@ -639,8 +649,8 @@ class Controller:
             if exc.status == 404:
                 return False
             raise
+        self.own_writes.wrote(("ModelDeployment", *key), updated, body)
         self.mdeps[key] = _slim(updated)
-        self.own_writes.wrote(("ModelDeployment", *key), updated)
         return True
 
     async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:

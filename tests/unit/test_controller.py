@@ -925,3 +925,15 @@ def test_a_provider_that_hangs_holds_up_no_reconcile(monkeypatch: pytest.MonkeyP
 
 def _calls(kube: FakeKube, verb: str) -> list[Any]:
     return [(v, args) for v, args in kube.calls if v == verb]
+
+
+def test_a_write_that_changed_nothing_waits_for_no_event() -> None:
+    """Server-side apply of an unchanged object keeps its resourceVersion and makes no watch
+    event: later events of that object are taken as they come."""
+    controller, _ = _controller()
+    controller.on_child("ADDED", _child("iris", "7", annotations={"v": "a"}))
+    controller._queued.clear()
+    controller.on_child("MODIFIED", _child("iris", "7", annotations={"v": "a"}), own_write=True)
+    controller.on_child("MODIFIED", _child("iris", "8", annotations={"v": "b"}))
+    assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "b"}
+    assert controller._queued == {KEY}
