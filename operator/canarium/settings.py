@@ -35,6 +35,10 @@ class Settings:
             progress_deadline_seconds=int(
                 os.environ.get("CANARIUM_PROGRESS_DEADLINE_SECONDS", "600")
             ),
+            analysis_concurrency=int(os.environ.get("CANARIUM_ANALYSIS_CONCURRENCY", "8")),
+            analysis_timeout_seconds=float(
+                os.environ.get("CANARIUM_ANALYSIS_TIMEOUT_SECONDS", "30")
+            ),
             pod_scrape=os.environ.get("CANARIUM_POD_SCRAPE")
             or ("pod-ip" if os.environ.get("KUBERNETES_SERVICE_HOST") else "api-proxy"),
         )
