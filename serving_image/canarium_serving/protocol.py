@@ -104,18 +104,19 @@ class InferenceResponse:
 
 
 def _type_name(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    # bool before number: a bool is an int to isinstance.
+    for json_type, json_name in (
+        (bool, "boolean"),
+        (int | float, "number"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "object"),
+    ):
+        if isinstance(value, json_type):
+            return json_name
     return type(value).__name__
 
 
@@ -146,59 +147,85 @@ def _to_array(
     if not isinstance(data, list):
         # A single scalar is allowed for a tensor of one element.
         data = [data]
-    expected = math.prod(shape)
     if datatype == "BYTES":
-        flat = _flatten_bytes(name, data)
-        if len(flat) != expected:
-            raise ProtocolError(
-                f"input '{name}': shape {list(shape)} needs {expected} elements, got {len(flat)}"
-            )
-        arr: np.ndarray[Any, Any] = np.empty(len(flat), dtype=np.object_)
-        arr[:] = flat
-        return arr.reshape(shape)
+        return _bytes_array(name, data, shape)
+    raw = _rectangular_array(name, datatype, data, shape)
+    if datatype == "BOOL":
+        if raw.dtype.kind != "b":
+            raise ProtocolError(f"input '{name}': datatype BOOL needs true/false values")
+        return raw.reshape(shape)
+    kind = raw.dtype.kind
+    if check_bools and kind in "iuf" and _has_bools(data, raw.ndim):
+        # numpy takes true and false next to numbers for 1 and 0: a client's mistake, no cast
+        kind = "b"
+    if datatype in _FLOAT_DATATYPES:
+        return _float_array(name, datatype, raw, kind).reshape(shape)
+    if datatype in _INT_DATATYPES:
+        return _int_array(name, datatype, data, raw, kind).reshape(shape)
+    raise ProtocolError(f"input '{name}': datatype {datatype} is not supported")  # pragma: no cover
+
+
+def _check_size(name: str, shape: tuple[int, ...], size: int) -> None:
+    expected = math.prod(shape)
+    if size != expected:
+        raise ProtocolError(
+            f"input '{name}': shape {list(shape)} needs {expected} elements, got {size}"
+        )
+
+
+def _bytes_array(name: str, data: list[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """The strings of `data`, nested lists at any depth, as an object array of `shape`."""
+    flat = _flatten_bytes(name, data)
+    _check_size(name, shape, len(flat))
+    arr: np.ndarray[Any, Any] = np.empty(len(flat), dtype=np.object_)
+    arr[:] = flat
+    return arr.reshape(shape)
+
+
+def _rectangular_array(
+    name: str, datatype: str, data: list[Any], shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """`data` as numpy reads it (whatever dtype), refused unless rectangular of `shape`'s size."""
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(
             f"input '{name}': 'data' must be a rectangular array of {datatype} values"
         ) from None
-    kind = raw.dtype.kind
-    if raw.size != expected:
+    _check_size(name, shape, raw.size)
+    return raw
+
+
+def _float_array(
+    name: str, datatype: str, raw: np.ndarray[Any, Any], kind: str
+) -> np.ndarray[Any, Any]:
+    if kind not in "iuf":
         raise ProtocolError(
-            f"input '{name}': shape {list(shape)} needs {expected} elements, got {raw.size}"
+            f"input '{name}': datatype {datatype} needs numbers, got {_kind_name(kind)}"
         )
-    if datatype == "BOOL":
-        if kind != "b":
-            raise ProtocolError(f"input '{name}': datatype BOOL needs true/false values")
-        return raw.reshape(shape)
-    if check_bools and kind in "iuf" and _has_bools(data, raw.ndim):
-        # numpy takes true and false next to numbers for 1 and 0: a client's mistake, no cast
-        kind = "b"
-    if datatype in _FLOAT_DATATYPES:
-        if kind not in "iuf":
-            raise ProtocolError(
-                f"input '{name}': datatype {datatype} needs numbers, got {_kind_name(kind)}"
-            )
-        return raw.astype(DATATYPE_TO_NUMPY[datatype], copy=False).reshape(shape)
-    if datatype in _INT_DATATYPES:
-        if kind in "fO":
-            # numpy makes float64 of integers that no one numpy integer type holds (values
-            # >= 2**63 next to smaller ones): look at them as Python ints (a slow path).
-            exact = _exact_integers(data)
-            if exact is not None:
-                raw, kind = exact, "i"
-        if kind not in "iu":
-            raise ProtocolError(
-                f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
-            )
-        target = DATATYPE_TO_NUMPY[datatype]
-        info = np.iinfo(target)
-        if int(raw.min()) < info.min or int(raw.max()) > info.max:
-            raise ProtocolError(
-                f"input '{name}': a value is out of range for {datatype} [{info.min}, {info.max}]"
-            )
-        return raw.astype(target, copy=False).reshape(shape)
-    raise ProtocolError(f"input '{name}': datatype {datatype} is not supported")  # pragma: no cover
+    return raw.astype(DATATYPE_TO_NUMPY[datatype], copy=False)
+
+
+def _int_array(
+    name: str, datatype: str, data: list[Any], raw: np.ndarray[Any, Any], kind: str
+) -> np.ndarray[Any, Any]:
+    if kind in "fO":
+        # numpy makes float64 of integers that no one numpy integer type holds (values
+        # >= 2**63 next to smaller ones): look at them as Python ints (a slow path).
+        exact = _exact_integers(data)
+        if exact is not None:
+            raw, kind = exact, "i"
+    if kind not in "iu":
+        raise ProtocolError(
+            f"input '{name}': datatype {datatype} needs integers, got {_kind_name(kind)}"
+        )
+    target = DATATYPE_TO_NUMPY[datatype]
+    info = np.iinfo(target)
+    if int(raw.min()) < info.min or int(raw.max()) > info.max:
+        raise ProtocolError(
+            f"input '{name}': a value is out of range for {datatype} [{info.min}, {info.max}]"
+        )
+    return raw.astype(target, copy=False)
 
 
 def _has_bools(data: list[Any], depth: int) -> bool:
@@ -263,7 +290,6 @@ def parse_request(body: bytes, model_inputs: Sequence[TensorSpec]) -> InferenceR
 def parse_request_object(
     doc: Mapping[str, Any], model_inputs: Sequence[TensorSpec], *, check_bools: bool = True
 ) -> InferenceRequest:
-    specs = {spec.name: spec for spec in model_inputs}
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
@@ -273,42 +299,64 @@ def parse_request_object(
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    for i, item in enumerate(inputs):
-        if not isinstance(item, dict):
-            raise ProtocolError(f"inputs[{i}] must be an object, got {_type_name(item)}")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
-        spec = specs.get(name)
-        if spec is None:
-            raise ProtocolError(
-                f"input '{name}' is not an input of this model; expected {sorted(specs)}"
-            )
-        if name in arrays:
-            raise ProtocolError(f"input '{name}' is given more than once")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str):
-            raise ProtocolError(f"input '{name}': 'datatype' must be a string")
-        if datatype not in DATATYPE_TO_NUMPY:
-            raise ProtocolError(
-                f"input '{name}': unknown datatype {datatype!r}; known: {sorted(DATATYPE_TO_NUMPY)}"
-            )
-        if datatype != spec.datatype:
-            raise ProtocolError(
-                f"input '{name}': datatype is {datatype} but the model expects {spec.datatype}"
-            )
-        shape = _parse_shape(name, item.get("shape"))
-        _check_shape(name, shape, spec.shape)
-        if "data" not in item:
-            raise ProtocolError(f"input '{name}': 'data' is missing (binary data is not supported)")
-        arrays[name] = _to_array(name, datatype, item["data"], shape, check_bools)
-    missing = [name for name in specs if name not in arrays]
-    if missing:
-        raise ProtocolError(f"missing model input(s): {missing}")
+    arrays = _parse_inputs(inputs, model_inputs, check_bools)
     _check_batch(arrays)
     outputs = _parse_outputs(doc.get("outputs"))
     return InferenceRequest(inputs=arrays, outputs=outputs, id=request_id, parameters=parameters)
+
+
+def _parse_inputs(
+    inputs: list[Any], model_inputs: Sequence[TensorSpec], check_bools: bool
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Every one of the model's inputs, each given once, as an array by name."""
+    specs = {spec.name: spec for spec in model_inputs}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for i, item in enumerate(inputs):
+        name, spec = _input_spec(i, item, specs)
+        if name in arrays:
+            raise ProtocolError(f"input '{name}' is given more than once")
+        arrays[name] = _input_array(name, item, spec, check_bools)
+    missing = [name for name in specs if name not in arrays]
+    if missing:
+        raise ProtocolError(f"missing model input(s): {missing}")
+    return arrays
+
+
+def _input_spec(i: int, item: object, specs: Mapping[str, TensorSpec]) -> tuple[str, TensorSpec]:
+    """The name of `inputs[i]` and the model input of that name."""
+    if not isinstance(item, dict):
+        raise ProtocolError(f"inputs[{i}] must be an object, got {_type_name(item)}")
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
+    spec = specs.get(name)
+    if spec is None:
+        raise ProtocolError(
+            f"input '{name}' is not an input of this model; expected {sorted(specs)}"
+        )
+    return name, spec
+
+
+def _input_array(
+    name: str, item: Mapping[str, Any], spec: TensorSpec, check_bools: bool
+) -> np.ndarray[Any, Any]:
+    """One input tensor (already known to be an object naming `spec`) as an array."""
+    datatype = item.get("datatype")
+    if not isinstance(datatype, str):
+        raise ProtocolError(f"input '{name}': 'datatype' must be a string")
+    if datatype not in DATATYPE_TO_NUMPY:
+        raise ProtocolError(
+            f"input '{name}': unknown datatype {datatype!r}; known: {sorted(DATATYPE_TO_NUMPY)}"
+        )
+    if datatype != spec.datatype:
+        raise ProtocolError(
+            f"input '{name}': datatype is {datatype} but the model expects {spec.datatype}"
+        )
+    shape = _parse_shape(name, item.get("shape"))
+    _check_shape(name, shape, spec.shape)
+    if "data" not in item:
+        raise ProtocolError(f"input '{name}': 'data' is missing (binary data is not supported)")
+    return _to_array(name, datatype, item["data"], shape, check_bools)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
