@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with the project (editable) and its tools
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint and format check, and the import layers (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
