@@ -111,7 +111,9 @@ class RestApp:
             if len(parts) < 4 or parts[:2] != ["v2", "models"]:
                 raise ProtocolError(f"no such endpoint: {path}", 404)
             # Another model's request is refused before its body is read.
-            name, version, _ = self._model_route(parts[2:-1])
+            name, version, rest = self._model_route(parts[2:-1])
+            if rest:  # e.g. /v2/models/iris/foo/infer
+                raise ProtocolError(f"no such endpoint: {path}", 404)
             route = name, version
         if method != "POST":
             raise ProtocolError(f"{path} accepts POST only, not {method}", 405)

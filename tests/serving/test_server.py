@@ -202,6 +202,8 @@ def test_bad_requests_get_4xx_json(
         ("POST", "/v2/health/ready", 405, "GET only"),
         ("GET", "/v3/whatever", 404, "no such endpoint"),
         ("GET", "/v2/models/iris/explain", 404, "no such endpoint"),
+        ("POST", "/v2/models/iris/foo/infer", 404, "no such endpoint"),
+        ("POST", "/v2/models/iris/versions/2/foo/infer", 404, "no such endpoint"),
     ],
 )
 def test_bad_paths(
