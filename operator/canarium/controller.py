@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -142,41 +142,60 @@ def _version_of(body: dict[str, Any] | None) -> str | None:
     return str(version) if version else None
 
 
+Ref = tuple[str, ...]
+
+
 class OwnWrites:
-    """The resourceVersions of this operator's own writes that the watch has not delivered yet.
+    """Which watch events of an object predate this operator's own last write of it.
 
     resourceVersion is opaque (compared for equality only), and a watch delivers an object's
-    changes in order: until the watch brings back the version this operator wrote, any other
-    event of that object is older than the write and would only roll the cache back. A listing
-    (a watch restarted) or a deletion is always taken."""
+    changes in order. A write's answer carries the object's version at that moment: if the watch
+    already delivered that version, the answer is old news (newer events may be cached already)
+    and is dropped; otherwise, until the watch brings that version back, any other event of the
+    object is older than the write and would only roll the cache back. A listing (a restarted
+    watch) or a deletion is always taken, and a write the watch never echoes is given up after
+    `wait` seconds, so that nothing can hide an object's events for long."""
 
-    def __init__(self) -> None:
-        self._pending: dict[tuple[str, ...], str] = {}
+    SEEN = 8  # the last versions remembered per object: a write answers with a recent one
 
-    def wrote(
-        self, ref: tuple[str, ...], body: dict[str, Any], cached: dict[str, Any] | None
-    ) -> None:
-        """This operator wrote an object (`body`, as the API server answered); `cached` is what
-        the watch had delivered of it before. A write that changed nothing keeps the version the
-        watch already delivered: nothing to wait for."""
+    def __init__(self, wait: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.wait = wait
+        self.clock = clock
+        self._pending: dict[Ref, tuple[str, float]] = {}
+        self._seen: dict[Ref, deque[str]] = {}
+
+    def wrote(self, ref: Ref, body: dict[str, Any]) -> bool:
+        """This operator wrote an object (`body`: the API server's answer). False: the watch
+        delivered that version already, so the answer must not replace the cache."""
         version = _version_of(body)
-        if version and version != _version_of(cached):
-            self._pending[ref] = version
-
-    def stale(self, ref: tuple[str, ...], event_type: str | None, body: dict[str, Any]) -> bool:
-        """Whether a watch event predates this operator's own write of the object."""
-        pending = self._pending.get(ref)
-        if pending is None:
+        if version is None:
+            return True
+        if version in self._seen.get(ref, ()):
             return False
-        version = _version_of(body)
-        if event_type in (None, "DELETED") or version == pending:
-            del self._pending[ref]
-            return False
+        self._pending[ref] = (version, self.clock())
         return True
 
-    def forget(self, prefix: tuple[str, ...]) -> None:
-        for ref in [ref for ref in self._pending if ref[: len(prefix)] == prefix]:
+    def delivered(self, ref: Ref, event_type: str | None, body: dict[str, Any]) -> bool:
+        """A watch event of the object. False: it predates this operator's own write."""
+        if event_type == "DELETED":
+            self._pending.pop(ref, None)
+            self._seen.pop(ref, None)
+            return True
+        version = _version_of(body)
+        if version is not None:
+            self._seen.setdefault(ref, deque(maxlen=self.SEEN)).append(version)
+        pending = self._pending.get(ref)
+        if pending is None:
+            return True
+        if event_type is None or version == pending[0] or self.clock() - pending[1] > self.wait:
             del self._pending[ref]
+            return True
+        return False
+
+    def forget(self, prefix: Ref) -> None:
+        for table in (self._pending, self._seen):
+            for ref in [ref for ref in table if ref[: len(prefix)] == prefix]:
+                del table[ref]
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -245,7 +264,7 @@ class Controller:
             self._forget(key)
             metrics.forget(key)
             return
-        if self.own_writes.stale(("ModelDeployment", *key), event_type, body):
+        if not self.own_writes.delivered(("ModelDeployment", *key), event_type, body):
             return  # an event older than what this operator itself wrote
         self.mdeps[key] = _slim(body)
         self.enqueue(key)
@@ -263,8 +282,9 @@ class Controller:
         by_owner = self.children[body["kind"]][key]
         ref = ("child", *key, body["kind"], meta["name"])
         if own_write:
-            self.own_writes.wrote(ref, body, by_owner.get(meta["name"]))
-        elif self.own_writes.stale(ref, event_type, body):
+            if not self.own_writes.wrote(ref, body):
+                return  # the watch brought this version (or a newer one) already
+        elif not self.own_writes.delivered(ref, event_type, body):
             return  # older than what this operator itself wrote
         if event_type == "DELETED":
             by_owner.pop(meta["name"], None)
@@ -649,8 +669,8 @@ class Controller:
             if exc.status == 404:
                 return False
             raise
-        self.own_writes.wrote(("ModelDeployment", *key), updated, body)
-        self.mdeps[key] = _slim(updated)
+        if self.own_writes.wrote(("ModelDeployment", *key), updated):
+            self.mdeps[key] = _slim(updated)
         return True
 
     async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:

@@ -17,7 +17,7 @@ from canarium import metrics
 from canarium.analysis import AnalysisTarget, WindowResult
 from canarium.analysis import providers as providers_module
 from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
-from canarium.controller import MAX_BACKOFF, Controller, Key, contested, covers
+from canarium.controller import MAX_BACKOFF, Controller, Key, OwnWrites, contested, covers
 from canarium.kube import Kube, KubeError, ObjectRef
 from canarium.reconcile import ChildRef, Plan
 from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
@@ -937,3 +937,28 @@ def test_a_write_that_changed_nothing_waits_for_no_event() -> None:
     controller.on_child("MODIFIED", _child("iris", "8", annotations={"v": "b"}))
     assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "b"}
     assert controller._queued == {KEY}
+
+
+def test_a_write_answered_after_the_watch_brought_newer_versions_changes_nothing() -> None:
+    """The watch can be faster than the answer to the write: the write's version, then the
+    Deployment controller's next one, arrive before it. The answer is old news: it neither
+    rolls the cache back nor makes later events wait."""
+    controller, _ = _controller()
+    controller.on_child("ADDED", _child("iris", "20", annotations={"v": "ours"}))
+    controller.on_child("MODIFIED", _child("iris", "21", annotations={"v": "status"}))
+    controller.on_child("MODIFIED", _child("iris", "20", annotations={"v": "ours"}), own_write=True)
+    cached = controller.children["Service"][KEY]["iris"]
+    assert cached["metadata"]["annotations"] == {"v": "status"}
+    controller.on_child("MODIFIED", _child("iris", "22", annotations={"v": "later"}))
+    assert controller.children["Service"][KEY]["iris"]["metadata"]["annotations"] == {"v": "later"}
+
+
+def test_a_write_the_watch_never_echoes_hides_events_for_a_while_only() -> None:
+    now = [0.0]
+    writes = OwnWrites(wait=60, clock=lambda: now[0])
+    ref = ("child", "ml", "iris", "Service", "iris")
+    assert writes.wrote(ref, _child("iris", "30"))
+    assert not writes.delivered(ref, "MODIFIED", _child("iris", "29"))
+    now[0] = 61.0
+    assert writes.delivered(ref, "MODIFIED", _child("iris", "31"))
+    assert writes.delivered(ref, "MODIFIED", _child("iris", "32")), "nothing waits any more"
