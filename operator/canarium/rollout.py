@@ -17,6 +17,11 @@ kept at zero pods: a failure, or `abort`, rolls back to it. `pause` stops the ba
 does not complete while paused; a resume starts it again in full); a failure still rolls back.
 When the previous revision is gone, a failure leaves the promoted one serving but Degraded
 (BakeFailedPreviousGone) until a new spec, and `abort` is refused (CommandIgnored).
+
+Without a policy a new revision replaces the old one once Ready (`replace`); while the policy a
+ModelDeployment names is missing or invalid, a rollout holds where it is (`hold_for_policy`).
+A rollback is kept in `status.aborted` (typed cause), never read back from a message, and the
+traffic split comes from the router (`canarium.routers`): the machine sees weights only.
 """
 
 from __future__ import annotations
