@@ -29,6 +29,18 @@ def _wait_ready(cluster: Cluster, namespace: str, name: str = NAME) -> None:
     )  # fmt: skip
 
 
+def _ready_endpoints(cluster: Cluster, namespace: str, service: str = NAME) -> int:
+    slices = cluster.get_json(
+        "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={service}"
+    )["items"]
+    return sum(
+        1
+        for es in slices
+        for ep in es.get("endpoints") or []
+        if (ep.get("conditions") or {}).get("ready", True)
+    )
+
+
 def _pod_ips(cluster: Cluster, namespace: str) -> dict[str, str]:
     pods = cluster.core.list_namespaced_pod(
         namespace, label_selector=f"canarium.dev/deployment={NAME}"
@@ -57,7 +69,15 @@ def test_serving_pods_traffic_and_prometheus(
     assert template_env["CANARIUM_MODEL_URI"] == model.uri
     assert pod.status.container_statuses[0].ready
 
-    # 100 requests to the entry Service's ClusterIP: kube-proxy spreads them over the pods.
+    # 100 requests to the entry Service's ClusterIP: kube-proxy spreads them over the pods,
+    # once it knows all three (its rules follow the EndpointSlices within its 1 s
+    # minSyncPeriod; until then it sends everything to the pods it knows).
+    wait_until(
+        lambda: _ready_endpoints(cluster, namespace) == 3,
+        timeout=30,
+        what="3 ready endpoints in the Service's EndpointSlices",
+    )
+    time.sleep(2)
     gen = load(NAME, models.x, rate=60, max_requests=100, max_rows=3).run()
     results = gen.results
     assert len(results) == 100
