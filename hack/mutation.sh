@@ -5,8 +5,9 @@
 # operator/ and serving_image/. So the run happens in a staging copy of the tree (.mutation/,
 # git-ignored) whose src/ holds both packages; the unit tests there import the mutated copies.
 # Prints one line per module: killed, survived, no tests, timeouts, score.
-#   hack/mutation.sh                 # all six modules
-#   hack/mutation.sh rollout.py      # one module (a file name under src/)
+#   hack/mutation.sh                          # all ten modules
+#   hack/mutation.sh rollout.py               # one module (a file name under src/)
+#   hack/mutation.sh replicas.py judge.py     # several
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -20,7 +21,11 @@ modules=(
   src/canarium/render.py
   src/canarium/analysis/judge.py
   src/canarium/analysis/stats.py
+  src/canarium/routers/base.py
+  src/canarium/routers/replicas.py
+  src/canarium/routers/gatewayapi.py
   src/canarium_serving/protocol.py
+  src/canarium_serving/metrics_contract.py
 )
 if (($#)); then
   selected=()

@@ -3,8 +3,9 @@
 score = (killed + timeouts) / (mutants - equivalent mutants). Equivalent mutants are the ones
 listed, each with its reason, in hack/mutation-equivalent/<module>.txt. Survivors go to
 survivors.txt in the staging folder (see one with `cd .mutation && mutmut show NAME`). Exits 1
-when a module scores below the bar, or when a mutant listed as equivalent was killed (the list
-is stale).
+when a module scores below the bar, or when its list is stale: a mutant listed as equivalent was
+killed, or no mutant of that name exists any more (mutmut numbers a function's mutants, so a
+change to the function renames them).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ TIMEOUT = {36, 24, -24, 152, 255}
 NO_TESTS = {5, 33}
 
 
-def equivalents() -> dict[str, str]:
+def equivalents(module: str) -> dict[str, str]:
+    """The mutants of one module (src/.../<name>.py) listed in <name>.txt, with their reasons."""
     found: dict[str, str] = {}
-    for listing in sorted(EQUIVALENT.glob("*.txt")):
+    listing = EQUIVALENT / f"{Path(module).stem}.txt"
+    if listing.exists():
         for line in listing.read_text().splitlines():
             name, _, why = line.partition("#")
             if name.strip():
@@ -35,16 +38,23 @@ def equivalents() -> dict[str, str]:
 
 
 def main(stage: Path, modules: list[str]) -> int:
-    equivalent = equivalents()
     survivors: list[str] = []
     failed = False
     print(
-        f"{'module':34} {'mutants':>7} {'killed':>6} {'timeout':>7} {'equiv':>5} "
+        f"{'module':38} {'mutants':>7} {'killed':>6} {'timeout':>7} {'equiv':>5} "
         f"{'survived':>8} {'no tests':>8} {'score':>6}"
     )
     for module in modules:
         meta = json.loads((stage / "mutants" / f"{module}.meta").read_text())
         codes: dict[str, int | None] = meta["exit_code_by_key"]
+        equivalent = equivalents(module)
+        for name in sorted(equivalent.keys() - codes.keys()):
+            listing = f"hack/mutation-equivalent/{Path(module).stem}.txt"
+            print(
+                f"stale: {name} is listed in {listing} but no such mutant exists (renumbered?)",
+                file=sys.stderr,
+            )
+            failed = True
         counts: Counter[str] = Counter()
         for name, code in codes.items():
             if name in equivalent:
@@ -66,7 +76,7 @@ def main(stage: Path, modules: list[str]) -> int:
         score = (counts["killed"] + counts["timeout"]) / judged if judged else 1.0
         failed |= score < BAR
         print(
-            f"{module.removeprefix('src/'):34} {len(codes):7} {counts['killed']:6} "
+            f"{module.removeprefix('src/'):38} {len(codes):7} {counts['killed']:6} "
             f"{counts['timeout']:7} {counts['equivalent']:5} {counts['survived']:8} "
             f"{counts['no tests']:8} {score:6.1%}"
         )
