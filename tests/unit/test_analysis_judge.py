@@ -19,6 +19,7 @@ from canarium.analysis import (
     combine,
     delta,
     judge,
+    unanswered,
     window,
 )
 from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
@@ -334,6 +335,24 @@ def test_custom_checks() -> None:
     pod = spec({"custom": [{"name": "accuracy", "query": "q", "min": 0.9}]})
     m = by_check(judge(pod, canary, None, NOW))["accuracy"]
     assert (m.verdict, m.reason) == ("Inconclusive", CUSTOM_CHECKS_NOT_RUN)
+
+
+def test_an_unanswered_window_holds_every_check_as_no_data() -> None:
+    """The provider ran (custom checks included) but gave no answer in time: each custom check
+    has no data, not the "custom checks need the prometheus provider" of a podMetrics spec."""
+    a = spec(
+        {"errorRate": {"max": 0.01}, "custom": [{"name": "accuracy", "query": "q", "min": 0.9}]},
+        provider={"prometheus": {"address": "http://prometheus:9090"}},
+    )
+    j = unanswered(a, NOW, 30)
+    m = by_check(j)
+    assert j.verdict == "Inconclusive"
+    assert m["samples"].reason == "the metrics provider gave no answer within 30s"
+    assert (m["accuracy"].verdict, m["accuracy"].reason) == (
+        "Inconclusive",
+        "no data (the query returned nothing)",
+    )
+    assert m["errorRate"].verdict == "Inconclusive"
 
 
 def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:

@@ -154,3 +154,41 @@ def test_reference_statistics_parse() -> None:
 def test_reference_statistics_reject(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
         ReferenceStatistics.model_validate({**REFERENCE, **change})
+
+
+def test_psi_floors_an_empty_bucket_at_epsilon() -> None:
+    # All of each side in the bucket the other leaves empty: finite, set by the floor.
+    eps = mc.PSI_EPSILON
+    assert mc.psi([1, 0], [0, 1]) == pytest.approx(2 * (1 - eps) * math.log(1 / eps))
+    assert mc.psi([1, 0], [0, 1], epsilon=0.01) == pytest.approx(2 * 0.99 * math.log(100))
+    assert mc.psi([3, 1], [3, 1]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "message"),
+    [
+        ([0.5, 0.5], [1.0], "distributions must have the same buckets"),
+        ([0.0, 0.0], [1.0, 1.0], "distributions must not be empty"),
+        ([1.0, 1.0], [0.0, 0.0], "distributions must not be empty"),
+    ],
+)
+def test_psi_refuses(expected: list[float], actual: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        mc.psi(expected, actual)
+
+
+def test_reference_histogram_messages_in_full() -> None:
+    feature = REFERENCE["features"][0]
+    with pytest.raises(ValidationError) as refused:
+        ReferenceStatistics.model_validate(
+            {**REFERENCE, "features": [{**feature, "fractions": [1]}]}
+        )
+    assert (
+        "feature 'f': 1 fractions for 1 edges (need edges + 1, the last for the +Inf bucket)"
+        in str(refused.value)
+    )
+    # Equal edges are not strictly ascending.
+    with pytest.raises(ValidationError, match="feature 'f': edges must be strictly ascending"):
+        ReferenceStatistics.model_validate(
+            {**REFERENCE, "features": [{**feature, "edges": [1, 1], "fractions": [0, 1, 0]}]}
+        )

@@ -754,3 +754,11 @@ def test_during_an_autoscaled_rollout_only_the_stable_revision_has_an_hpa() -> N
     canary = next(m for m in plan.apply if m["metadata"]["name"] == name_of(v2))
     assert canary["spec"]["replicas"] == 2
     assert plan.delete == []
+
+
+def test_a_first_revision_without_its_policy_says_it_is_served_without_it() -> None:
+    obj = mdep(rollout={"policyRef": {"name": "safe"}})
+    plan = reconcile(inp(obj, policy_error="RolloutPolicy 'safe' not found"))
+    assert plan.status["message"].startswith(
+        "RolloutPolicy 'safe' not found; the first revision is served without it. "
+    )

@@ -20,18 +20,21 @@ from canarium.reconcile import rollout_input as make_input
 from canarium.rollout import (
     AnalysisRun,
     Decision,
+    Reason,
     RevisionPlan,
     RolloutInput,
     analysis_due,
     decide,
+    hold_for_policy,
     keep_serving,
     next_analysis_at,
     parse_command,
     serving_phase,
+    steps_hash,
 )
 from canarium.routers import router_for
 
-from tests.unit.operator_fixtures import NOW, crashloop_pod, mdep
+from tests.unit.operator_fixtures import NOW, crashloop_pod, mdep, observed
 from tests.unit.test_rollout import MANUAL, POLICY, STEPS_ONLY, Judgement, Sim, _hash, judgement
 
 V1, V2, V3 = ("iris-" + _hash(v) for v in ("1.0.0", "2.0.0", "3.0.0"))
@@ -1072,3 +1075,115 @@ def test_a_revert_that_keeps_the_canary_sets_the_stable_back_to_full_size_at_onc
     assert sim.status["canary"]["name"] == V2, "kept: the stable revision has no ready pod"
     assert sim.status["stable"]["replicas"] == 4
     assert sim.replicas_of("1.0.0") == 4
+
+
+# --- hold_for_policy: a missing policy holds each revision as it is ------------------------
+POLICY_REF = {"policyRef": {"name": "canary"}}
+MISSING_POLICY = "RolloutPolicy 'canary' not found"
+
+
+def held(status: dict[str, Any], *revisions: RevisionObservation, **kw: Any) -> RolloutInput:
+    values: dict[str, Any] = {
+        "spec": mdep("2.0.0", rollout=POLICY_REF).spec,
+        "desired": revisions[1].name if len(revisions) > 1 else "iris-new",
+        "status": ModelDeploymentStatus.model_validate(status),
+        "policy": None,
+        "policy_error": MISSING_POLICY,
+        "revisions": {r.name: r for r in revisions},
+        "now": NOW,
+        "router": router_for("replicas"),
+    }
+    return RolloutInput(**{**values, **kw})
+
+
+def test_a_missing_policy_holds_stable_canary_and_previous_as_they_are() -> None:
+    stable = observed(mdep("1.0.0", rollout=POLICY_REF))
+    canary = observed(mdep("2.0.0", rollout=POLICY_REF), role="canary", ready=1)
+    previous = observed(mdep("0.9.0", rollout=POLICY_REF))
+    status = {
+        "stable": {"name": stable.name, "replicas": 3},
+        "canary": {"name": canary.name, "replicas": 1, "weight": 25},
+        "previous": {"name": previous.name},
+        "phase": "Paused",
+        "message": "before",
+    }
+    inp = held(status, stable, canary, previous)
+    decision = decide(inp)
+    assert decision.reason == Reason.POLICY_NOT_FOUND
+    assert (decision.stable, decision.canary, decision.route_canary_weight) == (
+        stable.name,
+        canary.name,
+        25,
+    )
+    assert [(p.name, p.replicas, p.role) for p in decision.revisions] == [
+        (stable.name, 3, "stable"),
+        (canary.name, 1, "canary"),
+        (previous.name, 0, "previous"),
+    ]
+    assert decision.revisions[1].spec.model.version == "2.0.0"
+    assert decision.revisions[2].spec == previous.spec
+    assert decision.status.message == f"canary {canary.name} (model 2.0.0) held at weight 25%"
+    assert decision.status.phase == "Paused"  # a held canary keeps its phase
+    assert inp.status.message == "before"  # the input is not changed
+    # A canary held before its first setWeight serves no traffic.
+    at_zero = {**status, "canary": {"name": canary.name, "replicas": 1}}
+    assert decide(held(at_zero, stable, canary)).route_canary_weight == 0
+    # A previous revision whose Deployment is gone is not planned.
+    decision = decide(held(status, stable, canary))
+    assert [p.role for p in decision.revisions] == ["stable", "canary"]
+
+
+def test_a_missing_policy_holds_a_new_version_without_a_canary() -> None:
+    stable = observed(mdep("1.0.0", rollout=POLICY_REF))
+    status = {"stable": {"name": stable.name, "replicas": 3}, "phase": "Healthy"}
+    decision = decide(held(status, stable))
+    assert decision.reason == Reason.POLICY_NOT_FOUND
+    assert (decision.stable, decision.canary, decision.route_canary_weight) == (
+        stable.name,
+        None,
+        0,
+    )
+    assert [(p.name, p.replicas, p.role) for p in decision.revisions] == [
+        (stable.name, 3, "stable")
+    ]
+    assert decision.status.message == "model 2.0.0 waits for it"
+    assert decision.status.phase == "Progressing"
+    # A canary in the status whose Deployment is gone is not held either.
+    gone = {**status, "canary": {"name": "iris-gone", "replicas": 1, "weight": 25}}
+    decision = decide(held(gone, stable))
+    assert (decision.canary, decision.route_canary_weight) == (None, 0)
+    assert decision.status.message == "model 2.0.0 waits for it"
+
+
+def test_nothing_is_held_without_a_policy_error_a_stable_or_a_new_revision() -> None:
+    stable = observed(mdep("1.0.0", rollout=POLICY_REF))
+    status = {"stable": {"name": stable.name, "replicas": 3}, "phase": "Healthy"}
+    assert hold_for_policy(held(status, stable)) is not None
+    assert hold_for_policy(held(status, stable, policy_error=None)) is None
+    no_rollout = mdep("2.0.0").spec
+    assert hold_for_policy(held(status, stable, spec=no_rollout)) is None
+    assert hold_for_policy(held({}, stable)) is None  # no stable yet
+    assert hold_for_policy(held(status)) is None  # the stable's Deployment is gone
+    assert hold_for_policy(held(status, stable, desired=stable.name)) is None  # nothing new
+
+
+def test_the_steps_hash_is_pinned() -> None:
+    """status.stepsHash outlives the operator's version: the same steps must hash the same
+    after an upgrade, or every rollout in flight would start its steps again."""
+    steps = RolloutPolicySpec.model_validate(
+        {"steps": [{"setWeight": 25}, {"pause": {"duration": "1m"}}, {"pause": {}}]}
+    ).steps
+    assert steps_hash(steps) == "8a8606d31cfb5e4e"
+
+
+def test_changed_steps_are_announced_as_a_normal_event_naming_the_canary() -> None:
+    from tests.unit.test_policy_changes import FASTER, at_25_percent
+
+    sim = at_25_percent()
+    canary = sim.status["canary"]["name"]
+    sim.policy = type(sim.policy).model_validate(FASTER)
+    sim.settle()
+    changed = [e for e in sim.events if e.reason == "StepsChanged"]
+    assert [(e.type, e.message) for e in changed] == [
+        ("Normal", f"the policy's steps changed: {canary} starts them again")
+    ]

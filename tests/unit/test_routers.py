@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from canarium.reconcile import ChildRef, reconcile
 from canarium.routers import ROUTER_RESOURCES, ROUTERS, router_for
+from canarium.routers.base import canary_pods
 from canarium.routers.gatewayapi import HTTPROUTE
 from canarium.routers.replicas import effective_weights
 
@@ -88,3 +89,23 @@ def test_switching_from_gateway_api_to_replicas_deletes_the_httproute() -> None:
     assert plan.delete == [route]
     # Nothing of the router's left: nothing to delete.
     assert reconcile(inp(switched, rev)).delete == []
+
+
+def test_the_canary_share_of_a_large_size_is_the_weight_rounded_up() -> None:
+    # Large enough that the share is not a handful of pods: 50% of 1,000 is 500, 1% of 250 is 3.
+    assert canary_pods(1000, 50) == 500
+    assert canary_pods(250, 1) == 3
+    assert router_for("replicas").pods(1000, 50) == (500, 500)
+    assert router_for("replicas").pods(250, 1) == (248, 3)
+
+
+def test_the_gateway_router_splits_exactly_between_as_many_ready_pods_on_each_side() -> None:
+    delivered = router_for("gatewayAPI").delivered(30, 2, 2)
+    assert (delivered.route_weight, delivered.stable, delivered.canary) == (30, 70.0, 30.0)
+
+
+def test_the_gateway_router_makes_nothing_for_a_spec_without_gateway_settings() -> None:
+    assert router_for("gatewayAPI").render(mdep(), 30, True) == []
+    assert [
+        o["kind"] for o in router_for("gatewayAPI").render(mdep(traffic=GATEWAY), 30, True)
+    ] == ["HTTPRoute"]
