@@ -321,3 +321,14 @@ def test_an_autoscaled_bake_gives_the_previous_revision_no_autoscaler() -> None:
     sim.settle()
     assert sim.hpas == {V2}
     assert sim.replicas_of("1.0.0") == 0
+
+
+def test_a_failed_bake_without_its_promotion_in_the_history_records_why_it_is_degraded() -> None:
+    sim = _baking()
+    del sim.deployments[V1]
+    sim.status["history"] = []
+    _fail_twice(sim)
+    entry = sim.status["history"][0]
+    assert entry["cause"] == "BakeFailedPreviousGone"
+    assert entry["reason"].startswith("failed its bake (")
+    assert f"the previous revision {V1} (model 1.0.0) is gone" in entry["reason"]
