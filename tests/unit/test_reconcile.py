@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from canarium.api import ModelDeployment, RolloutPolicySpec
@@ -601,6 +602,14 @@ def test_a_new_revision_past_its_deadline_is_degraded_with_the_deadline_in_the_m
     )
     assert plan.status["message"] == message
     assert plan.events == [Event("Warning", "Degraded", message)]
+    # The deadline is the operator's setting, not a constant.
+    shorter = dataclasses.replace(SETTINGS, progress_deadline_seconds=120)
+    plan = reconcile(
+        dataclasses.replace(
+            inp(v2, observed(v1), observed(v2, ready=0, deadline=True)), settings=shorter
+        )
+    )
+    assert "did not become Ready within 120s" in plan.status["message"]
 
 
 def test_conditions_keep_their_transition_time_until_their_status_changes() -> None:
