@@ -7,12 +7,12 @@ does when a canary's steps change (status.currentStepHash)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from canarium.reconcile import ReconcileInput
 from canarium.rollout import AnalysisRun
 
-from tests.unit.operator_fixtures import SETTINGS
 from tests.unit.test_rollout import POLICY, Sim, _position, judgement
 
 MISSING = "RolloutPolicy 'canary' not found"
@@ -27,15 +27,10 @@ class PolicySim(Sim):
         super().__init__(rollout={"policyRef": {"name": "canary"}}, **spec)
 
     def input(self, run: AnalysisRun | None = None) -> ReconcileInput:
-        return ReconcileInput(
-            mdep=self.obj,
-            revisions=self.observed(),
-            now=self.now,
-            settings=SETTINGS,
+        return dataclasses.replace(
+            super().input(run),
             policy=None if self.policy_error else self.policy,
             policy_error=self.policy_error,
-            analysis_run=run,
-            hpas=frozenset(self.hpas),
         )
 
 
