@@ -167,3 +167,13 @@ def test_a_rollout_from_an_operator_that_kept_no_steps_hash_goes_on() -> None:
     assert _position(sim) == (1, 25, 3, 1)
     assert sim.status["stepsHash"]
     assert "StepsChanged" not in [e.reason for e in sim.events]
+
+
+def test_changed_steps_start_again_with_an_event_naming_the_same_canary() -> None:
+    sim = at_25_percent()
+    canary = sim.status["canary"]["name"]
+    sim.events.clear()
+    sim.policy = type(sim.policy).model_validate(FASTER)
+    sim.settle()
+    started = [e.message for e in sim.events if e.reason == "RolloutStarted"]
+    assert started == [f"canary {canary} (model 2.0.0): step 1/3 (setWeight 60)"]
