@@ -5,7 +5,7 @@
 # operator/ and serving_image/. So the run happens in a staging copy of the tree (.mutation/,
 # git-ignored) whose src/ holds both packages; the unit tests there import the mutated copies.
 # Prints one line per module: killed, survived, no tests, timeouts, score.
-#   hack/mutation.sh                          # all ten modules
+#   hack/mutation.sh                          # all eleven modules
 #   hack/mutation.sh rollout.py               # one module (a file name under src/)
 #   hack/mutation.sh replicas.py judge.py     # several
 set -euo pipefail
@@ -21,6 +21,7 @@ modules=(
   src/canarium/render.py
   src/canarium/analysis/judge.py
   src/canarium/analysis/stats.py
+  src/canarium/analysis/sequential.py
   src/canarium/routers/base.py
   src/canarium/routers/replicas.py
   src/canarium/routers/gatewayapi.py

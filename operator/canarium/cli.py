@@ -167,6 +167,95 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recording(args: argparse.Namespace) -> int:
+    """Print a ModelDeployment's analysis recording (the windows of its last rollout)."""
+    from canarium.analysis.recording import RECORDING_KEY, recording_name
+    from canarium.kube import KubeError, ObjectRef
+
+    kube, namespace = _client_and_namespace(args)
+    ref = ObjectRef("v1", "ConfigMap", namespace, recording_name(args.name))
+    try:
+        body = asyncio.run(kube.get(ref))
+    except KubeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = ((body or {}).get("data") or {}).get(RECORDING_KEY)
+    if not text:
+        print(
+            f"no analysis recording of modeldeployment {args.name!r} in {namespace} "
+            "(it is made while a rollout is analysed)",
+            file=sys.stderr,
+        )
+        return 1
+    print(text)
+    return 0
+
+
+def _load_policy(path: str) -> Any:
+    """A RolloutPolicy from a YAML or JSON file: a RolloutPolicy manifest, a ModelDeployment
+    with an inline policy, or a bare policy spec."""
+    import yaml
+    from pydantic import ValidationError
+
+    from canarium.api import RolloutPolicySpec
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a RolloutPolicy (a YAML mapping is expected)")
+    kind = data.get("kind")
+    if kind == "RolloutPolicy":
+        data = data.get("spec") or {}
+    elif kind == "ModelDeployment":
+        data = ((data.get("spec") or {}).get("rollout") or {}).get("policy")
+        if data is None:
+            raise ValueError(
+                f"{path}: the ModelDeployment has no inline policy (spec.rollout.policy)"
+            )
+    try:
+        return RolloutPolicySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: not a valid RolloutPolicy: {exc}") from exc
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Run the state machine and judge over a recording and print the decisions."""
+    import json
+
+    from pydantic import ValidationError
+
+    from canarium.analysis.recording import Recording
+    from canarium.replay import RecordingSource, replay
+
+    try:
+        policy = _load_policy(args.policy)
+        if policy.analysis is None:
+            raise ValueError(f"{args.policy}: the policy has no analysis: nothing to replay")
+        with open(args.recording, encoding="utf-8") as f:
+            recording = Recording.model_validate_json(f.read())
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if isinstance(exc, ValidationError):
+            text = f"{args.recording}: not an AnalysisRecording: {exc}"
+        print(f"error: {text}", file=sys.stderr)
+        return 2
+    result = replay(policy, RecordingSource(recording))
+    if args.output == "json":
+        print(json.dumps(result.dump(), indent=2))
+        return 0
+    for interval in result.intervals:
+        checks = "; ".join(
+            f"{m.check} {m.verdict}" for m in interval.measurements if m.check != "samples"
+        )
+        print(
+            f"interval {interval.index:>3}  {interval.time:%H:%M:%S}  weight "
+            f"{interval.weight:>5.1f}%  {interval.verdict:<12}  {checks}"
+        )
+    at = f" at interval {result.interval}" if result.interval else ""
+    print(f"outcome: {result.outcome}{at}: {result.reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="canarium",
@@ -234,6 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
         "pause": "hold the rollout at its current step (analysis keeps running)",
         "resume": "let a paused rollout go on",
     }
+    recording = commands.add_parser(
+        "recording",
+        help="print a ModelDeployment's analysis recording (for `canarium policy replay`)",
+    )
+    target(recording)
+    recording.set_defaults(func=_recording)
+    policy = commands.add_parser("policy", help="work with RolloutPolicies offline")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    replay = policy_commands.add_parser(
+        "replay",
+        help="run the rollout state machine and judge over a recording and print its decisions",
+        description="Replay POLICY (a RolloutPolicy YAML/JSON file) over RECORDING (an "
+        "AnalysisRecording, e.g. from `kubectl canarium recording NAME`): every judged "
+        "interval's verdicts and the outcome (Promoted, RolledBack at interval N, Paused, Held).",
+    )
+    replay.add_argument("policy", help="RolloutPolicy file (YAML or JSON)")
+    replay.add_argument("recording", help="AnalysisRecording file (JSON)")
+    replay.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    replay.set_defaults(func=_replay)
     for verb, text in helps.items():
         sub = commands.add_parser(verb, help=text, description=text)
         target(sub)

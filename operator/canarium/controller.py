@@ -25,8 +25,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, judge, unanswered
+from canarium.analysis import AnalysisTarget, MeasuredWindow, unanswered
 from canarium.analysis.providers import ProviderContext, ProviderRegistry
+from canarium.analysis.recording import (
+    RECORDING_KEY,
+    Recording,
+    Traffic,
+    appended,
+    fitted,
+    recording_name,
+    window_to_record,
+)
 from canarium.api import AnalysisSpec, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
@@ -44,9 +53,10 @@ from canarium.render import (
     LABEL_REVISION,
     MANAGER,
     hash_of_revision,
+    object_metadata,
 )
 from canarium.resources import CORE_CHILDREN
-from canarium.rollout import AnalysisRun, Event, analysis_due
+from canarium.rollout import Event, analysis_due
 from canarium.routers import ROUTER_RESOURCES
 from canarium.settings import Settings
 
@@ -250,7 +260,7 @@ class Controller:
         # Analysis intervals are measured in tasks of their own, a few at a time, and their
         # runs wait here for the next reconcile of their ModelDeployment.
         self._analysis_tasks: dict[Key, asyncio.Task[None]] = {}
-        self._analysis_runs: dict[Key, tuple[DueAnalysis, AnalysisRun]] = {}
+        self._analysis_runs: dict[Key, tuple[DueAnalysis, MeasuredWindow]] = {}
         self._analysis_slots = asyncio.Semaphore(settings.analysis_concurrency)
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
@@ -539,35 +549,32 @@ class Controller:
         first = status.analysis is None or status.analysis.last_run_time is None
         return DueAnalysis(analysis, target, first)
 
-    async def measure(self, key: Key, due: DueAnalysis) -> AnalysisRun:
+    async def measure(self, key: Key, due: DueAnalysis) -> MeasuredWindow:
         """One analysis interval: the first snapshot of a window (a baseline), or the window
-        that just ended measured and judged."""
+        that just ended measured (reconcile judges it with the evidence in status)."""
         provider = self.providers.provider_for(due.analysis.provider)
         now = self.clock()
         if due.first:
             await provider.baseline(due.target)  # the first window starts now
-            return AnalysisRun(now, None)
+            return MeasuredWindow(now, None)
         result = await provider.measure(due.target)
         custom = (
             await provider.custom_values(due.analysis, due.target)
             if provider.runs_custom_checks
             else None
         )
-        judgement = judge(due.analysis, result.canary, result.stable, now, custom)
         if result.errors:
             log.warning("analysis of %s/%s: %s", *key, "; ".join(result.errors))
-        metrics.ANALYSIS_RUNS.labels(*key, judgement.verdict).inc()
-        log.info("analysis of %s/%s: %s", *key, judgement.summary)
-        return AnalysisRun(now, judgement)
+        return MeasuredWindow(now, result, custom)
 
     async def analyse(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
-        """Measure and judge one analysis interval now when one is due; the run goes into the
+        """Measure one analysis interval now when one is due; the window goes into the
         reconcile input."""
         due = self.due_analysis(key, inp)
         if due is None:
             return inp
-        run = await self.measure(key, due)
-        return replace(inp, now=run.time, analysis_run=run)
+        window = await self.measure(key, due)
+        return replace(inp, now=window.time, analysis_window=window)
 
     def with_analysis(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
         """The reconcile input with the interval measured since the last reconcile, if it
@@ -579,7 +586,7 @@ class Controller:
         if due is None:
             return inp
         if finished is not None and finished[0] == due:
-            return replace(inp, analysis_run=finished[1])
+            return replace(inp, analysis_window=finished[1])
         if key not in self._analysis_tasks:
             self._analysis_tasks[key] = asyncio.create_task(
                 self._analysis_task(key, due), name=f"canarium-analysis-{key[0]}-{key[1]}"
@@ -590,22 +597,21 @@ class Controller:
         timeout = self.settings.analysis_timeout_seconds
         try:
             async with self._analysis_slots:
-                run: AnalysisRun | None = await asyncio.wait_for(
+                window: MeasuredWindow | None = await asyncio.wait_for(
                     self.measure(key, due), timeout=timeout
                 )
         except TimeoutError:
             log.warning("analysis of %s/%s: no answer within %.0fs", *key, timeout)
             # A window that did not start is tried again; a window whose numbers did not come
             # is no data, which holds the rollout and never fails it.
-            now = self.clock()
-            run = None if due.first else AnalysisRun(now, unanswered(due.analysis, now, timeout))
+            window = None if due.first else unanswered(self.clock(), timeout)
         except Exception:
             log.exception("analysis of %s/%s failed", *key)
-            run = None
+            window = None
         finally:
             self._analysis_tasks.pop(key, None)
-        if run is not None and key in self.mdeps:
-            self._analysis_runs[key] = (due, run)
+        if window is not None and key in self.mdeps:
+            self._analysis_runs[key] = (due, window)
             self.enqueue(key)
 
     async def reconcile_key(self, key: Key) -> None:
@@ -615,12 +621,72 @@ class Controller:
             return
         inp = self.with_analysis(key, inp)
         plan = reconcile(inp)
+        if inp.analysis_window is not None:
+            self.judged(key, inp.analysis_window, plan)
         await self.execute(key, plan)
+        if inp.analysis_window is not None and plan.status.get("analysis"):
+            await self.record_window(key, inp)
         if not plan.status.get("canary") and not plan.status.get("previous"):
             # No analysis goes on: drop what the providers kept (pod-metrics baselines).
             self.providers.analysis_ended(*key)
         metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
+
+    async def record_window(self, key: Key, inp: ReconcileInput) -> None:
+        """Add the judged window to the ModelDeployment's analysis recording (a ConfigMap it
+        owns; `kubectl canarium recording NAME`), so a policy can be replayed on its traffic.
+        A failure to record is logged; the rollout does not depend on it."""
+        window = inp.analysis_window
+        due = self.due_analysis(key, inp)
+        if window is None or due is None:
+            return
+        status = inp.mdep.status
+        traffic = Traffic(100.0, 100.0)  # a bake: the promoted revision takes everything
+        canary = status.canary
+        if canary is not None and canary.name == due.target.canary_revision_name:
+            traffic = Traffic(
+                float(canary.weight or 0),
+                float(canary.effective_weight or 0),
+                canary.replicas,
+                canary.ready_replicas,
+            )
+        ref = ObjectRef("v1", "ConfigMap", key[0], recording_name(key[1]))
+        try:
+            body = await self.kube.get(ref)
+            text = ((body or {}).get("data") or {}).get(RECORDING_KEY)
+            old = Recording.model_validate_json(text) if text else None
+            recording = appended(
+                old,
+                due.target.canary_revision_name,
+                due.target.stable_revision_name,
+                window_to_record(window, traffic),
+            )
+            recording.metadata.namespace, recording.metadata.name = key
+            serving = inp.mdep.spec.serving
+            recording.replicas = None if serving.autoscaling else serving.replicas
+            await self.kube.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": object_metadata(inp.mdep, ref.name),
+                    "data": {RECORDING_KEY: fitted(recording)},
+                }
+            )
+        except (KubeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("analysis recording of %s/%s not written: %s", *key, exc)
+
+    def judged(self, key: Key, window: MeasuredWindow, plan: Plan) -> None:
+        """Log and count an interval that reconcile judged."""
+        analysis = plan.status.get("analysis") or {}
+        verdict = analysis.get("lastVerdict")
+        if window.result is None or verdict is None:
+            return
+        metrics.ANALYSIS_RUNS.labels(*key, verdict).inc()
+        checks = "; ".join(
+            f"{m.get('check')}: {m.get('verdict')} ({m.get('reason')})"
+            for m in analysis.get("measurements", [])
+        )
+        log.info("analysis of %s/%s: %s: %s", *key, verdict, checks)
 
     async def execute(self, key: Key, plan: Plan) -> None:
         """Carry out a plan: children, status, events, and when to look again."""

@@ -19,7 +19,14 @@ from typing import Any
 from kubernetes import client, config
 
 from canarium.render import MANAGER
-from canarium.resources import CORE_CHILDREN, EVENT, MODEL_DEPLOYMENT, POD, ROLLOUT_POLICY
+from canarium.resources import (
+    CONFIG_MAP,
+    CORE_CHILDREN,
+    EVENT,
+    MODEL_DEPLOYMENT,
+    POD,
+    ROLLOUT_POLICY,
+)
 from canarium.routers import ROUTER_RESOURCES
 
 # apiVersion/kind -> plural, for the kinds the operator touches.
@@ -30,6 +37,7 @@ PLURALS: dict[tuple[str, str], str] = {
         *ROUTER_RESOURCES,
         POD,
         EVENT,
+        CONFIG_MAP,
         MODEL_DEPLOYMENT,
         ROLLOUT_POLICY,
     )

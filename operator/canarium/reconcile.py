@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from canarium_serving import contract
 
+from canarium.analysis import MeasuredWindow, judge
 from canarium.api import (
     CONDITION_DEGRADED,
     CONDITION_PROGRESSING,
@@ -109,7 +110,31 @@ class ReconcileInput:
     routed: frozenset[ChildRef] = frozenset()  # observed objects of the routers' kinds
     policy: RolloutPolicySpec | None = None
     policy_error: str | None = None  # e.g. the referenced RolloutPolicy does not exist
-    analysis_run: AnalysisRun | None = None
+    analysis_run: AnalysisRun | None = None  # a judged interval (tests hand one in)
+    analysis_window: MeasuredWindow | None = None  # a measured interval, judged here
+
+
+def judge_window(
+    policy: RolloutPolicySpec | None, status: ModelDeploymentStatus, window: MeasuredWindow
+) -> AnalysisRun | None:
+    """The measured interval judged with the evidence gathered so far (in status): the run the
+    state machine records. None when the policy no longer analyses."""
+    analysis = policy.analysis if policy else None
+    if analysis is None:
+        return None
+    if window.result is None:
+        return AnalysisRun(window.time, None)
+    evidence = status.analysis.evidence if status.analysis else []
+    judgement = judge(
+        analysis,
+        window.result.canary,
+        window.result.stable,
+        window.time,
+        window.custom,
+        window.no_data,
+        evidence,
+    )
+    return AnalysisRun(window.time, judgement)
 
 
 def rollout_input(inp: ReconcileInput) -> RolloutInput:
@@ -126,7 +151,9 @@ def rollout_input(inp: ReconcileInput) -> RolloutInput:
         router=router_for(mdep.spec.traffic.router),
         progress_deadline_seconds=inp.settings.progress_deadline_seconds,
         policy_error=inp.policy_error,
-        analysis_run=inp.analysis_run,
+        analysis_run=inp.analysis_run
+        if inp.analysis_window is None
+        else judge_window(inp.policy, mdep.status, inp.analysis_window),
         command=annotations.get(ANNOTATION_COMMAND),
         paused=annotations.get(ANNOTATION_PAUSED, "").lower() == "true",
     )

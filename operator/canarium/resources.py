@@ -25,6 +25,7 @@ SERVICE = Resource("v1", "Service", "services")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 POD = Resource("v1", "Pod", "pods")
 EVENT = Resource("v1", "Event", "events")
+CONFIG_MAP = Resource("v1", "ConfigMap", "configmaps")  # analysis recordings
 MODEL_DEPLOYMENT = Resource("canarium.dev/v1alpha1", "ModelDeployment", "modeldeployments")
 ROLLOUT_POLICY = Resource("canarium.dev/v1alpha1", "RolloutPolicy", "rolloutpolicies")
 

@@ -38,6 +38,7 @@ from canarium.api import (
     AbortStatus,
     AnalysisSpec,
     AnalysisStatus,
+    Evidence,
     HistoryEntry,
     Measurement,
     ModelDeploymentSpec,
@@ -87,6 +88,9 @@ class JudgementLike(Protocol):
 
     @property
     def summary(self) -> str: ...
+
+    @property
+    def evidence(self) -> list[Evidence]: ...
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,7 @@ class _Machine:
             analysis.intervals += 1
             analysis.last_verdict = judgement.verdict
             analysis.measurements = list(judgement.measurements)[:20]
+            analysis.evidence = list(judgement.evidence)
             if judgement.verdict == "Failed":
                 analysis.failures += 1
                 analysis.consecutive_inconclusive = 0
@@ -357,7 +362,10 @@ class _Machine:
         """Why the analysis failed when `failureLimit` intervals failed; None while it has not."""
         analysis = self.policy.analysis
         state = self.status.analysis
-        if analysis is None or state is None or state.failures < analysis.failure_limit:
+        if analysis is None or state is None:
+            return None
+        shown = [e.check for e in state.evidence if e.decision == "Failed"]
+        if not shown and state.failures < analysis.failure_limit:
             return None
         parts = [
             f"{m.check} {_fmt(m.value)} (limit {m.threshold})"
@@ -365,9 +373,28 @@ class _Machine:
             for m in state.measurements
             if m.verdict == "Failed"
         ]
-        return f"analysis failed {state.failures}/{analysis.failure_limit} intervals: " + (
-            "; ".join(parts) or "no detail"
-        )
+        if shown:
+            # The evidence of the whole rollout: no need to wait for failureLimit intervals.
+            head = f"analysis showed {', '.join(shown)} worse than tolerated: "
+        else:
+            head = f"analysis failed {state.failures}/{analysis.failure_limit} intervals: "
+        return head + ("; ".join(parts) or "no detail")
+
+    def shown_within(self) -> bool:
+        """Whether early promotion applies: the policy allows it and every comparison with
+        stable has shown the canary within its tolerance."""
+        analysis = self.policy.analysis
+        state = self.status.analysis
+        if analysis is None or not analysis.early_promotion or state is None:
+            return False
+        checks = analysis.checks
+        compared = [
+            name
+            for name, spec in (("errorRate", checks.error_rate), ("latencyP99", checks.latency_p99))
+            if spec is not None
+        ]
+        decided = {e.check: e.decision for e in state.evidence}
+        return bool(compared) and all(decided.get(name) == "Passed" for name in compared)
 
     def revision_status(
         self, name: str, version: str, replicas: int | None, weight: int, effective: float
@@ -740,7 +767,22 @@ class _Machine:
             return None
         if step.pause.duration is None:
             return Hold.PERSON, "paused until promoted (kubectl canarium promote)"
-        ends = started + timedelta(seconds=step.pause.seconds or 0)
+        return self.timed_pause_hold(index, started, canary, step.pause.seconds or 0, weight)
+
+    def timed_pause_hold(
+        self, index: int, started: datetime, canary: str, seconds: float, weight: int
+    ) -> tuple[Hold, str] | None:
+        """What keeps the rollout at a timed pause: its time, then a passed analysis interval
+        (neither when the analysis showed the canary within tolerance and the policy promotes
+        early)."""
+        if self.shown_within():
+            self.event(
+                "Normal", "PromotedEarly",
+                f"{canary}: {self.step_label(index)} skipped, the analysis showed it within "
+                "tolerance (earlyPromotion)",
+            )  # fmt: skip
+            return None
+        ends = started + timedelta(seconds=seconds)
         if self.inp.now < ends:
             self.after(_seconds_until(self.inp.now, ends))
             return Hold.TIMER, f"pausing until {ends.isoformat()}"
@@ -935,7 +977,10 @@ class _Machine:
                 name=stable, model_version=stable_spec.model.version, replicas=0, weight=0
             )
             status.bake_until = inp.now + timedelta(seconds=bake)
-            status.analysis = AnalysisStatus()
+            # The bake adds to the evidence of the rollout (and compares with stable's rate
+            # during it); intervals count afresh.
+            evidence = status.analysis.evidence if status.analysis else []
+            status.analysis = AnalysisStatus(evidence=evidence)
             plans.append(RevisionPlan(stable, stable_spec, 0, "previous"))
             self.after(bake)
             self.schedule_analysis()

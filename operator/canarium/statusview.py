@@ -40,6 +40,57 @@ def _steps(policy: RolloutPolicySpec, current: int | None, phase: str) -> list[s
     return lines
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def _evidence(e: dict[str, Any]) -> str:
+    """One statistical check's evidence over the rollout: the counts of both revisions, the
+    ratio with its confidence interval, and what it has shown."""
+    decision = {"Failed": "shown worse", "Passed": "shown within tolerance"}.get(
+        e.get("decision") or "", "not shown either way"
+    )
+    if e.get("looks"):
+        return f"  {e['check']:<18}{e['looks']} intervals tested, {decision}"
+    counts = (
+        f"canary {_number(e.get('canaryEvents', 0))}/{_number(e.get('canaryRequests', 0))}, "
+        f"stable {_number(e.get('stableEvents', 0))}/{_number(e.get('stableRequests', 0))}"
+    )
+    low, high = e.get("ratioLower"), e.get("ratioUpper")
+    interval = (
+        f"[{'0' if low is None else _number(low)}, {'inf' if high is None else _number(high)}]"
+    )
+    return (
+        f"  {e['check']:<18}{counts}; ratio {_number(e.get('ratio'))} {interval} "
+        f"(tolerated {_number(e.get('maxRatio'))}): {decision}"
+    )
+
+
+def _analysis(analysis: dict[str, Any] | None, policy: RolloutPolicySpec | None) -> list[str]:
+    """The analysis: its intervals, the latest measurement of each check, the evidence."""
+    if not analysis:
+        return []
+    limit = policy.analysis.failure_limit if policy and policy.analysis else "-"
+    out = [
+        f"{'Analysis:':<12}{analysis.get('intervals', 0)} intervals, "
+        f"failures {analysis.get('failures', 0)}/{limit}, "
+        f"inconclusive in a row {analysis.get('consecutiveInconclusive', 0)}, "
+        f"last {analysis.get('lastVerdict', '-')} at {analysis.get('lastRunTime', '-')}"
+    ]
+    for m in analysis.get("measurements", []):
+        value = m.get("value")
+        shown = f"{value:.4g}" if isinstance(value, int | float) else "no data"
+        reason = f"  {m['reason']}" if m.get("reason") else ""
+        out.append(
+            f"  {m['check']:<18}{shown:>10}  {m.get('threshold', ''):<12}{m['verdict']}{reason}"
+        )
+    evidence = analysis.get("evidence") or []
+    if evidence:
+        out.append("Evidence:")
+        out.extend(_evidence(e) for e in evidence)
+    return out
+
+
 def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
     """The readable view of one ModelDeployment (and its policy, when it has one)."""
     mdep = ModelDeployment.model_validate(obj)
@@ -64,22 +115,7 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
         out.append("Steps:")
         current = status.get("currentStep") if status.get("canary") else None
         out.extend(_steps(policy, current, phase))
-    analysis = status.get("analysis")
-    if analysis:
-        limit = policy.analysis.failure_limit if policy and policy.analysis else "-"
-        out.append(
-            f"{'Analysis:':<12}{analysis.get('intervals', 0)} intervals, "
-            f"failures {analysis.get('failures', 0)}/{limit}, "
-            f"inconclusive in a row {analysis.get('consecutiveInconclusive', 0)}, "
-            f"last {analysis.get('lastVerdict', '-')} at {analysis.get('lastRunTime', '-')}"
-        )
-        for m in analysis.get("measurements", []):
-            value = m.get("value")
-            shown = f"{value:.4g}" if isinstance(value, int | float) else "no data"
-            reason = f"  {m['reason']}" if m.get("reason") else ""
-            out.append(
-                f"  {m['check']:<18}{shown:>10}  {m.get('threshold', ''):<12}{m['verdict']}{reason}"
-            )
+    out.extend(_analysis(status.get("analysis"), policy))
     history = status.get("history") or []
     if history:
         out.append("History:")

@@ -6,9 +6,11 @@ podMetrics provider or a real Prometheus scraping the pods."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 NAME = "iris"
 KUBECTL_CANARIUM = Path(sys.executable).parent / "kubectl-canarium"
+CANARIUM = Path(sys.executable).parent / "canarium"
 
 
 def policy(
@@ -169,6 +172,56 @@ def start_v1(
     return stable
 
 
+def analysis_runs(operator: InstalledOperator, namespace: str) -> Counter[str]:
+    """The intervals the operator judged for the ModelDeployment, by verdict (its metrics)."""
+    text = urllib.request.urlopen(operator.metrics_url(), timeout=5).read().decode()
+    runs: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("canarium_analysis_runs_total{") and (
+            f'namespace="{namespace}"' in line and f'modeldeployment="{NAME}"' in line
+        ):
+            verdict = line.split('verdict="', 1)[1].split('"', 1)[0]
+            runs[verdict] += int(float(line.rsplit(" ", 1)[1]))
+    return runs
+
+
+def replay_recording(
+    cluster: Cluster, namespace: str, rollout_policy: dict[str, Any], tmp_path: Path
+) -> dict[str, Any]:
+    """Export the rollout's analysis recording with the CLI and replay the policy over it."""
+    recording = tmp_path / "recording.json"
+    recording.write_text(canary_cli(cluster, namespace, "recording"))
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(
+        json.dumps({"apiVersion": "canarium.dev/v1alpha1", "kind": "RolloutPolicy",
+                    "metadata": {"name": "p"}, "spec": rollout_policy})
+    )  # fmt: skip
+    proc = subprocess.run(
+        [str(CANARIUM), "policy", "replay", str(policy_file), str(recording), "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    replayed: dict[str, Any] = json.loads(proc.stdout)
+    return replayed
+
+
+def assert_replay_decides_as_the_operator(
+    replayed: dict[str, Any], final: dict[str, Any], runs: Counter[str], outcome: str
+) -> None:
+    """The replay of a real rollout's recording took the operator's decisions: the same
+    outcome, the same number of judged intervals with the same verdicts, and (when status
+    still shows them) the same last measurements."""
+    assert replayed["outcome"] == outcome, replayed["reason"]
+    verdicts = Counter(i["verdict"] for i in replayed["intervals"])
+    assert verdicts == runs, (verdicts, runs)
+    analysis = final.get("analysis")
+    if analysis and analysis.get("measurements"):
+        assert replayed["interval"] == analysis["intervals"]
+        last = replayed["intervals"][-1]["checks"]
+        ours = [(m["check"], m["verdict"], m.get("value")) for m in analysis["measurements"]]
+        assert [(m["check"], m["verdict"], m.get("value")) for m in last] == ours
+
+
 def failed(traffic: LoadGenerator) -> list[tuple[float, str, int, str]]:
     return [(r.t, r.ip, r.status, r.error) for r in traffic.results if r.status != 200]
 
@@ -186,6 +239,7 @@ def test_good_version_goes_10_50_100_and_is_promoted(
     operator: InstalledOperator,
     models: E2EModels,
     load: Callable[..., LoadGenerator],
+    tmp_path: Path,
 ) -> None:
     old = start_v1(cluster, namespace, models, policy())
     # At 10% (one canary pod of five) drift needs 60 canary predictions per 4 s interval.
@@ -226,6 +280,11 @@ def test_good_version_goes_10_50_100_and_is_promoted(
     # Not one request failed while traffic shifted and old pods drained (preStop).
     assert not failed(traffic), failed(traffic)[:10]
     assert {r.version for r in traffic.results} == {"1.0.0", "2.0.0"}
+    # Its recording, replayed offline, takes the decisions the operator took.
+    replayed = replay_recording(cluster, namespace, policy(), tmp_path)
+    runs = analysis_runs(operator, namespace)
+    assert sum(runs.values()) >= 2, runs
+    assert_replay_decides_as_the_operator(replayed, final, runs, "Promoted")
 
 
 def test_a_version_that_rejects_live_inputs_is_rolled_back(
@@ -234,6 +293,7 @@ def test_a_version_that_rejects_live_inputs_is_rolled_back(
     operator: InstalledOperator,
     models: E2EModels,
     load: Callable[..., LoadGenerator],
+    tmp_path: Path,
 ) -> None:
     stable = start_v1(cluster, namespace, models, policy())
     traffic = load(NAME, models.x, rate=60, duration=120)
@@ -244,7 +304,7 @@ def test_a_version_that_rejects_live_inputs_is_rolled_back(
     assert degraded["status"] == "True"
     assert degraded["reason"] == "AnalysisFailed"
     assert "errorRate" in degraded["message"]
-    assert "limit <= 0.05" in degraded["message"]
+    assert "showed errorRate worse than tolerated" in degraded["message"]
     assert final["stable"]["name"] == stable
     assert final["canary"]["weight"] == 0
     assert final["history"][0]["outcome"] == "RolledBack"
@@ -277,6 +337,11 @@ def test_a_version_that_rejects_live_inputs_is_rolled_back(
     # It is not retried by itself.
     time.sleep(5)
     assert status(cluster, namespace)["phase"] == "Degraded"
+    # Its recording, replayed offline, rolls back at the same interval on the same numbers.
+    replayed = replay_recording(cluster, namespace, policy(), tmp_path)
+    assert_replay_decides_as_the_operator(
+        replayed, final, analysis_runs(operator, namespace), "RolledBack"
+    )
 
 
 def test_a_version_that_predicts_differently_is_rolled_back_on_prediction_drift(

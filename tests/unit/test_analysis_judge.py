@@ -19,6 +19,7 @@ from canarium.analysis import (
     combine,
     delta,
     judge,
+    sequential,
     unanswered,
     window,
 )
@@ -146,43 +147,86 @@ def test_window_with_pods_coming_going_and_restarting() -> None:
 
 def test_passes_within_all_thresholds() -> None:
     a = spec({"errorRate": {"max": 0.05}, "latencyP99": {"maxMs": 50}})
-    j = judge(a, metrics(requests=100, errors=4), None, NOW)
+    j = judge(a, metrics(requests=100, errors=4), metrics(requests=900, errors=30), NOW)
     assert j.verdict == "Passed", j.summary
     m = by_check(j)
     assert m["samples"].verdict == "Passed"
     assert m["samples"].threshold == ">= 50"
-    assert m["errorRate"].value == pytest.approx(0.04)
-    assert m["errorRate"].threshold == "<= 0.05"
-    assert m["latencyP99"].threshold == "<= 50 ms"
-    assert m["latencyP99"].value == pytest.approx(9.9)  # 0.99 * 10 ms, first bucket from 0
+    # 4% against 3.33%: the ratio of the rates, not the canary's rate, is the value.
+    assert m["errorRate"].value == pytest.approx(1.2)
+    assert m["errorRate"].threshold == "ratio <= 1.5 vs stable, rate <= 0.05"
+    assert m["errorRate"].reason.startswith("canary 4% (4/100), stable 3.333% (30/900); ratio 1.2")
+    assert m["errorRate"].reason.endswith(": not shown worse than 1.5x stable")
+    assert m["latencyP99"].threshold == "slow ratio <= 2 vs stable, p99 <= 50 ms"
     assert all(x.time == NOW for x in j.measurements)
     assert j.summary.startswith("Passed")
+    evidence = {e.check: e for e in j.evidence}
+    assert set(evidence) == {"errorRate", "latencyP99"}
+    e = evidence["errorRate"]
+    assert (e.canary_requests, e.canary_events, e.stable_requests, e.stable_events) == (
+        100,
+        4,
+        900,
+        30,
+    )
+    assert (e.guard_requests, e.guard_events, e.max_ratio, e.decision) == (100, 4, 1.5, None)
+    assert e.ratio_lower is not None
+    assert e.ratio_upper is not None
+    assert e.ratio_lower < 1.2 < e.ratio_upper
 
 
-def test_error_rate_fails_above_max_and_counts_4xx() -> None:
-    a = spec({"errorRate": {"max": 0.01}})
-    j = judge(a, metrics(requests=200, errors=20), None, NOW)
+def test_error_rate_fails_when_shown_worse_than_stable_and_counts_4xx() -> None:
+    """Every non-2xx answer is an error (the providers count 4xx, see the provider tests):
+    what fails is a canary that errs more than maxRatio times as often as stable."""
+    a = spec({"errorRate": {}})  # maxRatio 1.5 by default
+    j = judge(a, metrics(requests=200, errors=20), metrics(requests=800, errors=8), NOW)
     assert j.verdict == "Failed"
     m = by_check(j)["errorRate"]
-    assert (m.verdict, m.value, m.threshold) == ("Failed", 0.1, "<= 0.01")
-    assert "0.1 > 0.01" in m.reason
+    assert (m.verdict, m.value, m.threshold) == ("Failed", 10.0, "ratio <= 1.5 vs stable")
+    assert m.reason.startswith("canary 10% (20/200), stable 1% (8/800); ratio 10, 99% interval [")
+    assert m.reason.endswith("]: shown worse than 1.5x stable")
     assert "errorRate" in j.summary
-    # Exactly at the limit passes.
-    assert judge(a, metrics(requests=100, errors=1), None, NOW).verdict == "Passed"
+    (e,) = j.evidence
+    assert e.decision == "Failed"
+    assert e.ratio_lower is not None
+    assert e.ratio_lower > 1.5
+    # The same 10% of errors when stable has them as often (a client sending bad inputs to
+    # both): nothing against the canary.
+    j = judge(a, metrics(requests=200, errors=20), metrics(requests=800, errors=80), NOW)
+    assert j.verdict == "Passed", j.summary
+    assert by_check(j)["errorRate"].value == pytest.approx(1.0)
 
 
-def test_too_few_samples_is_inconclusive_never_failed() -> None:
-    a = spec({"errorRate": {"max": 0.01}, "latencyP99": {"maxMs": 1}}, min_samples=50)
-    slow = cumulative([0, 12], [0.001])
-    j = judge(a, metrics(requests=12, errors=12, latency_buckets=slow), None, NOW)
+def test_too_few_samples_holds_a_pass_but_not_a_statistical_failure() -> None:
+    a = spec({"errorRate": {}, "latencyP99": {}}, min_samples=50)
+    j = judge(a, metrics(requests=12, errors=0), metrics(requests=500, errors=5), NOW)
     assert j.verdict == "Inconclusive"
     m = by_check(j)
     assert m["samples"].reason == "12 requests < minSamples 50"
     assert m["samples"].value == 12
     assert m["errorRate"].verdict == "Inconclusive"
-    assert m["errorRate"].value == 1.0  # still reported
-    assert "12 requests < minSamples 50" in m["errorRate"].reason
+    assert m["errorRate"].value == 0.0  # still reported: no error against stable's 1%
+    assert m["errorRate"].reason.startswith("12 requests < minSamples 50 (canary 0% (0/12)")
+    assert m["latencyP99"].verdict == "Inconclusive"
     assert "12 requests < minSamples 50" in j.summary
+    # The evidence still accumulates in a small window.
+    assert {e.check: e.canary_requests for e in j.evidence} == {"errorRate": 12, "latencyP99": 0}
+    # 12 errors of 12 against none of 1000: shown worse, however small the window.
+    j = judge(a, metrics(requests=12, errors=12), metrics(requests=1000), NOW)
+    assert j.verdict == "Failed"
+    m = by_check(j)
+    assert m["samples"].verdict == "Inconclusive"
+    assert m["errorRate"].verdict == "Failed"
+    assert m["errorRate"].reason.endswith("shown worse than 1.5x stable")
+    assert "12 requests" not in m["errorRate"].reason
+
+
+LATENCY_EDGES = [0.1, 0.2, 0.5, 1.0]
+
+
+def latency(counts: list[float]) -> dict[float, float]:
+    """A latency histogram over LATENCY_EDGES from per-bucket counts (5 with +Inf)."""
+    return cumulative(counts, LATENCY_EDGES)
 
 
 @pytest.mark.parametrize("canary", [None, RevisionMetrics()])
@@ -196,40 +240,61 @@ def test_no_data_is_inconclusive(canary: RevisionMetrics | None) -> None:
 
 
 def test_latency_check() -> None:
-    a = spec({"latencyP99": {"maxMs": 400}})
-    buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, INF: 100.0}  # p99 = 470 ms
-    j = judge(a, metrics(latency_buckets=buckets), None, NOW)
-    m = by_check(j)["latencyP99"]
-    assert (m.verdict, m.value) == ("Failed", pytest.approx(470.0))
-    assert (
-        judge(
-            spec({"latencyP99": {"maxMs": 470}}), metrics(latency_buckets=buckets), None, NOW
-        ).verdict
-        == "Passed"
+    a = spec({"latencyP99": {}})  # maxRatio 2
+    # Stable: 99 of 100 within 500 ms: its p99 bucket bound, the slow bound, is 500 ms.
+    stable = metrics(requests=1000, latency_buckets=latency([500, 400, 90, 10, 0]))
+    fast = metrics(requests=1000, latency_buckets=latency([500, 400, 90, 10, 0]))
+    first = judge(a, fast, stable, NOW)
+    m = by_check(first)["latencyP99"]
+    assert (m.verdict, m.value) == ("Passed", None)
+    assert m.reason == (
+        "stable's p99 bound 500 ms taken: slow requests are compared from the next interval on"
     )
-    # p99 above the highest bucket: failed when that bucket is already above the limit ...
-    top = {10.0: 90.0, INF: 100.0}
-    m = by_check(judge(a, metrics(latency_buckets=top), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value) == ("Failed", 10000.0)
-    # ... and unknowable when it is not.
-    big = spec({"latencyP99": {"maxMs": 20000}})
-    m = by_check(judge(big, metrics(latency_buckets=top), None, NOW))["latencyP99"]
-    assert m.verdict == "Inconclusive"
-    # No histogram: inconclusive.
-    m = by_check(judge(a, metrics(latency_buckets={}), None, NOW))["latencyP99"]
+    (e,) = first.evidence
+    assert (e.slow_seconds, e.canary_requests) == (0.5, 0)
+    # From the next interval on: 1% of stable's requests are slow; a canary with 10% is
+    # 10 times as slow, more than twice: shown worse.
+    slow = metrics(requests=1000, latency_buckets=latency([500, 300, 100, 60, 40]))
+    j = judge(a, slow, stable, NOW, evidence=first.evidence)
+    m = by_check(j)["latencyP99"]
+    assert (m.verdict, m.value) == ("Failed", pytest.approx(10.0))
+    assert m.reason.startswith("canary 10% (100/1000), stable 1% (10/1000)")
+    assert m.reason.endswith("shown worse than 2x stable")
+    (e,) = j.evidence
+    assert (e.canary_requests, e.canary_events, e.stable_requests, e.stable_events) == (
+        1000,
+        100,
+        1000,
+        10,
+    )
+    # The same shape as stable's passes, and says which requests are slow.
+    m = by_check(judge(a, fast, stable, NOW, evidence=first.evidence))["latencyP99"]
+    assert m.verdict == "Passed"
+    assert m.reason.startswith("slow: over 500 ms; canary 1% (10/1000), stable 1% (10/1000)")
+    # No histogram: inconclusive, the bound still unknown.
+    m = by_check(judge(a, metrics(latency_buckets={}), metrics(requests=10), NOW))["latencyP99"]
     assert m.verdict == "Inconclusive"
 
 
 def test_latency_with_skewed_bucket_counts_judges_the_monotonic_histogram() -> None:
     """Prometheus' `increase()` per bucket can leave a higher bucket a little below a lower one.
-    The p99 is computed on the counts made monotonic (as histogram_quantile does), and so is
-    the question whether it lies above the highest bucket."""
-    a = spec({"latencyP99": {"maxMs": 150}})
-    # 100 observations up to 100 ms; the 200 ms bucket's increase came out as 98.
-    # Monotonic: 100 | 100 | 100, rank 99 in the first bucket: p99 = 100 ms * 99/100 = 99 ms.
-    skewed = {0.1: 100.0, 0.2: 98.0, INF: 100.0}
-    m = by_check(judge(a, metrics(latency_buckets=skewed), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value, m.reason) == ("Passed", pytest.approx(99.0), "p99 ms 99 <= 150")
+    The slow requests are counted on the counts made monotonic (as histogram_quantile does):
+    a skewed bucket makes no slow requests up."""
+    a = spec({"latencyP99": {}})
+    stable = metrics(requests=1000, latency_buckets={0.1: 500.0, 0.2: 990.0, INF: 1000.0})
+    first = judge(a, stable, stable, NOW)
+    assert [e.slow_seconds for e in first.evidence] == [0.2]
+    # 1000 observations up to 100 ms; the 200 ms bucket's increase came out as 980.
+    skewed = metrics(requests=1000, latency_buckets={0.1: 1000.0, 0.2: 980.0, INF: 1000.0})
+    j = judge(a, skewed, stable, NOW, evidence=first.evidence)
+    (e,) = j.evidence
+    assert (e.canary_requests, e.canary_events) == (1000, 0)
+    # The slow bound is taken from a skewed histogram the same way: the lowest bound with
+    # 99% at or below it once monotonic (100 ms here, not the 200 ms the raw counts say).
+    skewed_stable = metrics(
+        requests=1000, latency_buckets={0.1: 995.0, 0.2: 980.0, 0.5: 999.0, INF: 1000.0}
+    )
+    assert [e.slow_seconds for e in judge(a, skewed, skewed_stable, NOW).evidence] == [0.1]
 
 
 def classes(counts: dict[str, float], output: str = "label") -> dict[tuple[str, str], float]:
@@ -238,18 +303,29 @@ def classes(counts: dict[str, float], output: str = "label") -> dict[tuple[str, 
 
 def test_prediction_drift_of_classifiers() -> None:
     a = spec({"predictionDrift": {"maxPSI": 0.2}})
-    stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
-    same = metrics(prediction_classes=classes({"0": 25, "1": 25}))
-    shifted = metrics(prediction_classes=classes({"0": 25, "1": 75}))
+    stable = metrics(requests=10000, prediction_classes=classes({"0": 5000, "1": 5000}))
+    same = metrics(requests=10000, prediction_classes=classes({"0": 5000, "1": 5000}))
+    shifted = metrics(requests=10000, prediction_classes=classes({"0": 2500, "1": 7500}))
     assert judge(a, same, stable, NOW).verdict == "Passed"
     j = judge(a, shifted, stable, NOW)
     m = by_check(j)["predictionDrift"]
     assert m.verdict == "Failed"
     assert m.value == pytest.approx(0.274653, abs=1e-6)
-    assert m.threshold == "<= 0.2"
+    assert m.threshold == "PSI <= 0.2"
+    (e,) = j.evidence
+    assert (e.check, e.decision, e.looks) == ("predictionDrift", "Failed", 1)
+    # The same PSI over 100 predictions is within what noise around 0.2 gives.
+    few = metrics(prediction_classes=classes({"0": 25, "1": 75}))
+    m = by_check(judge(a, few, metrics(prediction_classes=classes({"0": 50, "1": 50})), NOW))[
+        "predictionDrift"
+    ]
+    assert (m.verdict, m.value) == ("Passed", pytest.approx(0.274653, abs=1e-6))
     # A class only the canary predicts counts against it (floored at epsilon for stable).
     new_class = metrics(prediction_classes=classes({"0": 50, "1": 40, "2": 10}))
-    value = by_check(judge(a, new_class, stable, NOW))["predictionDrift"].value
+    stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
+    value = by_check(judge(spec({"predictionDrift": {"maxPSI": 0.2}}), new_class, stable, NOW))[
+        "predictionDrift"
+    ].value
     # stable 0.5 | 0.5 | 0 -> 1e-4, canary 0.5 | 0.4 | 0.1:
     # 0 + (0.4 - 0.5) ln(0.4/0.5) + (0.1 - 1e-4) ln(0.1/1e-4) = 0.1 ln 1.25 + 0.0999 ln 1000
     assert value == pytest.approx(0.712399, abs=1e-6)
@@ -293,8 +369,8 @@ def test_prediction_drift_of_regressors_with_different_edges() -> None:
 def test_data_drift_against_reference() -> None:
     a = spec({"dataDrift": {"maxPSI": 0.2}})
     ref = {"x": cumulative([0.5, 0.5], [1.0]), "y": cumulative([0.5, 0.5], [3.0])}
-    live_ok = {"x": cumulative([50, 50], [1.0]), "y": cumulative([45, 55], [3.0])}
-    live_bad = {"x": cumulative([50, 50], [1.0]), "y": cumulative([25, 75], [3.0])}
+    live_ok = {"x": cumulative([2000, 2000], [1.0]), "y": cumulative([1900, 2100], [3.0])}
+    live_bad = {"x": cumulative([2000, 2000], [1.0]), "y": cumulative([1000, 3000], [3.0])}
     ok = metrics(reference_input_ratios=ref, input_feature_buckets=live_ok)
     bad = metrics(reference_input_ratios=ref, input_feature_buckets=live_bad)
     assert judge(a, ok, None, NOW).verdict == "Passed"
@@ -339,12 +415,17 @@ def test_custom_checks() -> None:
 
 def test_an_unanswered_window_holds_every_check_as_no_data() -> None:
     """The provider ran (custom checks included) but gave no answer in time: each custom check
-    has no data, not the "custom checks need the prometheus provider" of a podMetrics spec."""
+    has no data, not the "custom checks need the prometheus provider" of a podMetrics spec;
+    the evidence gathered so far stays as it was."""
     a = spec(
         {"errorRate": {"max": 0.01}, "custom": [{"name": "accuracy", "query": "q", "min": 0.9}]},
         provider={"prometheus": {"address": "http://prometheus:9090"}},
     )
-    j = unanswered(a, NOW, 30)
+    before = judge(a, metrics(requests=100, errors=1), metrics(requests=900, errors=9), NOW)
+    w = unanswered(NOW, 30)
+    assert w.result is not None
+    assert (w.time, w.result.canary, w.result.stable, w.custom) == (NOW, None, None, {})
+    j = judge(a, w.result.canary, w.result.stable, w.time, w.custom, w.no_data, before.evidence)
     m = by_check(j)
     assert j.verdict == "Inconclusive"
     assert m["samples"].reason == "the metrics provider gave no answer within 30s"
@@ -353,6 +434,7 @@ def test_an_unanswered_window_holds_every_check_as_no_data() -> None:
         "no data (the query returned nothing)",
     )
     assert m["errorRate"].verdict == "Inconclusive"
+    assert j.evidence == before.evidence
 
 
 def test_failed_beats_inconclusive_and_measurements_fit_the_status() -> None:
@@ -374,23 +456,29 @@ def test_min_samples_requests_are_enough_to_judge() -> None:
 
 
 def test_a_hold_keeps_the_reason_the_check_would_have_given() -> None:
-    a = spec({"errorRate": {"max": 0.01}}, min_samples=50)
-    m = by_check(judge(a, metrics(requests=12, errors=12), None, NOW))["errorRate"]
-    assert m.reason == "12 requests < minSamples 50 (12 non-2xx of 12 requests: 1 > 0.01)"
+    a = spec({"errorRate": {}}, min_samples=50)
+    m = by_check(judge(a, metrics(requests=12, errors=0), metrics(requests=100, errors=1), NOW))[
+        "errorRate"
+    ]
+    assert m.reason == (
+        "12 requests < minSamples 50 (canary 0% (0/12), stable 1% (1/100); ratio 0, "
+        "99% interval [0, inf]: not shown worse than 1.5x stable)"
+    )
 
 
 def test_summaries_name_the_checks_behind_the_verdict() -> None:
-    a = spec({"errorRate": {"max": 0.05}, "latencyP99": {"maxMs": 50}})
-    assert judge(a, metrics(requests=100), None, NOW).summary == (
+    a = spec({"errorRate": {}, "latencyP99": {}})
+    stable = metrics(requests=1000, errors=10)
+    assert judge(a, metrics(requests=100), stable, NOW).summary == (
         "Passed: 2 checks passed (100 requests >= 50)"
     )
     # Failed: only the failed checks, not the latency check that passed.
-    assert judge(a, metrics(requests=200, errors=20), None, NOW).summary == (
-        "Failed: errorRate: 20 non-2xx of 200 requests: 0.1 > 0.05"
-    )
+    failed = judge(a, metrics(requests=200, errors=20), metrics(requests=800, errors=8), NOW)
+    assert failed.summary.startswith("Failed: errorRate: canary 10% (20/200), stable 1% (8/800)")
+    assert "latencyP99" not in failed.summary
     # Too few samples: that alone is the reason, not every check it held.
-    drift = spec({"errorRate": {"max": 0.05}, "predictionDrift": {}})
-    assert judge(drift, metrics(requests=12), None, NOW).summary == (
+    drift = spec({"errorRate": {}, "predictionDrift": {}})
+    assert judge(drift, metrics(requests=12), stable, NOW).summary == (
         "Inconclusive: samples: 12 requests < minSamples 50"
     )
     # Enough samples: the inconclusive checks, and only those.
@@ -405,48 +493,64 @@ def test_summaries_name_the_checks_behind_the_verdict() -> None:
 
 
 def test_measured_values_keep_six_significant_digits() -> None:
-    a = spec({"errorRate": {"max": 0.01}})
-    m = by_check(judge(a, metrics(requests=300, errors=100), None, NOW))["errorRate"]
-    assert m.value == 0.333333
-    assert m.reason == "100 non-2xx of 300 requests: 0.3333 > 0.01"
+    a = spec({"errorRate": {}})
+    j = judge(a, metrics(requests=300, errors=100), metrics(requests=100, errors=10), NOW)
+    m = by_check(j)["errorRate"]
+    assert m.value == 3.33333  # (100/300) / (10/100)
+    assert m.reason.startswith("canary 33.33% (100/300), stable 10% (10/100); ratio 3.333, ")
+    (e,) = j.evidence
+    assert e.ratio == 3.33333
+    for bound in (e.ratio_lower, e.ratio_upper):
+        assert bound is not None
+        assert bound == float(f"{bound:.6g}")
 
 
 def test_error_rate_of_a_single_request() -> None:
-    a = spec({"errorRate": {"max": 0.01}}, min_samples=1)
-    m = by_check(judge(a, metrics(requests=1, errors=1), None, NOW))["errorRate"]
-    assert (m.verdict, m.value, m.reason) == ("Failed", 1.0, "1 non-2xx of 1 requests: 1 > 0.01")
+    """One error in one request is no evidence that the canary is worse: it neither fails
+    (it did, at once, with a fixed threshold) nor passes a guard it shows nothing about."""
+    a = spec({"errorRate": {}}, min_samples=1)
+    m = by_check(judge(a, metrics(requests=1, errors=1), metrics(requests=1000, errors=10), NOW))[
+        "errorRate"
+    ]
+    assert (m.verdict, m.value) == ("Passed", 100.0)
+    assert m.reason.startswith("canary 100% (1/1), stable 1% (10/1000); ratio 100, ")
+    assert m.reason.endswith(": not shown worse than 1.5x stable")
 
 
 def test_error_rate_without_requests_is_inconclusive() -> None:
-    a = spec({"errorRate": {"max": 0.01}})
+    a = spec({"errorRate": {}}, min_samples=1)
     # Latency series but no request counted in the window.
     canary = RevisionMetrics(latency_buckets={0.1: 0.0, INF: 0.0}, pods=1)
-    m = by_check(judge(a, canary, None, NOW))["errorRate"]
-    assert (m.verdict, m.value, m.reason) == ("Inconclusive", None, "no canary requests")
+    j = judge(a, canary, metrics(requests=100, errors=1), NOW)
+    m = by_check(j)["errorRate"]
+    assert (m.verdict, m.value) == ("Inconclusive", None)
+    assert m.reason == (
+        "no canary requests (no paired requests yet: not shown worse than 1.5x stable)"
+    )
+    (e,) = j.evidence
+    assert (e.canary_requests, e.stable_requests) == (0, 0), "stable alone is not compared"
 
 
 def test_latency_reasons_and_boundaries() -> None:
-    a = spec({"latencyP99": {"maxMs": 400}})
-    buckets = {0.1: 50.0, 0.2: 90.0, 0.5: 100.0, INF: 100.0}  # p99 = 470 ms
-    m = by_check(judge(a, metrics(latency_buckets=buckets), None, NOW))["latencyP99"]
-    assert m.reason == "p99 ms 470 > 400"
-    # 10 of 100 above the 200 ms bucket: p99 > 200 ms, which already fails a 200 ms limit.
-    top = {0.2: 90.0, INF: 100.0}
-    at_limit = spec({"latencyP99": {"maxMs": 200}})
-    m = by_check(judge(at_limit, metrics(latency_buckets=top), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value, m.reason) == ("Failed", 200.0, "p99 > 200 ms (the highest bucket)")
-    # ... but says nothing about a 250 ms limit.
-    above = spec({"latencyP99": {"maxMs": 250}})
-    m = by_check(judge(above, metrics(latency_buckets=top), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value) == ("Inconclusive", 200.0)
-    assert m.reason == "p99 above the highest bucket (200 ms), cannot compare with 250 ms"
-    # 99 of 100 within 10 ms: the p99 is the bucket's bound, 10 ms, not above it.
-    edge = {0.01: 99.0, INF: 100.0}
-    ten = spec({"latencyP99": {"maxMs": 10}})
-    m = by_check(judge(ten, metrics(latency_buckets=edge), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value) == ("Passed", 10.0)
-    m = by_check(judge(a, metrics(latency_buckets={}), None, NOW))["latencyP99"]
-    assert (m.verdict, m.value, m.reason) == ("Inconclusive", None, "no latency observations")
+    a = spec({"latencyP99": {}})
+    # Stable with fewer than 100 requests in the window: no bound yet.
+    m = by_check(judge(a, metrics(requests=100), metrics(requests=99), NOW))["latencyP99"]
+    assert (m.verdict, m.value) == ("Passed", None)
+    assert m.reason == "no stable p99 yet (stable needs 100 requests in a window)"
+    m = by_check(judge(a, metrics(latency_buckets={}), metrics(requests=99), NOW))["latencyP99"]
+    assert (m.verdict, m.value) == ("Inconclusive", None)
+    assert m.reason == (
+        "no canary latency observations; no stable p99 yet (stable needs 100 requests in a window)"
+    )
+    # 99 of 100 within 10 ms: the p99 bound is that bucket's, 10 ms, not the one above.
+    edge = metrics(requests=100, latency_buckets={0.01: 99.0, 0.02: 100.0, INF: 100.0})
+    assert [e.slow_seconds for e in judge(a, metrics(), edge, NOW).evidence] == [0.01]
+    # 98 of 100: the next bound.
+    below = metrics(requests=100, latency_buckets={0.01: 98.0, 0.02: 100.0, INF: 100.0})
+    assert [e.slow_seconds for e in judge(a, metrics(), below, NOW).evidence] == [0.02]
+    # The p99 above the highest finite bound: that bound.
+    top = metrics(requests=100, latency_buckets={0.01: 90.0, 0.02: 95.0, INF: 100.0})
+    assert [e.slow_seconds for e in judge(a, metrics(), top, NOW).evidence] == [0.02]
 
 
 def test_prediction_drift_judges_from_min_samples_stable_requests() -> None:
@@ -455,7 +559,12 @@ def test_prediction_drift_judges_from_min_samples_stable_requests() -> None:
     canary = metrics(requests=50, prediction_classes=classes({"0": 25, "1": 25}))
     m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
     assert (m.verdict, m.value) == ("Passed", 0.0)
-    assert m.reason == "PSI of output 'label' vs stable 0 <= 0.2"
+    # 50 predictions on each side: an effective sample of 50 * 50 / 100 = 25, one look.
+    allowed = sequential.psi_critical(0.2, 25, 2, sequential.look_alpha(0.01, 1))
+    assert m.reason == (
+        f"vs stable, output 'label' PSI 0, at most {allowed:.4g} allowed for maxPSI 0.2 with 25 "
+        "observations (look 1)"
+    )
     m = by_check(judge(a, canary, None, NOW))["predictionDrift"]
     assert m.reason == "no stable metrics to compare with"
     m = by_check(judge(a, metrics(), metrics(), NOW))["predictionDrift"]
@@ -551,47 +660,60 @@ def test_prediction_drift_needs_20_predictions_per_bin_on_both_sides() -> None:
 
 def test_prediction_drift_reports_the_output_that_moved_most() -> None:
     a = spec({"predictionDrift": {"maxPSI": 0.2}})
-    even = {"0": 50, "1": 50}
-    shifted = {"0": 25, "1": 75}  # PSI 0.274653 against even
+    even: dict[str, float] = {"0": 5000, "1": 5000}
+    shifted: dict[str, float] = {"0": 2500, "1": 7500}  # PSI 0.274653 against even
     stable = metrics(prediction_classes={**classes(even, "a"), **classes(even, "b")})
+    # Two outputs share the look's alpha; each has 10000 predictions a side: n_eff 5000.
+    allowed = sequential.psi_critical(0.2, 5000, 2, sequential.look_alpha(0.01, 1) / 2)
     for moved, same in (("a", "b"), ("b", "a")):
         canary = metrics(prediction_classes={**classes(shifted, moved), **classes(even, same)})
         m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
+        assert m.verdict == "Failed"
         assert m.value == pytest.approx(0.274653, abs=1e-6)
-        assert m.reason == f"PSI of output '{moved}' vs stable 0.2747 > 0.2"
+        assert m.reason == (
+            f"vs stable, output '{moved}' PSI 0.2747, at most {allowed:.4g} allowed for maxPSI "
+            "0.2 with 5000 observations (look 1)"
+        )
     # A classifier output and a regressor output: the larger PSI of the two.
-    hist_even = {"score": cumulative([50, 50], [1.0])}
-    hist_shifted = {"score": cumulative([25, 75], [1.0])}
+    hist_even = {"score": cumulative([5000, 5000], [1.0])}
+    hist_shifted = {"score": cumulative([2500, 7500], [1.0])}
     stable = metrics(prediction_classes=classes(even), prediction_value_buckets=hist_even)
     canary = metrics(prediction_classes=classes(even), prediction_value_buckets=hist_shifted)
     m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
-    assert m.reason == "PSI of output 'score' vs stable 0.2747 > 0.2"
+    assert m.reason.startswith("vs stable, output 'score' PSI 0.2747, ")
     canary = metrics(prediction_classes=classes(shifted), prediction_value_buckets=hist_even)
     m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
-    assert m.reason == "PSI of output 'label' vs stable 0.2747 > 0.2"
+    assert m.reason.startswith("vs stable, output 'label' PSI 0.2747, ")
     # Two regressor outputs, the first one moved.
     stable = metrics(prediction_value_buckets={"p": hist_even["score"], "q": hist_even["score"]})
     canary = metrics(prediction_value_buckets={"p": hist_shifted["score"], "q": hist_even["score"]})
     m = by_check(judge(a, canary, stable, NOW))["predictionDrift"]
-    assert m.reason == "PSI of output 'p' vs stable 0.2747 > 0.2"
+    assert m.reason.startswith("vs stable, output 'p' PSI 0.2747, ")
+    assert m.verdict == "Failed"
 
 
 def test_data_drift_reasons() -> None:
     a = spec({"dataDrift": {"maxPSI": 0.2}})
     ref = {"x": cumulative([0.5, 0.5], [1.0]), "y": cumulative([0.5, 0.5], [3.0])}
-    # x moved, y did not: the largest PSI is x's.
-    live = {"x": cumulative([25, 75], [1.0]), "y": cumulative([50, 50], [3.0])}
+    # x moved, y did not: the largest PSI is x's. The reference is exact: n_eff is the live
+    # count, and the two features share the look's alpha.
+    live = {"x": cumulative([1000, 3000], [1.0]), "y": cumulative([2000, 2000], [3.0])}
     m = by_check(
         judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=live), None, NOW)
     )["dataDrift"]
-    assert (m.verdict, m.threshold) == ("Failed", "<= 0.2")
-    assert m.reason == "largest PSI, feature 'x', vs reference 0.2747 > 0.2"
+    assert (m.verdict, m.threshold) == ("Failed", "PSI <= 0.2")
+    allowed = sequential.psi_critical(0.2, 4000, 2, sequential.look_alpha(0.01, 1) / 2)
+    assert m.reason == (
+        f"vs reference, feature 'x' PSI 0.2747, at most {allowed:.4g} allowed for maxPSI 0.2 "
+        "with 4000 observations (look 1)"
+    )
     # A feature without live series is left out; the others are judged.
-    only_x = {"x": cumulative([50, 50], [1.0])}
+    only_x = {"x": cumulative([500, 500], [1.0])}
     m = by_check(
         judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=only_x), None, NOW)
     )["dataDrift"]
-    assert (m.verdict, m.reason) == ("Passed", "largest PSI, feature 'x', vs reference 0 <= 0.2")
+    assert m.verdict == "Passed"
+    assert m.reason.startswith("vs reference, feature 'x' PSI 0, ")
     # No live observation at all.
     m = by_check(judge(a, metrics(reference_input_ratios=ref), None, NOW))["dataDrift"]
     assert (m.verdict, m.reason) == ("Inconclusive", "no live input observations")
@@ -622,10 +744,9 @@ def test_data_drift_needs_20_live_values_per_bin() -> None:
         m = by_check(
             judge(a, metrics(reference_input_ratios=ref, input_feature_buckets=live), None, NOW)
         )["dataDrift"]
-        assert (m.verdict, m.reason) == (
-            "Passed",
-            "largest PSI, feature 'y', vs reference 0 <= 0.2",
-        )
+        assert m.verdict == "Passed"
+        assert m.reason.startswith("vs reference, feature 'y' PSI 0, ")
+        assert m.reason.endswith(" with 40 observations (look 1)")
     # A single live value is too few, not none.
     one = {"x": cumulative([1, 0], [1.0])}
     m = by_check(

@@ -14,12 +14,12 @@ from typing import Any, cast
 
 import pytest
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, WindowResult
+from canarium.analysis import AnalysisTarget, MeasuredWindow, WindowResult
 from canarium.analysis import providers as providers_module
 from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
 from canarium.controller import MAX_BACKOFF, Controller, Key, OwnWrites, contested, covers
 from canarium.kube import Kube, KubeError, ObjectRef
-from canarium.reconcile import ChildRef, Plan
+from canarium.reconcile import ChildRef, Plan, ReconcileInput, rollout_input
 from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
 from canarium.rollout import AnalysisRun, Event
 
@@ -707,6 +707,20 @@ def _desired() -> str:
     return name_of(mdep())
 
 
+def _window(inp: ReconcileInput) -> MeasuredWindow:
+    """The interval the controller measured: reconcile judges it (controller.measure no more)."""
+    assert inp.analysis_run is None, "the controller hands in a window, never a judged run"
+    assert inp.analysis_window is not None
+    return inp.analysis_window
+
+
+def _judged(inp: ReconcileInput) -> AnalysisRun:
+    """The run the state machine records for the input's window: judged in reconcile."""
+    run = rollout_input(inp).analysis_run
+    assert run is not None
+    return run
+
+
 def _rolling(analysis: dict[str, Any] | None = None) -> dict[str, Any]:
     status: dict[str, Any] = {
         "phase": "Progressing",
@@ -732,9 +746,11 @@ def test_the_first_analysis_of_a_canary_takes_a_baseline(provider: FakeProvider)
         stable_revision_name="iris-0ld",
         interval_seconds=30,
     )
-    assert inp.analysis_run is not None
-    assert inp.analysis_run.time == NOW + timedelta(seconds=31)
-    assert inp.analysis_run.judgement is None
+    window = _window(inp)
+    assert window.time == NOW + timedelta(seconds=31)
+    assert window.result is None, "a baseline: nothing to judge"
+    run = _judged(inp)
+    assert (run.time, run.judgement) == (NOW + timedelta(seconds=31), None)
     assert inp.now == NOW + timedelta(seconds=31)
 
 
@@ -744,8 +760,8 @@ def test_a_new_window_after_a_weight_change_takes_a_baseline_again(
     # The state machine reset the analysis (intervals kept, no lastRunTime): a new window.
     _, inp = _analysed(_rolling({"intervals": 2, "failures": 1}))
     assert [verb for verb, _ in provider.calls] == ["baseline"]
-    assert inp.analysis_run is not None
-    assert inp.analysis_run.judgement is None
+    assert _window(inp).result is None
+    assert _judged(inp).judgement is None
 
 
 def test_a_due_interval_of_a_canary_is_measured_and_judged(provider: FakeProvider) -> None:
@@ -755,9 +771,13 @@ def test_a_due_interval_of_a_canary_is_measured_and_judged(provider: FakeProvide
     target = provider.calls[0][1]
     assert target.canary_revision_name == _desired()
     assert target.stable_revision_name == "iris-0ld"
-    assert inp.analysis_run is not None
-    assert inp.analysis_run.judgement is not None
-    assert inp.analysis_run.judgement.verdict == "Inconclusive", "no data is never Failed"
+    window = _window(inp)
+    assert window.result == WindowResult(canary=None, stable=None, errors=["no pods"])
+    assert window.custom == {}, "the provider runs custom checks: their values came along"
+    judgement = _judged(inp).judgement
+    assert judgement is not None
+    assert judgement.verdict == "Inconclusive", "no data is never Failed"
+    assert judgement.measurements[0].reason == "no canary metrics in this window"
     controller.providers.analysis_ended(*KEY)
     assert provider.calls[-1] == ("forget", KEY), "the provider that measured it is kept"
 
@@ -771,9 +791,10 @@ def test_custom_checks_of_a_provider_that_runs_none_are_inconclusive(
     policy = {**POLICY, "analysis": {"interval": "30s", "checks": {"custom": [custom]}}}
     _, inp = _analysed(_rolling({"intervals": 1, "lastRunTime": last}), policy=policy)
     assert [verb for verb, _ in provider.calls] == ["measure"]
-    assert inp.analysis_run is not None
-    assert inp.analysis_run.judgement is not None
-    (measurement,) = [m for m in inp.analysis_run.judgement.measurements if m.check == "accuracy"]
+    assert _window(inp).custom is None
+    judgement = _judged(inp).judgement
+    assert judgement is not None
+    (measurement,) = [m for m in judgement.measurements if m.check == "accuracy"]
     assert (measurement.verdict, measurement.reason) == ("Inconclusive", CUSTOM_CHECKS_NOT_RUN)
 
 
@@ -781,7 +802,7 @@ def test_an_interval_not_yet_due_measures_nothing(provider: FakeProvider) -> Non
     last = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
     _, inp = _analysed(_rolling({"intervals": 1, "lastRunTime": last}), now_offset=10)
     assert provider.calls == []
-    assert inp.analysis_run is None
+    assert (inp.analysis_run, inp.analysis_window) == (None, None)
 
 
 def test_a_bake_measures_the_promoted_revision_against_the_one_it_replaced(
@@ -799,7 +820,7 @@ def test_a_bake_measures_the_promoted_revision_against_the_one_it_replaced(
     assert target.canary_revision_hash == _desired().removeprefix("iris-")
     assert target.stable_revision_name == "iris-0ld"
     assert target.stable_revision_hash == "0ld"
-    assert inp.analysis_run is not None
+    assert _window(inp).result is None  # the bake's first interval: a baseline
 
 
 def test_a_canary_of_an_older_spec_is_not_measured_as_the_canary(provider: FakeProvider) -> None:
@@ -808,7 +829,7 @@ def test_a_canary_of_an_older_spec_is_not_measured_as_the_canary(provider: FakeP
     status["canary"]["name"] = "iris-0bs0lete"
     _, inp = _analysed(status)
     assert provider.calls == []
-    assert inp.analysis_run is None
+    assert (inp.analysis_run, inp.analysis_window) == (None, None)
 
 
 def test_analysis_state_is_forgotten_once_no_canary_or_bake_remains(
@@ -885,7 +906,10 @@ def test_a_provider_that_hangs_holds_up_no_reconcile(monkeypatch: pytest.MonkeyP
         controller.on_mdep(None, rolling_body(key[1], str(next(versions))))
         inp = controller.build_input(key)
         assert inp is not None
-        return controller.with_analysis(key, inp).analysis_run
+        analysed = controller.with_analysis(key, inp)
+        if analysed.analysis_window is None:
+            return None
+        return _judged(analysed)
 
     async def scenario() -> None:
         for key in (KEY, other):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from canarium.api import Measurement, ModelDeployment, RolloutPolicySpec, Verdict
+from canarium.api import Evidence, Measurement, ModelDeployment, RolloutPolicySpec, Verdict
 from canarium.reconcile import Plan, ReconcileInput, observe_deployment, reconcile
 from canarium.rollout import (
     AnalysisRun,
@@ -49,6 +49,7 @@ class Judgement:
     verdict: Verdict
     measurements: list[Measurement] = field(default_factory=list)
     summary: str = ""
+    evidence: list[Evidence] = field(default_factory=list)
 
 
 def judgement(verdict: Verdict, value: float | None = 0.0, at: datetime = NOW) -> Judgement:

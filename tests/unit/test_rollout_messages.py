@@ -96,8 +96,11 @@ def test_the_bake_keeps_the_previous_revision_at_zero_pods_and_no_traffic() -> N
     assert sim.replicas_of("1.0.0") == 0
     assert sim.condition("Ready")["status"] == "True"
     assert sim.condition("Progressing")["reason"] == "Baking"
+    # The bake's intervals count afresh; the rollout's evidence (none here: the simulated
+    # judgements carry none) goes on.
     assert sim.status["analysis"] == {
         "intervals": 0, "failures": 0, "consecutiveInconclusive": 0, "measurements": [],
+        "evidence": [],
     }  # fmt: skip
     # Later reconciles of the bake say until when, and what is kept.
     sim.tick(10)

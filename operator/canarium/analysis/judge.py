@@ -1,32 +1,42 @@
-"""How a canary is judged: pure rules from window counts to verdicts, no I/O.
+"""How a canary is judged: pure rules from window counts, and the evidence gathered so far, to
+verdicts and the evidence after this window. No I/O.
 
-Rules (one `Measurement` per check, plus `samples`):
-- Fewer than `minSamples` canary requests in the window, or no data at all: Inconclusive, never
-  Failed, whatever the numbers say (the values are still reported).
-- errorRate: non-2xx answers (4xx included) / requests <= max.
-- latencyP99: p99 of the latency histogram (Prometheus' histogram_quantile), in ms, <= maxMs.
+Rules (one `Measurement` per check, plus `samples`; the statistics are in `sequential`):
+- samples: fewer than `minSamples` canary requests in the window, or no data at all, is
+  Inconclusive: it holds the rollout. A check that would pass is then Inconclusive too; a
+  statistical check's failure still fails (its evidence is the whole rollout's, not the
+  window's), a custom check's does not.
+- errorRate: the ratio of the canary's error rate (non-2xx, 4xx included) to stable's, tested
+  sequentially against maxRatio at the check's share of alpha; Failed once shown above it (or
+  the rate shown above the optional `max`), else Passed. The evidence (counts, the ratio's
+  estimate and confidence sequence) is in the measurement and in `Evidence`.
+- latencyP99: the same test on slow requests, those slower than stable's p99 bucket bound as
+  measured in the first interval with enough stable requests; `maxMs` is a one-sample guard on
+  the share of canary requests slower than maxMs (at most 1%).
 - predictionDrift: PSI of the canary's predictions against the stable revision's in the same
-  window (class counts for classifiers, value histograms for regressors) <= maxPSI; a stable
-  revision with fewer than minSamples requests makes this check Inconclusive.
-- dataDrift: the largest PSI over input features of the canary's live inputs against the
-  model's reference statistics <= maxPSI.
+  window (class counts for classifiers, value histograms for regressors), Failed when above
+  the PSI that maxPSI and the sample sizes allow at the look's level; a stable revision with
+  fewer than minSamples requests makes this check Inconclusive.
+- dataDrift: the same test for the largest PSI over input features of the canary's live inputs
+  against the model's reference statistics (which are taken as exact).
 - custom: the provider's value within [min, max]; no value, or a provider that runs no custom
-  checks, is Inconclusive.
+  checks, is Inconclusive. Custom checks count towards failureLimit.
 Overall: Failed if any check failed, else Inconclusive if any was, else Passed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from canarium_serving.metrics_contract import psi
 
-from canarium.analysis.samples import RevisionMetrics
-from canarium.analysis.stats import align, histogram_quantile
-from canarium.api import AnalysisSpec, CustomCheck, Measurement, Verdict
+from canarium.analysis import sequential
+from canarium.analysis.samples import Buckets, MeasuredWindow, RevisionMetrics, WindowResult
+from canarium.analysis.stats import align
+from canarium.api import AnalysisChecks, AnalysisSpec, CustomCheck, Evidence, Measurement, Verdict
 
 PASSED: Verdict = "Passed"
 FAILED: Verdict = "Failed"
@@ -35,18 +45,29 @@ INCONCLUSIVE: Verdict = "Inconclusive"
 CUSTOM_CHECKS_NOT_RUN = "custom checks need the prometheus provider"
 """The reason of a custom check's verdict when the provider runs no custom checks."""
 
+SLOW_QUANTILE = 0.99
+"""latencyP99: a request is slow above stable's 99th percentile; the maxMs guard allows 1%."""
+MIN_STABLE_FOR_SLOW = 100
+"""Stable requests an interval needs before its p99 bucket bound is taken as the slow bound."""
+
 
 @dataclass(frozen=True)
 class Judgement:
-    """The verdict of one analysis interval, its measurements and a one-line summary."""
+    """The verdict of one analysis interval, its measurements, a one-line summary, and the
+    evidence of the statistical checks after it (the next interval's starting point)."""
 
     verdict: Verdict
     measurements: list[Measurement]
     summary: str
+    evidence: list[Evidence] = field(default_factory=list)
 
 
 def _num(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _pct(events: float, requests: float) -> str:
+    return f"{_num(100.0 * events / requests)}% ({_num(events)}/{_num(requests)})"
 
 
 def _round(value: float | None) -> float | None:
@@ -61,51 +82,303 @@ class _Result:
     verdict: Verdict
     value: float | None
     reason: str
-
-
-def _at_most(value: float, limit: float, what: str) -> _Result:
-    if value <= limit:
-        return _Result(PASSED, value, f"{what} {_num(value)} <= {_num(limit)}")
-    return _Result(FAILED, value, f"{what} {_num(value)} > {_num(limit)}")
+    evidence: Evidence | None = None
+    statistical: bool = False
+    """A failure of the evidence of the whole rollout: a small window does not undo it."""
 
 
 def _inconclusive(reason: str, value: float | None = None) -> _Result:
     return _Result(INCONCLUSIVE, value, reason)
 
 
-# --- the checks ------------------------------------------------------------------------------
+def alpha_shares(checks: AnalysisChecks) -> int:
+    """How many statistical tests share the analysis' alpha (Bonferroni): each comparison with
+    stable, each absolute guard, each drift check."""
+    shares = 0
+    if checks.error_rate is not None:
+        shares += 1 + (checks.error_rate.max is not None)
+    if checks.latency_p99 is not None:
+        shares += 1 + (checks.latency_p99.max_ms is not None)
+    shares += checks.prediction_drift is not None
+    shares += checks.data_drift is not None
+    return max(shares, 1)
 
 
-def check_error_rate(canary: RevisionMetrics, limit: float) -> _Result:
-    if canary.requests <= 0:
-        return _inconclusive("no canary requests")
-    rate = canary.errors / canary.requests
-    return _at_most(
-        rate, limit, f"{_num(canary.errors)} non-2xx of {_num(canary.requests)} requests:"
+# --- comparisons with stable: errorRate and latencyP99 --------------------------------------
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """Requests and events (errors, or slow requests) of each revision in one window."""
+
+    canary: tuple[float, float] | None  # None: the canary's count is unknown in this window
+    stable: tuple[float, float]
+    guard: tuple[float, float] | None  # requests and events over the absolute guard
+
+
+def _fresh(check: str, tolerance: float) -> Evidence:
+    return Evidence(
+        check=check, max_ratio=tolerance, log_likelihood=sequential.empty_log_likelihood()
     )
 
 
-def check_latency(canary: RevisionMetrics, limit_ms: float) -> _Result:
-    buckets = canary.latency_buckets
-    p99 = histogram_quantile(0.99, buckets)
-    if p99 is None:
-        return _inconclusive("no latency observations")
-    # A p99 exists: so do a +Inf bucket and a finite one. As histogram_quantile counts (made
-    # monotonic), the finite buckets hold the most any of them counts, +Inf at least as many.
-    finite = [le for le in buckets if math.isfinite(le)]
-    in_finite = max(buckets[le] for le in finite)
-    if in_finite < 0.99 * max(in_finite, buckets[math.inf]):
-        # The p99 lies above the highest bucket: only a lower bound is known.
-        top_ms = max(finite) * 1000.0
-        if top_ms >= limit_ms:
-            return _Result(FAILED, top_ms, f"p99 > {_num(top_ms)} ms (the highest bucket)")
-        return _inconclusive(
-            f"p99 above the highest bucket ({_num(top_ms)} ms), cannot compare with "
-            f"{_num(limit_ms)} ms",
-            top_ms,
-        )
-    return _at_most(p99 * 1000.0, limit_ms, "p99 ms")
+def _carried(previous: Evidence | None, check: str, tolerance: float) -> Evidence:
+    """The evidence to add to: the previous one, unless the tolerance changed (its grid is
+    centred on the tolerance, so evidence starts again)."""
+    if (
+        previous is None
+        or previous.max_ratio != tolerance
+        or len(previous.log_likelihood) != sequential.GRID_SIZE
+    ):
+        return _fresh(check, tolerance)
+    return previous.model_copy(deep=True)
 
+
+def _accumulate(evidence: Evidence, counts: _Counts) -> None:
+    if counts.guard is not None:
+        evidence.guard_requests += counts.guard[0]
+        evidence.guard_events += counts.guard[1]
+    if counts.canary is None or counts.canary[0] <= 0:
+        return
+    n_c, x_c = counts.canary
+    n_s, x_s = counts.stable
+    if n_s > 0:
+        tolerance = evidence.max_ratio or 1.0
+        evidence.log_likelihood = [
+            round(v, 4)
+            for v in sequential.add_interval(
+                evidence.log_likelihood, tolerance, (n_c, x_c), (n_s, x_s)
+            )
+        ]
+        evidence.canary_requests += n_c
+        evidence.canary_events += x_c
+        evidence.stable_requests += n_s
+        evidence.stable_events += x_s
+    else:
+        evidence.unpaired_requests += n_c
+        evidence.unpaired_events += x_c
+
+
+def _ratio(evidence: Evidence) -> float | None:
+    if evidence.canary_requests <= 0 or evidence.stable_requests <= 0:
+        return None
+    if evidence.stable_events <= 0:
+        return None if evidence.canary_events <= 0 else math.inf
+    canary_rate = evidence.canary_events / evidence.canary_requests
+    return canary_rate / (evidence.stable_events / evidence.stable_requests)
+
+
+def _compare(
+    evidence: Evidence, tolerance: float, alpha: float, guard: tuple[float, float] | None
+) -> tuple[str, str]:
+    """Judge the evidence: its decision (set on `evidence`) and the reason's two parts: what
+    was seen, and what it shows."""
+    unpaired = None
+    if evidence.unpaired_requests > 0:
+        rate = sequential.poisson_upper_bound(
+            evidence.stable_events, evidence.stable_requests, alpha / 2
+        )
+        if rate is not None:
+            unpaired = (evidence.unpaired_events, evidence.unpaired_requests, rate)
+    shown = sequential.ratio_evidence(evidence.log_likelihood, tolerance, alpha, unpaired)
+    evidence.ratio = _round(_ratio(evidence))
+    evidence.ratio_lower = _round(shown.lower)
+    evidence.ratio_upper = _round(shown.upper)
+    bound = math.log(2.0 / alpha)
+    seen = []
+    if evidence.canary_requests > 0:
+        seen.append(
+            f"canary {_pct(evidence.canary_events, evidence.canary_requests)}, "
+            f"stable {_pct(evidence.stable_events, evidence.stable_requests)}"
+        )
+        low = "0" if shown.lower is None else _num(shown.lower)
+        high = "inf" if shown.upper is None else _num(shown.upper)
+        estimate = "?" if evidence.ratio is None else _num(evidence.ratio)
+        seen.append(f"ratio {estimate}, {_num(100 * (1 - alpha))}% interval [{low}, {high}]")
+    if evidence.unpaired_requests > 0:
+        seen.append(
+            f"without stable traffic {_pct(evidence.unpaired_events, evidence.unpaired_requests)}"
+        )
+    guard_shown = False
+    if guard is not None and evidence.guard_requests > 0:
+        limit, guard_alpha = guard
+        guard_log_e = sequential.rate_above_limit(
+            evidence.guard_events, evidence.guard_requests, limit
+        )
+        guard_shown = guard_log_e >= math.log(1.0 / guard_alpha)
+        if guard_shown:
+            seen.append(f"{_pct(evidence.guard_events, evidence.guard_requests)} over the guard")
+    if evidence.decision != FAILED:
+        if shown.log_e_harm >= bound:
+            evidence.decision = "Failed"
+            why = f"shown worse than {_num(tolerance)}x stable"
+        elif guard_shown and guard is not None:
+            evidence.decision = "Failed"
+            why = f"shown above the guard {_num(guard[0])}"
+        elif shown.log_e_within >= bound:
+            evidence.decision = "Passed"
+            why = f"shown within {_num(tolerance)}x stable"
+        else:
+            evidence.decision = None
+            why = f"not shown worse than {_num(tolerance)}x stable"
+    else:
+        why = "shown worse earlier in this rollout"
+    return "; ".join(seen) or "no paired requests yet", why
+
+
+def _comparison(
+    check: str,
+    previous: Evidence | None,
+    tolerance: float,
+    counts: _Counts,
+    alpha: float,
+    guard: tuple[float, float] | None,
+    threshold: str,
+    evidence: Evidence | None = None,
+) -> tuple[_Result, str]:
+    evidence = evidence or _carried(previous, check, tolerance)
+    _accumulate(evidence, counts)
+    seen, why = _compare(evidence, tolerance, alpha, guard)
+    reason = f"{seen}: {why}"
+    value = evidence.ratio
+    if evidence.decision == FAILED:
+        return _Result(FAILED, value, reason, evidence, statistical=True), threshold
+    if counts.canary is None or counts.canary[0] <= 0:
+        return _Result(INCONCLUSIVE, value, f"no canary requests ({reason})", evidence), threshold
+    return _Result(PASSED, value, reason, evidence), threshold
+
+
+def check_error_rate(
+    canary: RevisionMetrics,
+    stable: RevisionMetrics | None,
+    previous: Evidence | None,
+    tolerance: float,
+    limit: float | None,
+    alpha: float,
+) -> tuple[_Result, str]:
+    """errorRate: the canary's errors against stable's, with the evidence so far."""
+    stable = stable or RevisionMetrics()
+    counts = _Counts(
+        canary=(canary.requests, canary.errors),
+        stable=(stable.requests, stable.errors),
+        guard=(canary.requests, canary.errors) if limit is not None else None,
+    )
+    threshold = f"ratio <= {_num(tolerance)} vs stable" + (
+        f", rate <= {_num(limit)}" if limit is not None else ""
+    )
+    return _comparison(
+        "errorRate",
+        previous,
+        tolerance,
+        counts,
+        alpha,
+        None if limit is None else (limit, alpha),
+        threshold,
+    )
+
+
+def _monotonic(buckets: Buckets) -> dict[float, float]:
+    """A cumulative histogram's counts made monotonic in `le` order (as histogram_quantile
+    does): `increase()` per bucket can leave a higher bucket a little below a lower one."""
+    out: dict[float, float] = {}
+    top = 0.0
+    for le, count in sorted(buckets.items()):
+        top = max(top, count)
+        out[le] = top
+    return out
+
+
+def _above(buckets: Buckets, bound: float) -> tuple[float, float] | None:
+    """(observations, observations above `bound`) of a cumulative histogram that has `bound`
+    as a bucket bound; None when it has no observations or not that bound."""
+    buckets = _monotonic(buckets)
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0 or bound not in buckets:
+        return None
+    return total, max(total - buckets[bound], 0.0)
+
+
+def slow_bound(buckets: Buckets) -> float | None:
+    """The bucket bound at the 99th percentile of a latency histogram: the lowest finite bound
+    with at least 99% of the observations at or below it (the highest one when the p99 lies
+    above every finite bound). None without observations."""
+    buckets = _monotonic(buckets)
+    total = buckets.get(math.inf, 0.0)
+    finite = sorted(le for le in buckets if math.isfinite(le))
+    if total <= 0 or not finite:
+        return None
+    return next((le for le in finite if buckets[le] >= SLOW_QUANTILE * total), finite[-1])
+
+
+def check_latency(
+    canary: RevisionMetrics,
+    stable: RevisionMetrics | None,
+    previous: Evidence | None,
+    tolerance: float,
+    limit_ms: float | None,
+    alpha: float,
+) -> tuple[_Result, str]:
+    """latencyP99: the canary's share of requests slower than stable's p99 bound against
+    stable's, and the share slower than maxMs against 1%."""
+    stable = stable or RevisionMetrics()
+    evidence = _carried(previous, "latencyP99", tolerance)
+    bound = evidence.slow_seconds
+    canary_slow = stable_slow = None
+    if bound is not None:
+        canary_slow = _above(canary.latency_buckets, bound)
+        stable_slow = _above(stable.latency_buckets, bound)
+    elif stable.latency_buckets.get(math.inf, 0.0) >= MIN_STABLE_FOR_SLOW:
+        # Taken from this window, it counts from the next one on: a bound chosen by stable's
+        # own numbers would flatter stable in the window it was chosen from.
+        evidence.slow_seconds = slow_bound(stable.latency_buckets)
+    guard = None
+    guard_bound = None
+    if limit_ms is not None:
+        limit_s = limit_ms / 1000.0
+        guard_bound = min(
+            (le for le in canary.latency_buckets if math.isfinite(le) and le >= limit_s),
+            default=None,
+        )
+        if guard_bound is not None:
+            guard = _above(canary.latency_buckets, guard_bound)
+    counts = _Counts(canary=canary_slow, stable=stable_slow or (0.0, 0.0), guard=guard)
+    threshold = f"slow ratio <= {_num(tolerance)} vs stable" + (
+        f", p99 <= {_num(limit_ms)} ms" if limit_ms is not None else ""
+    )
+    result, threshold = _comparison(
+        "latencyP99",
+        previous,
+        tolerance,
+        counts,
+        alpha,
+        None if limit_ms is None else (1.0 - SLOW_QUANTILE, alpha),
+        threshold,
+        evidence,
+    )
+    if result.verdict == INCONCLUSIVE and bound is None:
+        # Nothing to compare yet: the canary is not shown worse (as errorRate without errors).
+        observed = canary.latency_buckets.get(math.inf, 0.0) > 0
+        chosen = evidence.slow_seconds
+        reason = (
+            f"stable's p99 bound {_num(chosen * 1000)} ms taken: slow requests are compared "
+            "from the next interval on"
+            if chosen is not None
+            else f"no stable p99 yet (stable needs {MIN_STABLE_FOR_SLOW} requests in a window)"
+        )
+        if not observed:
+            reason = f"no canary latency observations; {reason}"
+        result = _Result(PASSED if observed else INCONCLUSIVE, None, reason, evidence)
+    elif result.verdict != FAILED and bound is not None:
+        result = _Result(
+            result.verdict,
+            result.value,
+            f"slow: over {_num(bound * 1000)} ms; {result.reason}",
+            evidence,
+        )
+    return result, threshold
+
+
+# --- drift ------------------------------------------------------------------------------------
 
 # PSI over few observations is mostly noise, and biased upwards: two samples of the same
 # distribution with ~10 per bin routinely exceed 0.25. A drift check judges only with at least
@@ -123,15 +396,30 @@ def _too_few(what: str, count: float, bins: int) -> str | None:
     return None
 
 
-def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float, str] | str | None:
-    """Largest PSI over classifier outputs: (psi, output); None if there are no classifier
-    outputs; a reason string when they cannot be compared."""
+@dataclass(frozen=True)
+class _Psi:
+    """The PSI of one output or feature, and the effective sample size and bins it came from."""
+
+    value: float
+    name: str
+    n_eff: float
+    bins: int
+
+
+def _effective(n_canary: float, n_stable: float | None) -> float:
+    """Effective sample size of a two-sample PSI (None: the second side is exact)."""
+    if n_stable is None:
+        return n_canary
+    return n_canary * n_stable / (n_canary + n_stable)
+
+
+def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> list[_Psi] | str:
+    """PSI of each classifier output (empty: no classifier outputs); a reason string when
+    they cannot be compared."""
     outputs = sorted(
         {o for o, _ in canary.prediction_classes} | {o for o, _ in stable.prediction_classes}
     )
-    if not outputs:
-        return None
-    worst: tuple[float, str] | None = None
+    found = []
     for output in outputs:
         classes = sorted(
             {c for o, c in canary.prediction_classes if o == output}
@@ -146,17 +434,14 @@ def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float,
             too_few = _too_few(f"{who} predictions of {output!r}", sum(counts), len(classes))
             if too_few:
                 return too_few
-        value = psi(expected, actual)
-        if worst is None or value > worst[0]:
-            worst = (value, output)
-    return worst
+        n_eff = _effective(sum(actual), sum(expected))
+        found.append(_Psi(psi(expected, actual), output, n_eff, len(classes)))
+    return found
 
 
-def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float, str] | str | None:
+def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> list[_Psi] | str:
     outputs = sorted(set(canary.prediction_value_buckets) | set(stable.prediction_value_buckets))
-    if not outputs:
-        return None
-    worst: tuple[float, str] | None = None
+    found = []
     for output in outputs:
         c_hist = canary.prediction_value_buckets.get(output, {})
         s_hist = stable.prediction_value_buckets.get(output, {})
@@ -171,14 +456,49 @@ def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> tuple[float,
             too_few = _too_few(f"{who} predictions of {output!r}", hist[math.inf], bins)
             if too_few:
                 return too_few
-        value = psi(*aligned)
-        if worst is None or value > worst[0]:
-            worst = (value, output)
-    return worst
+        n_eff = _effective(c_hist[math.inf], s_hist[math.inf])
+        found.append(_Psi(psi(*aligned), output, n_eff, bins))
+    return found
+
+
+def _drift_verdict(
+    check: str,
+    previous: Evidence | None,
+    found: list[_Psi],
+    limit: float,
+    alpha: float,
+    what: str,
+) -> _Result:
+    """Test each PSI at this look's level (shared by the outputs or features tested); Failed
+    when one is above what maxPSI and its sample size allow."""
+    evidence = previous.model_copy(deep=True) if previous is not None else Evidence(check=check)
+    evidence.looks += 1
+    level = sequential.look_alpha(alpha, evidence.looks) / len(found)
+    worst: tuple[float, _Psi, float] | None = None  # (excess, psi, allowed)
+    for item in found:
+        allowed = sequential.psi_critical(limit, item.n_eff, item.bins, level)
+        excess = item.value - allowed
+        if worst is None or excess > worst[0]:
+            worst = (excess, item, allowed)
+    assert worst is not None  # callers pass at least one
+    excess, item, allowed = worst
+    text = (
+        f"{what} {item.name!r} PSI {_num(item.value)}, at most {_num(allowed)} allowed for "
+        f"maxPSI {_num(limit)} with {_num(item.n_eff)} observations (look {evidence.looks})"
+    )
+    if excess > 0 or evidence.decision == FAILED:
+        evidence.decision = "Failed"
+        return _Result(FAILED, item.value, text, evidence, statistical=True)
+    return _Result(PASSED, item.value, text, evidence)
 
 
 def check_prediction_drift(
-    canary: RevisionMetrics, stable: RevisionMetrics | None, limit: float, min_samples: int
+    canary: RevisionMetrics,
+    stable: RevisionMetrics | None,
+    limit: float,
+    min_samples: int,
+    alpha: float = 0.01,
+    previous: Evidence | None = None,
 ) -> _Result:
     if stable is None:
         return _inconclusive("no stable metrics to compare with")
@@ -186,22 +506,25 @@ def check_prediction_drift(
         return _inconclusive(
             f"stable has {_num(stable.requests)} requests < minSamples {min_samples}"
         )
-    worst: tuple[float, str] | None = None
+    found: list[_Psi] = []
     for result in (_class_psi(canary, stable), _value_psi(canary, stable)):
         if isinstance(result, str):
             return _inconclusive(result)
-        if result is not None and (worst is None or result[0] > worst[0]):
-            worst = result
-    if worst is None:
+        found += result
+    if not found:
         return _inconclusive("no prediction metrics (no classifier or regressor outputs)")
-    value, output = worst
-    return _at_most(value, limit, f"PSI of output {output!r} vs stable")
+    return _drift_verdict("predictionDrift", previous, found, limit, alpha, "vs stable, output")
 
 
-def check_data_drift(canary: RevisionMetrics, limit: float) -> _Result:
+def check_data_drift(
+    canary: RevisionMetrics,
+    limit: float,
+    alpha: float = 0.01,
+    previous: Evidence | None = None,
+) -> _Result:
     if not canary.reference_input_ratios:
         return _inconclusive("the model has no reference input statistics")
-    worst: tuple[float, str] | None = None
+    found: list[_Psi] = []
     too_few: str | None = None
     for feature in sorted(canary.reference_input_ratios):
         live = canary.input_feature_buckets.get(feature, {})
@@ -210,16 +533,14 @@ def check_data_drift(canary: RevisionMetrics, limit: float) -> _Result:
         aligned = align(canary.reference_input_ratios[feature], live)
         if aligned is None:
             return _inconclusive(f"feature {feature!r}: live and reference buckets differ")
-        too_few = _too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
-        if too_few:
+        short = _too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
+        if short:
+            too_few = short
             continue
-        value = psi(*aligned)
-        if worst is None or value > worst[0]:
-            worst = (value, feature)
-    if worst is None:
+        found.append(_Psi(psi(*aligned), feature, live[math.inf], len(aligned[0])))
+    if not found:
         return _inconclusive(too_few or "no live input observations")
-    value, feature = worst
-    return _at_most(value, limit, f"largest PSI, feature {feature!r}, vs reference")
+    return _drift_verdict("dataDrift", previous, found, limit, alpha, "vs reference, feature")
 
 
 def _custom_threshold(check: CustomCheck) -> str:
@@ -244,6 +565,43 @@ def check_custom(check: CustomCheck, value: float | None, no_value_reason: str) 
 # --- the judgement ---------------------------------------------------------------------------
 
 
+def _statistical(
+    checks: AnalysisChecks,
+    canary: RevisionMetrics | None,
+    stable: RevisionMetrics | None,
+    previous: Mapping[str, Evidence],
+    alpha: float,
+    min_samples: int,
+) -> list[tuple[str, str, _Result]]:
+    """The statistical checks' results: (check, threshold, result)."""
+    results = []
+    window = canary or RevisionMetrics()
+    paired = None if canary is None or canary.empty else stable
+    if checks.error_rate is not None:
+        spec = checks.error_rate
+        result, threshold = check_error_rate(
+            window, paired, previous.get("errorRate"), spec.max_ratio, spec.max, alpha
+        )
+        results.append(("errorRate", threshold, result))
+    if checks.latency_p99 is not None:
+        latency = checks.latency_p99
+        result, threshold = check_latency(
+            window, paired, previous.get("latencyP99"), latency.max_ratio, latency.max_ms, alpha
+        )
+        results.append(("latencyP99", threshold, result))
+    if checks.prediction_drift is not None:
+        limit = checks.prediction_drift.max_psi
+        result = check_prediction_drift(
+            window, stable, limit, min_samples, alpha, previous.get("predictionDrift")
+        )
+        results.append(("predictionDrift", f"PSI <= {_num(limit)}", result))
+    if checks.data_drift is not None:
+        limit = checks.data_drift.max_psi
+        result = check_data_drift(window, limit, alpha, previous.get("dataDrift"))
+        results.append(("dataDrift", f"PSI <= {_num(limit)}", result))
+    return results
+
+
 def judge(
     analysis: AnalysisSpec,
     canary: RevisionMetrics | None,
@@ -251,8 +609,10 @@ def judge(
     now: datetime,
     custom_values: Mapping[str, float | None] | None = None,
     no_data: str = "no canary metrics in this window",
+    evidence: Sequence[Evidence] = (),
 ) -> Judgement:
-    """Judge one analysis window of the canary against `analysis`' checks.
+    """Judge one analysis window of the canary against `analysis`' checks, adding it to the
+    `evidence` the statistical checks gathered in the earlier windows of this rollout.
 
     `canary`/`stable` are window counts (`WindowResult`); None means no data. `custom_values`
     are the custom checks' values by name from a provider that runs them (missing or None = no
@@ -261,6 +621,9 @@ def judge(
     """
     checks = analysis.checks
     measurements: list[Measurement] = []
+    gathered: list[Evidence] = []
+    previous = {e.check: e for e in evidence}
+    alpha = analysis.alpha / alpha_shares(checks)
 
     def add(check: str, threshold: str, result: _Result) -> None:
         measurements.append(
@@ -289,27 +652,18 @@ def judge(
     add("samples", f">= {min_samples}", samples)
 
     def run(check: str, threshold: str, result: _Result) -> None:
-        if hold and result.verdict != INCONCLUSIVE:
+        if result.evidence is not None:
+            gathered.append(result.evidence)
+        elif check in previous:
+            gathered.append(previous[check])  # nothing new: the evidence stays as it was
+        if hold and result.verdict != INCONCLUSIVE and not result.statistical:
             result = _inconclusive(f"{hold} ({result.reason})", result.value)
         add(check, threshold, result)
 
-    data = canary or RevisionMetrics()
-    if checks.error_rate is not None:
-        limit = checks.error_rate.max
-        run("errorRate", f"<= {_num(limit)}", check_error_rate(data, limit))
-    if checks.latency_p99 is not None:
-        limit = checks.latency_p99.max_ms
-        run("latencyP99", f"<= {_num(limit)} ms", check_latency(data, limit))
-    if checks.prediction_drift is not None:
-        limit = checks.prediction_drift.max_psi
-        run(
-            "predictionDrift",
-            f"<= {_num(limit)}",
-            check_prediction_drift(data, stable, limit, min_samples),
-        )
-    if checks.data_drift is not None:
-        limit = checks.data_drift.max_psi
-        run("dataDrift", f"<= {_num(limit)}", check_data_drift(data, limit))
+    for check, threshold, result in _statistical(
+        checks, canary, stable, previous, alpha, min_samples
+    ):
+        run(check, threshold, result)
     no_value = (
         CUSTOM_CHECKS_NOT_RUN if custom_values is None else "no data (the query returned nothing)"
     )
@@ -322,7 +676,7 @@ def judge(
 
     verdicts = {m.verdict for m in measurements}
     verdict = FAILED if FAILED in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASSED
-    return Judgement(verdict, measurements, _summary(verdict, measurements))
+    return Judgement(verdict, measurements, _summary(verdict, measurements), gathered)
 
 
 def _summary(verdict: Verdict, measurements: list[Measurement]) -> str:
@@ -335,14 +689,12 @@ def _summary(verdict: Verdict, measurements: list[Measurement]) -> str:
     return f"{verdict}: {text}"[:1024]
 
 
-def unanswered(analysis: AnalysisSpec, now: datetime, seconds: float) -> Judgement:
+def unanswered(now: datetime, seconds: float) -> MeasuredWindow:
     """A window whose numbers did not come in time: no data, so every check is inconclusive
-    (it holds the rollout and never fails it)."""
-    return judge(
-        analysis,
-        None,
-        None,
+    (it holds the rollout and never fails it); the evidence stays as it was."""
+    return MeasuredWindow(
         now,
+        WindowResult(None, None),
         {},
         no_data=f"the metrics provider gave no answer within {seconds:g}s",
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -106,6 +107,20 @@ class WindowResult:
     canary: RevisionMetrics | None
     stable: RevisionMetrics | None
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MeasuredWindow:
+    """One analysis interval as the controller measured it: what the judge reads, and what a
+    recording keeps (`canarium.analysis.recording`)."""
+
+    time: datetime
+    result: WindowResult | None
+    """None: the first snapshot of a window was taken (a baseline), nothing to judge yet."""
+    custom: Mapping[str, float | None] | None = None
+    """The custom checks' values by name; None when the provider runs no custom checks."""
+    no_data: str = "no canary metrics in this window"
+    """Why there are no canary numbers, when there are none."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -176,38 +176,83 @@ class MetricsProvider(SpecModel):
         return value
 
 
-class ErrorRateCheck(SpecModel):
-    """Fail when the canary's share of failed requests is above max. Every answer that is not
-    2xx counts: server errors (5xx) and requests the model rejects (4xx), so a canary whose model
-    refuses inputs that the stable one accepts fails."""
+ALPHA_DESCRIPTION = (
+    "The highest chance, at most, that the analysis rolls back a canary that is within every "
+    "tolerance, however long the rollout and the bake run and whatever the traffic: evidence "
+    "accumulates over the whole rollout and a check fails only once it is this sure. It is "
+    "shared out evenly between the statistical checks. Default 0.01 (1%)."
+)
 
-    max: float = Field(
+
+class ErrorRateCheck(SpecModel):
+    """Compare the canary's error rate with stable's, over the whole rollout and its bake.
+    Every answer that is not 2xx counts: server errors (5xx) and requests the model rejects
+    (4xx), so a canary whose model refuses inputs that the stable one accepts fails; 4xx that
+    stable gets as often do not count against the canary. Fails only when the evidence shows,
+    at the analysis' alpha, that the canary errs more than maxRatio times as often as stable (or
+    more often than max); few requests mean weak evidence, which holds, never fails."""
+
+    max_ratio: float = Field(
+        1.5,
+        ge=1.0,
+        le=100.0,
+        description=(
+            "Tolerated degradation: the canary may err up to this many times as often as "
+            "stable, e.g. 1.5 (50% more errors). Default 1.5."
+        ),
+    )
+    max: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
-        description="Highest acceptable error rate as a fraction between 0 and 1, e.g. 0.01.",
+        description=(
+            "Optional absolute guard, a fraction between 0 and 1, e.g. 0.05: fail when the "
+            "evidence shows that more than this share of the canary's requests fail, whatever "
+            "stable does. Also judges intervals where stable takes no traffic."
+        ),
     )
 
 
 class LatencyCheck(SpecModel):
-    """Fail when the canary's 99th percentile request latency is above maxMs."""
+    """Compare the canary's slow requests with stable's, over the whole rollout and its bake:
+    a request is slow when it takes longer than stable's 99th percentile (the histogram
+    bucket bound at it, fixed from stable's first measured interval), so stable has about 1%
+    of them. Fails when the evidence shows, at the analysis' alpha, that the canary has more
+    than maxRatio times stable's share of slow requests, or (maxMs) that its p99 is above
+    maxMs."""
 
-    max_ms: float = Field(
+    max_ratio: float = Field(
+        2.0,
+        ge=1.0,
+        le=100.0,
+        description=(
+            "Tolerated degradation: the canary's share of requests slower than stable's p99 may "
+            "be up to this many times stable's share, e.g. 2. Default 2."
+        ),
+    )
+    max_ms: float | None = Field(
+        None,
         gt=0.0,
         le=3_600_000.0,
-        description="Highest acceptable p99 latency in milliseconds.",
+        description=(
+            "Optional absolute guard: fail when the evidence shows that more than 1% of the "
+            "canary's requests take longer than this many milliseconds (its p99 is above it)."
+        ),
     )
 
 
 class DriftCheck(SpecModel):
-    """Fail when the population stability index (PSI) is above maxPSI. Rule of thumb: below 0.1
-    no shift, 0.1-0.25 moderate shift, above 0.25 major shift."""
+    """Fail when the population stability index (PSI) is shown to be above maxPSI: each
+    interval's PSI is tested against the PSI that maxPSI and the sample size allow, at a share
+    of the analysis' alpha that shrinks with every look, so a small sample's noisy PSI does not
+    fail. Rule of thumb: below 0.1 no shift, 0.1-0.25 moderate shift, above 0.25 major shift."""
 
     max_psi: float = Field(
         0.2,
         ge=0.0,
         le=100.0,
         alias="maxPSI",
-        description="Highest acceptable population stability index.",
+        description="Tolerated population stability index. Default 0.2.",
     )
 
 
@@ -259,9 +304,11 @@ class AnalysisChecks(SpecModel):
 
     error_rate: ErrorRateCheck | None = Field(
         None,
-        description="Maximum fraction of failed requests: every non-2xx answer, 4xx included.",
+        description="Error rate compared with stable's: every non-2xx answer, 4xx included.",
     )
-    latency_p99: LatencyCheck | None = Field(None, description="Maximum 99th percentile latency.")
+    latency_p99: LatencyCheck | None = Field(
+        None, description="Share of requests slower than stable's p99, and a p99 guard."
+    )
     prediction_drift: DriftCheck | None = Field(
         None,
         description=(
@@ -305,8 +352,10 @@ def _default_provider() -> MetricsProvider:
 
 
 class AnalysisSpec(SpecModel):
-    """Measure the canary at every interval and judge it. Failed intervals roll back; intervals
-    with too little traffic are inconclusive and hold the rollout, they never fail it."""
+    """Measure the canary at every interval and judge it against stable. The statistical
+    checks (errorRate, latencyP99, the drifts) roll back as soon as the evidence is strong
+    enough, with the chance of rolling back a good canary bounded by alpha; intervals with too
+    little traffic are inconclusive and hold the rollout, they never fail it."""
 
     interval: Duration = Field("30s", description="Time between two measurements, e.g. 30s.")
     initial_delay: Duration | None = Field(
@@ -316,7 +365,20 @@ class AnalysisSpec(SpecModel):
         1,
         ge=1,
         le=1000,
-        description="Roll back after this many failed intervals.",
+        description=(
+            "Roll back after this many failed intervals of the custom checks. The statistical "
+            "checks need no count: their evidence accumulates, and they fail at once when it "
+            "is strong enough."
+        ),
+    )
+    alpha: float = Field(0.01, gt=0.0, le=0.2, description=ALPHA_DESCRIPTION)
+    early_promotion: bool = Field(
+        False,
+        description=(
+            "Promote as soon as the comparisons with stable (errorRate, latencyP99) show, at "
+            "alpha, that the canary is within their tolerance, skipping the remaining steps "
+            "and pauses (a pause for a person still waits). Default false."
+        ),
     )
     inconclusive_limit: int | None = Field(
         None,
@@ -332,8 +394,8 @@ class AnalysisSpec(SpecModel):
         ge=1,
         le=100_000_000,
         description=(
-            "Fewest canary requests an interval needs to be judged; fewer is inconclusive, "
-            "never a failure."
+            "Fewest canary requests an interval needs for a step to pass; fewer is "
+            "inconclusive and holds, never a failure (the evidence still accumulates)."
         ),
     )
     provider: MetricsProvider = Field(

@@ -98,6 +98,64 @@ class Measurement(StatusModel):
     time: datetime = Field(description="When the measurement was taken.")
 
 
+MAX_EVIDENCE = 8
+GRID_POINTS = 41  # canarium.analysis.sequential.GRID_SIZE
+
+
+class Evidence(StatusModel):
+    """What a statistical check has gathered over the rollout and its bake (the judge's state:
+    the next interval adds to it)."""
+
+    check: str = Field(
+        max_length=63, description="errorRate, latencyP99, predictionDrift or dataDrift."
+    )
+    decision: Literal["Failed", "Passed"] | None = Field(
+        None,
+        description="Failed: shown worse than tolerated (at alpha; final). Passed: shown "
+        "within tolerance (early promotion may follow). Absent: not shown either way yet.",
+    )
+    canary_requests: float = Field(0.0, ge=0.0, description="Canary requests judged so far.")
+    canary_events: float = Field(
+        0.0, ge=0.0, description="Of them, errors (errorRate) or slow requests (latencyP99)."
+    )
+    stable_requests: float = Field(
+        0.0, ge=0.0, description="Stable requests in the same intervals."
+    )
+    stable_events: float = Field(0.0, ge=0.0, description="Of them, errors or slow requests.")
+    unpaired_requests: float = Field(
+        0.0,
+        ge=0.0,
+        description="Canary requests in intervals where stable took none (weight 100, bake), "
+        "compared with stable's rate during the rollout.",
+    )
+    unpaired_events: float = Field(0.0, ge=0.0, description="Of them, errors or slow requests.")
+    guard_requests: float = Field(
+        0.0, ge=0.0, description="Canary requests judged by the absolute guard (max, maxMs)."
+    )
+    guard_events: float = Field(
+        0.0, ge=0.0, description="Of them, errors (errorRate) or slower than maxMs (latencyP99)."
+    )
+    ratio: float | None = Field(
+        None, description="Estimate: canary rate / stable rate over the paired intervals."
+    )
+    ratio_lower: float | None = Field(
+        None, description="Lower bound of the ratio's confidence sequence (at alpha)."
+    )
+    ratio_upper: float | None = Field(
+        None, description="Upper bound of the ratio's confidence sequence (at alpha)."
+    )
+    max_ratio: float | None = Field(None, description="The tolerance the evidence is kept for.")
+    slow_seconds: float | None = Field(
+        None, description="latencyP99: requests slower than this (stable's p99 bound) are slow."
+    )
+    looks: int = Field(0, ge=0, description="Drift: intervals tested so far.")
+    log_likelihood: list[float] = Field(
+        default_factory=list,
+        max_length=GRID_POINTS,
+        description="The comparison's log-likelihood over a grid of ratios (internal state).",
+    )
+
+
 class AnalysisStatus(StatusModel):
     """Progress of the analysis of the current canary (or of the promoted revision during bake)."""
 
@@ -114,6 +172,12 @@ class AnalysisStatus(StatusModel):
         default_factory=list,
         max_length=MAX_MEASUREMENTS,
         description="The latest measurement of every check.",
+    )
+    evidence: list[Evidence] = Field(
+        default_factory=list,
+        max_length=MAX_EVIDENCE,
+        description="What each statistical check has gathered over the rollout and its bake.",
+        json_schema_extra=list_map("check"),
     )
 
 
