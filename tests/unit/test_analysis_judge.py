@@ -199,13 +199,14 @@ def test_error_rate_fails_when_shown_worse_than_stable_and_counts_4xx() -> None:
 
 def test_too_few_samples_holds_a_pass_but_not_a_statistical_failure() -> None:
     a = spec({"errorRate": {}, "latencyP99": {}}, min_samples=50)
-    j = judge(a, metrics(requests=12, errors=0), metrics(requests=500, errors=5), NOW)
+    # Stable errs often enough that the window alone would pass (see test_analysis_holds.py).
+    j = judge(a, metrics(requests=12, errors=0), metrics(requests=500, errors=50), NOW)
     assert j.verdict == "Inconclusive"
     m = by_check(j)
     assert m["samples"].reason == "12 requests < minSamples 50"
     assert m["samples"].value == 12
     assert m["errorRate"].verdict == "Inconclusive"
-    assert m["errorRate"].value == 0.0  # still reported: no error against stable's 1%
+    assert m["errorRate"].value == 0.0  # still reported: no error against stable's 10%
     assert m["errorRate"].reason.startswith("12 requests < minSamples 50 (canary 0% (0/12)")
     assert m["latencyP99"].verdict == "Inconclusive"
     assert "12 requests < minSamples 50" in j.summary
@@ -314,12 +315,14 @@ def test_prediction_drift_of_classifiers() -> None:
     assert m.threshold == "PSI <= 0.2"
     (e,) = j.evidence
     assert (e.check, e.decision, e.looks) == ("predictionDrift", "Failed", 1)
-    # The same PSI over 100 predictions is within what noise around 0.2 gives.
+    # The same PSI over 100 predictions is within what noise around 0.2 gives: not shown,
+    # but above maxPSI, so it holds for more predictions (it does not pass).
     few = metrics(prediction_classes=classes({"0": 25, "1": 75}))
     m = by_check(judge(a, few, metrics(prediction_classes=classes({"0": 50, "1": 50})), NOW))[
         "predictionDrift"
     ]
-    assert (m.verdict, m.value) == ("Passed", pytest.approx(0.274653, abs=1e-6))
+    assert (m.verdict, m.value) == ("Inconclusive", pytest.approx(0.274653, abs=1e-6))
+    assert m.reason.endswith("(look 1): holding for more evidence")
     # A class only the canary predicts counts against it (floored at epsilon for stable).
     new_class = metrics(prediction_classes=classes({"0": 50, "1": 40, "2": 10}))
     stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
@@ -457,12 +460,21 @@ def test_min_samples_requests_are_enough_to_judge() -> None:
 
 def test_a_hold_keeps_the_reason_the_check_would_have_given() -> None:
     a = spec({"errorRate": {}}, min_samples=50)
-    m = by_check(judge(a, metrics(requests=12, errors=0), metrics(requests=100, errors=1), NOW))[
+    m = by_check(judge(a, metrics(requests=12, errors=0), metrics(requests=100, errors=10), NOW))[
         "errorRate"
     ]
     assert m.reason == (
-        "12 requests < minSamples 50 (canary 0% (0/12), stable 1% (1/100); ratio 0, "
-        "99% interval [0, inf]: not shown worse than 1.5x stable)"
+        "12 requests < minSamples 50 (canary 0% (0/12), stable 10% (10/100); ratio 0, "
+        "99% interval [0, 7.153]: not shown worse than 1.5x stable)"
+    )
+    # A check that holds on its own says why, without the minSamples prefix.
+    m = by_check(judge(a, metrics(requests=12, errors=0), metrics(requests=100, errors=1), NOW))[
+        "errorRate"
+    ]
+    assert m.verdict == "Inconclusive"
+    assert m.reason == (
+        "canary 0% (0/12), stable 1% (1/100); ratio 0, 99% interval [0, inf]: not yet 3 times "
+        "likelier within 1.5x stable than at twice that: holding for more evidence"
     )
 
 
@@ -506,15 +518,18 @@ def test_measured_values_keep_six_significant_digits() -> None:
 
 
 def test_error_rate_of_a_single_request() -> None:
-    """One error in one request is no evidence that the canary is worse: it neither fails
-    (it did, at once, with a fixed threshold) nor passes a guard it shows nothing about."""
+    """One error in one request is no evidence that the canary is worse: it does not fail
+    (it did, at once, with a fixed threshold); but it leans worse, so it holds for more
+    requests rather than pass."""
     a = spec({"errorRate": {}}, min_samples=1)
     m = by_check(judge(a, metrics(requests=1, errors=1), metrics(requests=1000, errors=10), NOW))[
         "errorRate"
     ]
-    assert (m.verdict, m.value) == ("Passed", 100.0)
+    assert (m.verdict, m.value) == ("Inconclusive", 100.0)
     assert m.reason.startswith("canary 100% (1/1), stable 1% (10/1000); ratio 100, ")
-    assert m.reason.endswith(": not shown worse than 1.5x stable")
+    assert m.reason.endswith(
+        ": leaning worse than 1.5x stable, not shown yet: holding for more evidence"
+    )
 
 
 def test_error_rate_without_requests_is_inconclusive() -> None:
@@ -568,7 +583,7 @@ def test_prediction_drift_judges_from_min_samples_stable_requests() -> None:
     m = by_check(judge(a, canary, None, NOW))["predictionDrift"]
     assert m.reason == "no stable metrics to compare with"
     m = by_check(judge(a, metrics(), metrics(), NOW))["predictionDrift"]
-    assert m.reason == "no prediction metrics (no classifier or regressor outputs)"
+    assert (m.verdict, m.reason) == ("Inconclusive", "no canary predictions in this window")
 
 
 def test_prediction_drift_of_a_class_the_canary_never_predicts() -> None:
@@ -586,15 +601,18 @@ def test_prediction_drift_without_predictions_on_one_side_is_inconclusive() -> N
     stable = metrics(prediction_classes=classes({"0": 50, "1": 50}))
     silent = metrics(prediction_classes=classes({"0": 0}))
     m = by_check(judge(a, silent, stable, NOW))["predictionDrift"]
-    assert (m.verdict, m.reason) == ("Inconclusive", "no predictions of output 'label' from canary")
+    assert (m.verdict, m.reason) == ("Inconclusive", "no canary predictions in this window")
     m = by_check(judge(a, stable, silent, NOW))["predictionDrift"]
-    assert (m.verdict, m.reason) == ("Inconclusive", "no predictions of output 'label' from stable")
+    assert (m.verdict, m.reason) == ("Inconclusive", "no stable predictions in this window")
     hist = {"score": cumulative([50, 50], [1.0])}
     regressor = metrics(prediction_value_buckets=hist)
     m = by_check(judge(a, metrics(), regressor, NOW))["predictionDrift"]
-    assert m.reason == "no predictions of output 'score' from canary"
+    assert m.reason == "no canary predictions in this window"
+    silent_regressor = metrics(prediction_value_buckets={"score": cumulative([0, 0], [1.0])})
+    m = by_check(judge(a, silent_regressor, regressor, NOW))["predictionDrift"]
+    assert m.reason == "no canary predictions in this window"
     m = by_check(judge(a, regressor, metrics(), NOW))["predictionDrift"]
-    assert m.reason == "no predictions of output 'score' from stable"
+    assert m.reason == "no stable predictions in this window"
 
 
 def test_prediction_drift_of_a_single_prediction_is_too_few_not_none() -> None:
@@ -613,9 +631,10 @@ def test_prediction_drift_of_a_single_prediction_is_too_few_not_none() -> None:
         == "1 stable predictions of 'label' < 40 for a reliable PSI over 2 bins (20 per bin)"
     )
     m = by_check(judge(a, one, none, NOW))["predictionDrift"]
-    assert m.reason == "no predictions of output 'label' from stable"
+    assert m.reason == "no stable predictions in this window"
     # An output only one side predicts at all.
-    m = by_check(judge(a, many, metrics(), NOW))["predictionDrift"]
+    other = metrics(prediction_classes=classes({"0": 50, "1": 50}, "other"))
+    m = by_check(judge(a, many, other, NOW))["predictionDrift"]
     assert m.reason == "no predictions of output 'label' from stable"
     # The same for a regressor's histogram.
     hist_many = metrics(prediction_value_buckets={"score": cumulative([50, 50], [1.0])})
@@ -632,7 +651,7 @@ def test_prediction_drift_of_a_single_prediction_is_too_few_not_none() -> None:
         == "1 stable predictions of 'score' < 40 for a reliable PSI over 2 bins (20 per bin)"
     )
     m = by_check(judge(a, hist_one, hist_none, NOW))["predictionDrift"]
-    assert m.reason == "no predictions of output 'score' from stable"
+    assert m.reason == "no stable predictions in this window"
 
 
 def test_prediction_drift_needs_20_predictions_per_bin_on_both_sides() -> None:
@@ -800,8 +819,9 @@ def test_custom_check_bounds_are_inclusive() -> None:
 def test_a_long_reason_is_cut_to_what_the_status_holds() -> None:
     a = spec({"predictionDrift": {}})
     name = "o" * 2000
-    stable = metrics(prediction_classes=classes({"0": 50}, name))
-    silent = metrics(prediction_classes=classes({"0": 0}, name))
+    # The canary predicts another output, but nothing of this one.
+    stable = metrics(prediction_classes={**classes({"0": 50}, name), **classes({"0": 50})})
+    silent = metrics(prediction_classes={**classes({"0": 0}, name), **classes({"0": 50})})
     m = by_check(judge(a, silent, stable, NOW))["predictionDrift"]
     assert len(m.reason) == 1024
     assert m.reason.startswith("no predictions of output 'ooo")

@@ -48,6 +48,12 @@ def window(
     return MeasuredWindow(START + timedelta(seconds=at), WindowResult(canary, stable))
 
 
+def good_window(at: int) -> MeasuredWindow:
+    """A canary that errs as often as stable (1%), with errors enough on both sides that a
+    canary twice as bad is clearly less likely: the window passes on its own."""
+    return window(at, metrics(300, 3), metrics(2700, 27))
+
+
 def test_a_window_round_trips_through_the_recording_format() -> None:
     full = metrics(
         120,
@@ -121,19 +127,19 @@ def source_of(windows: list[MeasuredWindow]) -> RecordingSource:
 
 def test_a_bad_canary_is_rolled_back_at_the_interval_that_shows_it() -> None:
     policy = RolloutPolicySpec.model_validate(POLICY)
-    good = [window(30 * i, metrics(100, 1), metrics(900, 9)) for i in range(1, 3)]
+    good = [good_window(30 * i) for i in range(1, 3)]
     bad = [window(30 * i, metrics(100, 30), metrics(900, 9)) for i in range(3, 10)]
     result = replay(policy, source_of(good + bad))
     assert result.outcome == "RolledBack"
     assert result.interval == 3
     assert [i.verdict for i in result.intervals] == ["Passed", "Passed", "Failed"]
     assert "errorRate" in result.reason
-    assert result.canary_requests == 300
+    assert result.canary_requests == 700
 
 
 def test_a_good_canary_is_promoted_through_every_step() -> None:
     policy = RolloutPolicySpec.model_validate(POLICY)
-    windows = [window(30 * i, metrics(100, 1), metrics(900, 9)) for i in range(1, 20)]
+    windows = [good_window(30 * i) for i in range(1, 20)]
     result = replay(policy, source_of(windows))
     assert result.outcome == "Promoted"
     assert {i.verdict for i in result.intervals} == {"Passed"}
@@ -209,7 +215,7 @@ def test_the_cli_replays_a_policy_file_over_a_recording(
         + json.dumps(POLICY)
     )
     recording = tmp_path / "rec.json"
-    good = [window(30 * i, metrics(100, 1), metrics(900, 9)) for i in range(1, 3)]
+    good = [good_window(30 * i) for i in range(1, 3)]
     bad = [window(30 * i, metrics(100, 30), metrics(900, 9)) for i in range(3, 6)]
     write_recording(recording, good + bad)
     assert main(["policy", "replay", str(policy_file), str(recording), "-o", "json"]) == 0

@@ -204,16 +204,18 @@ def test_reconcile_judges_a_measured_window_with_the_evidence_in_status() -> Non
     sim = WindowSim({**POLICY, "analysis": analysis})
     sim.settle()
     sim.release("2.0.0")
-    canary = RevisionMetrics(requests=100, errors=1, pods=1)
-    stable = RevisionMetrics(requests=300, errors=3, pods=3)
+    # Errors enough on both sides that the window passes on its own (a canary twice as bad
+    # as tolerated is clearly less likely).
+    canary = RevisionMetrics(requests=1000, errors=10, pods=1)
+    stable = RevisionMetrics(requests=3000, errors=30, pods=3)
     sim.measured(canary, stable)
     (first,) = sim.status["analysis"]["evidence"]
-    assert (first["canaryRequests"], first["stableRequests"]) == (100, 300)
+    assert (first["canaryRequests"], first["stableRequests"]) == (1000, 3000)
     assert sim.status["analysis"]["lastVerdict"] == "Passed"
     sim.measured(canary, stable)
     (second,) = sim.status["analysis"]["evidence"]
-    assert (second["canaryRequests"], second["canaryEvents"]) == (200, 2)
-    assert (second["stableRequests"], second["stableEvents"]) == (600, 6)
+    assert (second["canaryRequests"], second["canaryEvents"]) == (2000, 20)
+    assert (second["stableRequests"], second["stableEvents"]) == (6000, 60)
     assert second["logLikelihood"] != first["logLikelihood"]
     assert sim.status["analysis"]["intervals"] == 2
     # A baseline (nothing measured yet) keeps the evidence as it is.

@@ -7,18 +7,22 @@ Rules (one `Measurement` per check, plus `samples`; the statistics are in `seque
   statistical check's failure still fails (its evidence is the whole rollout's, not the
   window's), a custom check's does not.
 - errorRate: the ratio of the canary's error rate (non-2xx, 4xx included) to stable's, tested
-  sequentially against maxRatio at the check's share of alpha; Failed once shown above it (or
-  the rate shown above the optional `max`), else Passed. The evidence (counts, the ratio's
-  estimate and confidence sequence) is in the measurement and in `Evidence`.
+  sequentially against maxRatio at the check's share of alpha over the whole rollout; Failed
+  once shown above it (or the rate shown above the optional `max`). Undecided, it holds the
+  step (Inconclusive) while the data lean worse than maxRatio (or over `max`), or while a
+  canary at about twice maxRatio is not yet 3 times less likely than one at maxRatio; else
+  Passed. The evidence (counts, the ratio's estimate and confidence sequence) is in the
+  measurement and in `Evidence`.
 - latencyP99: the same test on slow requests, those slower than stable's p99 bucket bound as
   measured in the first interval with enough stable requests; `maxMs` is a one-sample guard on
   the share of canary requests slower than maxMs (at most 1%).
-- predictionDrift: PSI of the canary's predictions against the stable revision's in the same
-  window (class counts for classifiers, value histograms for regressors), Failed when above
-  the PSI that maxPSI and the sample sizes allow at the look's level; a stable revision with
-  fewer than minSamples requests makes this check Inconclusive.
-- dataDrift: the same test for the largest PSI over input features of the canary's live inputs
-  against the model's reference statistics (which are taken as exact).
+- predictionDrift: PSI of the canary's predictions against the stable revision's (class counts
+  for classifiers, value histograms for regressors), both pooled over the intervals where both
+  predicted; Failed when above the PSI that maxPSI and the sample sizes allow at the look's
+  level, held while above maxPSI within the noise; a stable revision with fewer than
+  minSamples requests in the window makes this check Inconclusive.
+- dataDrift: the same test for the largest PSI over input features of the canary's live inputs,
+  pooled over the rollout, against the model's reference statistics (taken as exact).
 - custom: the provider's value within [min, max]; no value, or a provider that runs no custom
   checks, is Inconclusive. Custom checks count towards failureLimit.
 Overall: Failed if any check failed, else Inconclusive if any was, else Passed.
@@ -34,7 +38,13 @@ from datetime import datetime
 from canarium_serving.metrics_contract import psi
 
 from canarium.analysis import sequential
-from canarium.analysis.samples import Buckets, MeasuredWindow, RevisionMetrics, WindowResult
+from canarium.analysis.samples import (
+    Buckets,
+    MeasuredWindow,
+    RevisionMetrics,
+    WindowResult,
+    combine,
+)
 from canarium.analysis.stats import align
 from canarium.api import AnalysisChecks, AnalysisSpec, CustomCheck, Evidence, Measurement, Verdict
 
@@ -48,6 +58,9 @@ CUSTOM_CHECKS_NOT_RUN = "custom checks need the prometheus provider"
 SLOW_QUANTILE = 0.99
 """latencyP99: a request is slow above stable's 99th percentile; the maxMs guard allows 1%."""
 MIN_STABLE_FOR_SLOW = 100
+CLEAR_ODDS = 3.0
+"""A comparison lets a step pass once the tolerance is this many times likelier than twice the
+tolerance (with no events on either side there is nothing to compare, and it passes)."""
 """Stable requests an interval needs before its p99 bucket bound is taken as the slow bound."""
 
 
@@ -85,6 +98,8 @@ class _Result:
     evidence: Evidence | None = None
     statistical: bool = False
     """A failure of the evidence of the whole rollout: a small window does not undo it."""
+    held: bool = False
+    """Inconclusive because the evidence leans the wrong way, not for want of data."""
 
 
 def _inconclusive(reason: str, value: float | None = None) -> _Result:
@@ -168,11 +183,51 @@ def _ratio(evidence: Evidence) -> float | None:
     return canary_rate / (evidence.stable_events / evidence.stable_requests)
 
 
+def _guard_log_e(evidence: Evidence, guard: tuple[float, float] | None) -> float:
+    """log of the absolute guard's e-value (limit, alpha); -inf without a guard or data."""
+    if guard is None or evidence.guard_requests <= 0:
+        return -math.inf
+    return sequential.rate_above_limit(evidence.guard_events, evidence.guard_requests, guard[0])
+
+
+def _hold(
+    evidence: Evidence,
+    shown: sequential.RatioEvidence,
+    tolerance: float,
+    guard: tuple[float, float] | None,
+) -> str:
+    """Why an undecided comparison holds the step ("" when it lets it pass): the data lean
+    towards worse than tolerated (or over the guard), or a clearly worse canary is not yet
+    unlikely enough. Holding gathers the observations a sequential test needs; a step that
+    moved on at "not shown worse" would promote bad canaries at low traffic."""
+    if evidence.decision is not None:
+        return ""
+    over_guard = (
+        guard is not None
+        and evidence.guard_requests > 0
+        and evidence.guard_events > guard[0] * evidence.guard_requests
+    )
+    if shown.log_lr_worse > 0 or shown.slope > 0 or over_guard:
+        return (
+            f"leaning worse than {_num(tolerance)}x stable"
+            + (" or over the guard" if over_guard else "")
+            + ", not shown yet: holding for more evidence"
+        )
+    events = evidence.canary_events + evidence.stable_events
+    if events > 0 and shown.log_lr_double > -math.log(CLEAR_ODDS):
+        return (
+            f"not yet {CLEAR_ODDS:g} times likelier within {_num(tolerance)}x stable than at "
+            "twice that: holding for more evidence"
+        )
+    return ""
+
+
 def _compare(
     evidence: Evidence, tolerance: float, alpha: float, guard: tuple[float, float] | None
-) -> tuple[str, str]:
-    """Judge the evidence: its decision (set on `evidence`) and the reason's two parts: what
-    was seen, and what it shows."""
+) -> tuple[str, str, bool]:
+    """Judge the evidence: its decision (set on `evidence`), the reason's two parts (what was
+    seen, what it shows) and whether it leans towards worse than tolerated without showing it
+    yet (a worse ratio, or a rate over the guard, is likelier than the tolerance)."""
     unpaired = None
     if evidence.unpaired_requests > 0:
         rate = sequential.poisson_upper_bound(
@@ -199,15 +254,10 @@ def _compare(
         seen.append(
             f"without stable traffic {_pct(evidence.unpaired_events, evidence.unpaired_requests)}"
         )
-    guard_shown = False
-    if guard is not None and evidence.guard_requests > 0:
-        limit, guard_alpha = guard
-        guard_log_e = sequential.rate_above_limit(
-            evidence.guard_events, evidence.guard_requests, limit
-        )
-        guard_shown = guard_log_e >= math.log(1.0 / guard_alpha)
-        if guard_shown:
-            seen.append(f"{_pct(evidence.guard_events, evidence.guard_requests)} over the guard")
+    guard_log_e = _guard_log_e(evidence, guard)
+    guard_shown = guard is not None and guard_log_e >= math.log(1.0 / guard[1])
+    if guard_shown:
+        seen.append(f"{_pct(evidence.guard_events, evidence.guard_requests)} over the guard")
     if evidence.decision != FAILED:
         if shown.log_e_harm >= bound:
             evidence.decision = "Failed"
@@ -223,7 +273,10 @@ def _compare(
             why = f"not shown worse than {_num(tolerance)}x stable"
     else:
         why = "shown worse earlier in this rollout"
-    return "; ".join(seen) or "no paired requests yet", why
+    hold = _hold(evidence, shown, tolerance, guard)
+    if hold:
+        why = hold
+    return "; ".join(seen) or "no paired requests yet", why, bool(hold)
 
 
 def _comparison(
@@ -238,11 +291,15 @@ def _comparison(
 ) -> tuple[_Result, str]:
     evidence = evidence or _carried(previous, check, tolerance)
     _accumulate(evidence, counts)
-    seen, why = _compare(evidence, tolerance, alpha, guard)
+    seen, why, leaning = _compare(evidence, tolerance, alpha, guard)
     reason = f"{seen}: {why}"
     value = evidence.ratio
     if evidence.decision == FAILED:
         return _Result(FAILED, value, reason, evidence, statistical=True), threshold
+    if leaning:
+        # "Not shown worse" is not enough to move on while the data lean the other way: a
+        # sequential test needs the observations it asks for, and holding gathers them.
+        return _Result(INCONCLUSIVE, value, reason, evidence, held=True), threshold
     if counts.canary is None or counts.canary[0] <= 0:
         return _Result(INCONCLUSIVE, value, f"no canary requests ({reason})", evidence), threshold
     return _Result(PASSED, value, reason, evidence), threshold
@@ -355,7 +412,7 @@ def check_latency(
         threshold,
         evidence,
     )
-    if result.verdict == INCONCLUSIVE and bound is None:
+    if result.verdict == INCONCLUSIVE and bound is None and not result.held:
         # Nothing to compare yet: the canary is not shown worse (as errorRate without errors).
         observed = canary.latency_buckets.get(math.inf, 0.0) > 0
         chosen = evidence.slow_seconds
@@ -462,8 +519,7 @@ def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> list[_Psi] |
 
 
 def _drift_verdict(
-    check: str,
-    previous: Evidence | None,
+    evidence: Evidence,
     found: list[_Psi],
     limit: float,
     alpha: float,
@@ -471,7 +527,6 @@ def _drift_verdict(
 ) -> _Result:
     """Test each PSI at this look's level (shared by the outputs or features tested); Failed
     when one is above what maxPSI and its sample size allow."""
-    evidence = previous.model_copy(deep=True) if previous is not None else Evidence(check=check)
     evidence.looks += 1
     level = sequential.look_alpha(alpha, evidence.looks) / len(found)
     worst: tuple[float, _Psi, float] | None = None  # (excess, psi, allowed)
@@ -489,7 +544,59 @@ def _drift_verdict(
     if excess > 0 or evidence.decision == FAILED:
         evidence.decision = "Failed"
         return _Result(FAILED, item.value, text, evidence, statistical=True)
+    if any(i.value > limit for i in found):
+        # Above maxPSI but within the noise of this sample: hold for more data, as a
+        # comparison leaning worse does, rather than pass.
+        return _Result(INCONCLUSIVE, item.value, f"{text}: holding for more evidence", evidence)
     return _Result(PASSED, item.value, text, evidence)
+
+
+def _bound_key(le: float) -> str:
+    return "+Inf" if math.isinf(le) else repr(le)
+
+
+def pooled_counts(metrics: RevisionMetrics) -> dict[str, dict[str, float]]:
+    """The drift-relevant counts of a revision as Evidence keeps them."""
+    out: dict[str, dict[str, float]] = {}
+    for (output, cls), count in metrics.prediction_classes.items():
+        out.setdefault(f"class/{output}", {})[cls] = count
+    for output, buckets in metrics.prediction_value_buckets.items():
+        out[f"value/{output}"] = {_bound_key(le): c for le, c in buckets.items()}
+    for feature, buckets in metrics.input_feature_buckets.items():
+        out[f"input/{feature}"] = {_bound_key(le): c for le, c in buckets.items()}
+    return out
+
+
+def pooled_metrics(counts: Mapping[str, Mapping[str, float]]) -> RevisionMetrics:
+    """Evidence's pooled counts as metrics (the inverse of `pooled_counts`)."""
+    classes: dict[tuple[str, str], float] = {}
+    values: dict[str, Buckets] = {}
+    inputs: dict[str, Buckets] = {}
+    for key, entries in counts.items():
+        kind, _, name = key.partition("/")
+        if kind == "class":
+            classes.update({(name, c): v for c, v in entries.items()})
+        else:
+            target = values if kind == "value" else inputs
+            target[name] = {float(le.replace("+Inf", "inf")): v for le, v in entries.items()}
+    return RevisionMetrics(
+        requests=sum(classes.values()),
+        prediction_classes=classes,
+        prediction_value_buckets=values,
+        input_feature_buckets=inputs,
+    )
+
+
+def _pool(
+    pooled: Mapping[str, Mapping[str, float]], window: RevisionMetrics
+) -> dict[str, dict[str, float]]:
+    """The pooled counts with one more window added."""
+    total = combine([pooled_metrics(pooled), window])
+    return pooled_counts(total)
+
+
+def _drift_evidence(check: str, previous: Evidence | None) -> Evidence:
+    return previous.model_copy(deep=True) if previous is not None else Evidence(check=check)
 
 
 def check_prediction_drift(
@@ -500,20 +607,52 @@ def check_prediction_drift(
     alpha: float = 0.01,
     previous: Evidence | None = None,
 ) -> _Result:
+    """predictionDrift on the canary's and stable's predictions pooled over the intervals
+    where both took requests."""
     if stable is None:
         return _inconclusive("no stable metrics to compare with")
     if stable.requests < min_samples:
         return _inconclusive(
             f"stable has {_num(stable.requests)} requests < minSamples {min_samples}"
         )
+    evidence = _drift_evidence("predictionDrift", previous)
+    for who, side in (("canary", canary), ("stable", stable)):
+        if not _predicted(side):
+            return _Result(INCONCLUSIVE, None, f"no {who} predictions in this window", evidence)
+    evidence.pooled_canary = _pool(evidence.pooled_canary, _predictions(canary))
+    evidence.pooled_stable = _pool(evidence.pooled_stable, _predictions(stable))
+    pooled_canary = pooled_metrics(evidence.pooled_canary)
+    pooled_stable = pooled_metrics(evidence.pooled_stable)
     found: list[_Psi] = []
-    for result in (_class_psi(canary, stable), _value_psi(canary, stable)):
+    for result in (
+        _class_psi(pooled_canary, pooled_stable),
+        _value_psi(pooled_canary, pooled_stable),
+    ):
         if isinstance(result, str):
-            return _inconclusive(result)
+            return _Result(INCONCLUSIVE, None, result, evidence)
         found += result
     if not found:
-        return _inconclusive("no prediction metrics (no classifier or regressor outputs)")
-    return _drift_verdict("predictionDrift", previous, found, limit, alpha, "vs stable, output")
+        return _Result(
+            INCONCLUSIVE,
+            None,
+            "no prediction metrics (no classifier or regressor outputs)",
+            evidence,
+        )
+    return _drift_verdict(evidence, found, limit, alpha, "vs stable, output")
+
+
+def _predicted(metrics: RevisionMetrics) -> bool:
+    """Whether a revision predicted anything in the window (counters may exist at zero)."""
+    return sum(metrics.prediction_classes.values()) > 0 or any(
+        b.get(math.inf, 0.0) > 0 for b in metrics.prediction_value_buckets.values()
+    )
+
+
+def _predictions(metrics: RevisionMetrics) -> RevisionMetrics:
+    return RevisionMetrics(
+        prediction_classes=metrics.prediction_classes,
+        prediction_value_buckets=metrics.prediction_value_buckets,
+    )
 
 
 def check_data_drift(
@@ -522,25 +661,39 @@ def check_data_drift(
     alpha: float = 0.01,
     previous: Evidence | None = None,
 ) -> _Result:
+    """dataDrift on the canary's live inputs pooled over the rollout, against the model's
+    reference statistics."""
     if not canary.reference_input_ratios:
         return _inconclusive("the model has no reference input statistics")
+    evidence = _drift_evidence("dataDrift", previous)
+    if not any(b.get(math.inf, 0.0) > 0 for b in canary.input_feature_buckets.values()):
+        return _Result(INCONCLUSIVE, None, "no live input observations", evidence)
+    evidence.pooled_canary = _pool(
+        evidence.pooled_canary, RevisionMetrics(input_feature_buckets=canary.input_feature_buckets)
+    )
+    inputs = pooled_metrics(evidence.pooled_canary).input_feature_buckets
     found: list[_Psi] = []
     too_few: str | None = None
     for feature in sorted(canary.reference_input_ratios):
-        live = canary.input_feature_buckets.get(feature, {})
+        live = inputs.get(feature, {})
         if live.get(math.inf, 0.0) <= 0:
             continue
         aligned = align(canary.reference_input_ratios[feature], live)
         if aligned is None:
-            return _inconclusive(f"feature {feature!r}: live and reference buckets differ")
+            return _Result(
+                INCONCLUSIVE,
+                None,
+                f"feature {feature!r}: live and reference buckets differ",
+                evidence,
+            )
         short = _too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
         if short:
             too_few = short
             continue
         found.append(_Psi(psi(*aligned), feature, live[math.inf], len(aligned[0])))
     if not found:
-        return _inconclusive(too_few or "no live input observations")
-    return _drift_verdict("dataDrift", previous, found, limit, alpha, "vs reference, feature")
+        return _Result(INCONCLUSIVE, None, too_few or "no live input observations", evidence)
+    return _drift_verdict(evidence, found, limit, alpha, "vs reference, feature")
 
 
 def _custom_threshold(check: CustomCheck) -> str:

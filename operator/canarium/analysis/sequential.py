@@ -50,6 +50,8 @@ GRID_STEP = math.log(1.25)
 GRID_HALF = 20
 """Grid points on each side of the tolerance: ratios from r0 / 87 to r0 * 87."""
 GRID_SIZE = 2 * GRID_HALF + 1
+DOUBLE_STEPS = 3
+"""Grid steps from the tolerance to "clearly worse": 1.25^3, about twice the tolerance."""
 
 
 def grid_ratios(tolerance: float) -> list[float]:
@@ -130,6 +132,16 @@ class RatioEvidence:
 
     log_e_harm: float
     """log of the e-value against "the canary is within tolerance" (crossing: worse)."""
+    log_lr_worse: float
+    """log of the largest likelihood ratio of a worse ratio against the tolerance: above 0,
+    the data favour the canary being worse than tolerated (not yet shown)."""
+    slope: float
+    """The log-likelihood's slope at the tolerance (per grid step, central difference): above
+    0, the most likely ratio lies above the tolerance, even between it and the next grid
+    point."""
+    log_lr_double: float
+    """log of the likelihood ratio of about twice the tolerance (1.25^3 = 1.95 times) against
+    the tolerance, paired intervals only: well below 0, a clearly worse canary is unlikely."""
     log_e_within: float
     """log of the e-value against "the canary is worse than tolerated" (crossing: within)."""
     lower: float | None
@@ -156,7 +168,8 @@ def ratio_evidence(
         events, requests, rate = reference
         ref = [_reference_log_lr(r, tolerance, events, requests, rate) for r in ratios]
     ll = list(log_likelihood)
-    harm = _mixture([ll[j] + ref[j] - ll[GRID_HALF] for j in range(GRID_HALF + 1, GRID_SIZE)])
+    worse = [ll[j] + ref[j] - ll[GRID_HALF] for j in range(GRID_HALF + 1, GRID_SIZE)]
+    harm = _mixture(worse)
     within = _mixture([ll[j] - ll[GRID_HALF] for j in range(GRID_HALF)])
     bound = math.log(2.0 / alpha)
     kept = []
@@ -169,7 +182,9 @@ def ratio_evidence(
     # rejected on either side (the tests hold at the grid points, not between them).
     lower = ratios[kept[0] - 1] if kept and kept[0] > 0 else None
     upper = ratios[kept[-1] + 1] if kept and kept[-1] < GRID_SIZE - 1 else None
-    return RatioEvidence(harm, within, lower, upper)
+    double = ll[GRID_HALF + DOUBLE_STEPS] - ll[GRID_HALF]
+    slope = (ll[GRID_HALF + 1] + ref[GRID_HALF + 1] - ll[GRID_HALF - 1] - ref[GRID_HALF - 1]) / 2
+    return RatioEvidence(harm, max(worse), slope, double, within, lower, upper)
 
 
 def rate_above_limit(events: float, requests: float, limit: float) -> float:

@@ -149,6 +149,15 @@ class Evidence(StatusModel):
         None, description="latencyP99: requests slower than this (stable's p99 bound) are slow."
     )
     looks: int = Field(0, ge=0, description="Drift: intervals tested so far.")
+    pooled_canary: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Drift: the canary's counts over the rollout (class/<output>: per class; "
+        "value/<output>, input/<feature>: cumulative histograms by upper bound).",
+    )
+    pooled_stable: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="predictionDrift: stable's counts over the same intervals.",
+    )
     log_likelihood: list[float] = Field(
         default_factory=list,
         max_length=GRID_POINTS,
