@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup lint format typecheck unit e2e test test-deps crds cluster-up cluster-down kubeconfig kubectl \
-        control-plane demo bench bench-serving bench-operator bench-rollback clean
+        control-plane demo bench bench-serving bench-operator bench-rollback bench-judgement clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -87,7 +87,7 @@ demo: setup control-plane images ## local cluster with a real node, the operator
 clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-bench: bench-serving bench-operator bench-rollback ## every benchmark, printed as figures and ratios
+bench: bench-serving bench-operator bench-rollback bench-judgement ## every benchmark, printed as figures and ratios
 
 bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process (iris, digits)
 	$(BIN)/python tests/bench/bench_serving.py --no-batching
@@ -97,3 +97,6 @@ bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, pe
 
 bench-rollback: setup control-plane images ## broken canary to all traffic on stable, in analysis intervals
 	$(BIN)/python -m tests.bench.bench_rollback --runs 3
+
+bench-judgement: setup ## simulated rollouts: sequential judge vs fixed thresholds (false rollbacks, detection)
+	$(BIN)/python -m tests.bench.bench_judgement
