@@ -19,18 +19,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN, Judgement, check_custom
+# The judge's own results, numbers and samples check: only the rules of the checks differ.
+from canarium.analysis.judge import (
+    CUSTOM_CHECKS_NOT_RUN,
+    FAILED,
+    INCONCLUSIVE,
+    PASSED,
+    Judgement,
+    _inconclusive,
+    _num,
+    _Result,
+    check_custom,
+    check_samples,
+    measurement,
+)
 from canarium.analysis.samples import RevisionMetrics
 from canarium.analysis.stats import align, histogram_quantile
 from canarium.api import AnalysisSpec, CustomCheck, Evidence, Measurement, Verdict
 from canarium_serving.metrics_contract import psi
-
-PASSED: Verdict = "Passed"
-FAILED: Verdict = "Failed"
-INCONCLUSIVE: Verdict = "Inconclusive"
 
 DEFAULT_MAX_ERROR_RATE = 0.01
 """errorRate's limit when the policy sets no `max` (the README's example policy)."""
@@ -40,31 +48,10 @@ MIN_PER_BIN = 20
 """The old drift rule: PSI only with at least this many observations per bin on each side."""
 
 
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _round(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(f"{value:.6g}")
-
-
-@dataclass(frozen=True)
-class _Result:
-    verdict: Verdict
-    value: float | None
-    reason: str
-
-
 def _at_most(value: float, limit: float, what: str) -> _Result:
     if value <= limit:
         return _Result(PASSED, value, f"{what} {_num(value)} <= {_num(limit)}")
     return _Result(FAILED, value, f"{what} {_num(value)} > {_num(limit)}")
-
-
-def _inconclusive(reason: str, value: float | None = None) -> _Result:
-    return _Result(INCONCLUSIVE, value, reason)
 
 
 def check_error_rate(canary: RevisionMetrics, limit: float) -> _Result:
@@ -222,29 +209,10 @@ def fixed_threshold_judge(
     measurements: list[Measurement] = []
 
     def add(check: str, threshold: str, result: _Result) -> None:
-        measurements.append(
-            Measurement(
-                check=check,
-                value=_round(result.value),
-                threshold=threshold,
-                verdict=result.verdict,
-                reason=result.reason[:1024],
-                time=now,
-            )
-        )
+        measurements.append(measurement(check, threshold, result, now))
 
     min_samples = analysis.min_samples
-    if canary is None or canary.empty:
-        hold = no_data
-        samples = _inconclusive(hold)
-    elif canary.requests < min_samples:
-        hold = f"{_num(canary.requests)} requests < minSamples {min_samples}"
-        samples = _inconclusive(hold, canary.requests)
-    else:
-        hold = ""
-        samples = _Result(
-            PASSED, canary.requests, f"{_num(canary.requests)} requests >= {min_samples}"
-        )
+    hold, samples = check_samples(canary, min_samples, no_data)
     add("samples", f">= {min_samples}", samples)
 
     def run(check: str, threshold: str, result: _Result) -> None:

@@ -18,38 +18,19 @@ import pytest
 from canarium.analysis import RevisionMetrics, judge, sequential
 from canarium.analysis.judge import (
     CLEAR_ODDS,
-    Judgement,
     _hold,
     pooled_counts,
     pooled_metrics,
 )
-from canarium.api import AnalysisSpec, Evidence
+from canarium.api import Evidence
 
+from tests.unit.test_analysis_evidence import of, run
 from tests.unit.test_analysis_judge import NOW, by_check, classes, cumulative, metrics, spec
 
 INF = math.inf
 LEANING = "not shown yet: holding for more evidence"
 NOT_CLEAR = "not yet 3 times likelier within 1.5x stable than at twice that"
 DRIFT_HOLD = ": holding for more evidence"
-
-
-def run(
-    analysis: AnalysisSpec,
-    windows: list[tuple[RevisionMetrics | None, RevisionMetrics | None]],
-    evidence: list[Evidence] | None = None,
-) -> list[Judgement]:
-    """Judge the windows one after the other, each with the evidence of the one before."""
-    out = []
-    gathered = evidence or []
-    for canary, stable in windows:
-        judgement = judge(analysis, canary, stable, NOW, evidence=gathered)
-        gathered = judgement.evidence
-        out.append(judgement)
-    return out
-
-
-def of(judgement: Judgement, check: str) -> Evidence:
-    return next(e for e in judgement.evidence if e.check == check)
 
 
 def shown(e: Evidence) -> sequential.RatioEvidence:

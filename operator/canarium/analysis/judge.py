@@ -43,7 +43,9 @@ from canarium.analysis.samples import (
     MeasuredWindow,
     RevisionMetrics,
     WindowResult,
+    bound_key,
     combine,
+    parse_bound,
 )
 from canarium.analysis.stats import align
 from canarium.api import AnalysisChecks, AnalysisSpec, CustomCheck, Evidence, Measurement, Verdict
@@ -551,19 +553,15 @@ def _drift_verdict(
     return _Result(PASSED, item.value, text, evidence)
 
 
-def _bound_key(le: float) -> str:
-    return "+Inf" if math.isinf(le) else repr(le)
-
-
 def pooled_counts(metrics: RevisionMetrics) -> dict[str, dict[str, float]]:
     """The drift-relevant counts of a revision as Evidence keeps them."""
     out: dict[str, dict[str, float]] = {}
     for (output, cls), count in metrics.prediction_classes.items():
         out.setdefault(f"class/{output}", {})[cls] = count
     for output, buckets in metrics.prediction_value_buckets.items():
-        out[f"value/{output}"] = {_bound_key(le): c for le, c in buckets.items()}
+        out[f"value/{output}"] = {bound_key(le): c for le, c in buckets.items()}
     for feature, buckets in metrics.input_feature_buckets.items():
-        out[f"input/{feature}"] = {_bound_key(le): c for le, c in buckets.items()}
+        out[f"input/{feature}"] = {bound_key(le): c for le, c in buckets.items()}
     return out
 
 
@@ -578,7 +576,7 @@ def pooled_metrics(counts: Mapping[str, Mapping[str, float]]) -> RevisionMetrics
             classes.update({(name, c): v for c, v in entries.items()})
         else:
             target = values if kind == "value" else inputs
-            target[name] = {float(le.replace("+Inf", "inf")): v for le, v in entries.items()}
+            target[name] = {parse_bound(le): v for le, v in entries.items()}
     return RevisionMetrics(
         requests=sum(classes.values()),
         prediction_classes=classes,
@@ -718,6 +716,33 @@ def check_custom(check: CustomCheck, value: float | None, no_value_reason: str) 
 # --- the judgement ---------------------------------------------------------------------------
 
 
+def measurement(check: str, threshold: str, result: _Result, now: datetime) -> Measurement:
+    """A check's result as status shows it."""
+    return Measurement(
+        check=check,
+        value=_round(result.value),
+        threshold=threshold,
+        verdict=result.verdict,
+        reason=result.reason[:1024],
+        time=now,
+    )
+
+
+def check_samples(
+    canary: RevisionMetrics | None, min_samples: int, no_data: str
+) -> tuple[str, _Result]:
+    """The samples check, and why a window with too little data holds ("" when it does
+    not)."""
+    if canary is None or canary.empty:
+        return no_data, _inconclusive(no_data)
+    if canary.requests < min_samples:
+        hold = f"{_num(canary.requests)} requests < minSamples {min_samples}"
+        return hold, _inconclusive(hold, canary.requests)
+    return "", _Result(
+        PASSED, canary.requests, f"{_num(canary.requests)} requests >= {min_samples}"
+    )
+
+
 def _statistical(
     checks: AnalysisChecks,
     canary: RevisionMetrics | None,
@@ -779,29 +804,10 @@ def judge(
     alpha = analysis.alpha / alpha_shares(checks)
 
     def add(check: str, threshold: str, result: _Result) -> None:
-        measurements.append(
-            Measurement(
-                check=check,
-                value=_round(result.value),
-                threshold=threshold,
-                verdict=result.verdict,
-                reason=result.reason[:1024],
-                time=now,
-            )
-        )
+        measurements.append(measurement(check, threshold, result, now))
 
     min_samples = analysis.min_samples
-    if canary is None or canary.empty:
-        hold = no_data
-        samples = _inconclusive(hold)
-    elif canary.requests < min_samples:
-        hold = f"{_num(canary.requests)} requests < minSamples {min_samples}"
-        samples = _inconclusive(hold, canary.requests)
-    else:
-        hold = ""
-        samples = _Result(
-            PASSED, canary.requests, f"{_num(canary.requests)} requests >= {min_samples}"
-        )
+    hold, samples = check_samples(canary, min_samples, no_data)
     add("samples", f">= {min_samples}", samples)
 
     def run(check: str, threshold: str, result: _Result) -> None:

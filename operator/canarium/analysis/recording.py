@@ -24,14 +24,20 @@ and `referenceValues` are the model's reference fractions (for dataDrift).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from canarium.analysis.samples import Buckets, MeasuredWindow, RevisionMetrics, WindowResult
+from canarium.analysis.samples import (
+    Buckets,
+    MeasuredWindow,
+    RevisionMetrics,
+    WindowResult,
+    bound_key,
+    parse_bound,
+)
 
 MAX_WINDOWS = 2000
 """The most windows a recording keeps (the oldest go first): 16 hours of 30 s intervals."""
@@ -125,25 +131,12 @@ class Recording(_Model):
         )
 
 
-def _bound(key: str) -> float:
-    if key in ("+Inf", "Inf", "inf"):
-        return math.inf
-    value = float(key)
-    if math.isnan(value):
-        raise ValueError(f"a histogram bound must be a number, not {key!r}")
-    return value
-
-
-def _key(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else repr(bound)
-
-
 def _buckets(histogram: Histogram) -> Buckets:
-    return {_bound(k): v for k, v in histogram.items()}
+    return {parse_bound(k): v for k, v in histogram.items()}
 
 
 def _histogram(buckets: Buckets) -> Histogram:
-    return {_key(le): v for le, v in sorted(buckets.items())}
+    return {bound_key(le): v for le, v in sorted(buckets.items())}
 
 
 def _classes(flat: dict[tuple[str, str], float]) -> dict[str, dict[str, float]]:

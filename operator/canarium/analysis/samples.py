@@ -123,6 +123,21 @@ class MeasuredWindow:
     """Why there are no canary numbers, when there are none."""
 
 
+def bound_key(bound: float) -> str:
+    """A histogram bound as text (JSON keys, status): "+Inf" or the float's repr."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def parse_bound(key: str) -> float:
+    """The bound of `bound_key`'s text (a clear error for one that is not a number)."""
+    if key in ("+Inf", "Inf", "inf"):
+        return math.inf
+    value = float(key)
+    if math.isnan(value):
+        raise ValueError(f"a histogram bound must be a number, not {key!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Deltas and sums
 # ---------------------------------------------------------------------------------------------
