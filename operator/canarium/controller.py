@@ -44,6 +44,7 @@ from canarium.reconcile import (
     Plan,
     ReconcileInput,
     observe_deployment,
+    policy_status,
     reconcile,
     rollout_input,
 )
@@ -265,6 +266,10 @@ class Controller:
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        # RolloutPolicy status writes (their Ready/Stalled conditions), each in a task: watch
+        # events arrive on kopf's handler threads, so they are started through the loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._policy_writes: dict[Key, asyncio.Task[None]] = {}
 
     # --- watch events ------------------------------------------------------------------------
     def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -341,10 +346,51 @@ class Controller:
             self.policies.pop(key, None)
         else:
             self.policies[key] = _slim(body)
+            if self._loop is not None and self._policy_status_patch(key) is not None:
+                self._loop.call_soon_threadsafe(self._write_policy_status_soon, key)
         for mdep_key, mdep in self.mdeps.items():
             ref = ((mdep.get("spec") or {}).get("rollout") or {}).get("policyRef") or {}
             if mdep_key[0] == key[0] and ref.get("name") == key[1]:
                 self.enqueue(mdep_key)
+
+    def _policy_status_patch(self, key: Key) -> dict[str, Any] | None:
+        """The status patch a cached RolloutPolicy needs; None when its status is right."""
+        body = self.policies.get(key)
+        if body is None:
+            return None
+        patch: dict[str, Any] | None = merge_patch(
+            body.get("status") or {}, policy_status(body, self.clock())
+        )
+        return patch
+
+    def _write_policy_status_soon(self, key: Key) -> None:
+        if key not in self._policy_writes:
+            self._policy_writes[key] = asyncio.create_task(
+                self.write_policy_status(key), name=f"canarium-policy-{key[0]}-{key[1]}"
+            )
+
+    async def write_policy_status(self, key: Key) -> None:
+        """Patch a RolloutPolicy's status (Ready, Stalled, observedGeneration) where it is
+        stale."""
+        conflict = False
+        try:
+            body = self.policies.get(key)
+            patch = self._policy_status_patch(key)
+            if body is None or patch is None:
+                return
+            await self.kube.patch_status(
+                ObjectRef(*POLICY, *key), patch, body["metadata"]["resourceVersion"]
+            )
+        except KubeError as exc:
+            # A conflict: a newer version came meanwhile (its event found this write under
+            # way), so it is tried again with that one.
+            conflict = exc.status == 409
+            if exc.status not in (404, 409) and not exc.namespace_gone:
+                log.warning("status of RolloutPolicy %s/%s not written: %s", *key, exc)
+        finally:
+            self._policy_writes.pop(key, None)
+        if conflict:
+            asyncio.get_running_loop().call_later(0.5, self._write_policy_status_soon, key)
 
     # --- queue -------------------------------------------------------------------------------
     def enqueue(self, key: Key) -> None:
@@ -393,6 +439,7 @@ class Controller:
                 max_workers=max(16, 4 * self.worker_count), thread_name_prefix="kube"
             )
         )
+        self._loop = asyncio.get_running_loop()
         scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
         for api_version, kind in CHILD_KINDS:
             for ns in scopes:
@@ -429,7 +476,7 @@ class Controller:
         log.info("controller started with %d workers", self.worker_count)
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._analysis_tasks.values()]
+        tasks = [*self._tasks, *self._analysis_tasks.values(), *self._policy_writes.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

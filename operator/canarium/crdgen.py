@@ -362,9 +362,19 @@ def crd_schema(info: CrdInfo) -> Schema:
             },
             "metadata": {"type": "object"},
             "spec": model_schema(info.spec),
-            "status": model_schema(info.status),
+            "status": _status_schema(info.status),
         },
     }
+
+
+def _status_schema(status: type[BaseModel]) -> Schema:
+    """The status schema, read as {observedGeneration: 0} until the operator writes a status
+    (the API server applies defaults on every read): kstatus (Flux) and Argo CD then see a new
+    object as not yet observed (InProgress, Progressing), not as Current with no status."""
+    schema = model_schema(status)
+    if "observedGeneration" in schema.get("properties", {}):
+        schema["default"] = {"observedGeneration": 0}
+    return schema
 
 
 def build_crd(info: CrdInfo) -> Schema:

@@ -3,6 +3,8 @@
 Only raw watch events are used (`kopf.on.event`), so kopf writes nothing to the objects: no
 finalizers, no progress or diff-base annotations, nothing in `status`. Desired state is derived
 from the current objects each time (level-triggered), which makes a restart change nothing.
+The event handlers are coroutines: kopf runs plain functions on worker threads, and the
+Controller's caches and queue belong to the event loop (they only touch memory, never block).
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ def _controller(memo: kopf.Memo) -> Controller:
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def modeldeployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def modeldeployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_mdep(event["type"], dict(event["object"]))
 
 
 @kopf.on.event(GROUP, VERSION, "rolloutpolicies")
-def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_policy(event["type"], dict(event["object"]))
 
 
@@ -81,7 +83,7 @@ CHILDREN = tuple(
 )
 
 
-def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_child(event["type"], dict(event["object"]))
 
 
@@ -94,5 +96,5 @@ POD = ("", "v1", "pods")
 
 
 @kopf.on.event(*POD, labels=MANAGED, id="pods-event")
-def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_pod(event["type"], dict(event["object"]))

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from canarium_serving import contract
+from pydantic import ValidationError
 
 from canarium.analysis import MeasuredWindow, judge
 from canarium.api import (
@@ -24,7 +25,9 @@ from canarium.api import (
     ModelDeploymentStatus,
     Reason,
     RolloutPolicySpec,
+    RolloutPolicyStatus,
 )
+from canarium.api.status import CONDITION_RECONCILING, CONDITION_STALLED, CONDITION_TYPES
 from canarium.observation import RevisionObservation
 from canarium.pods import revision_failures
 from canarium.render import (
@@ -248,26 +251,39 @@ def reconcile(inp: ReconcileInput) -> Plan:
     return plan
 
 
+def condition_values(phase: str | None, reason: str) -> dict[str, Literal["True", "False"]]:
+    """The value of every condition for a phase and the conditions' reason.
+
+    Ready: the current generation is fully served. Progressing: a change is being rolled out
+    (or baking). Degraded: something failed and needs a person (traffic is on the last good
+    revision). For kstatus (Flux): Reconciling while work is under way or waits (a pause reads
+    as InProgress with its reason, never as Failed: a person may promote), Stalled where it
+    ended and only a person moves it on (Failed at once, instead of Flux waiting for its
+    timeout). Never both, and both False when Healthy, so kstatus reads Ready: Current.
+    """
+    # An invalid policy holds a new version until a person fixes it; a first revision served
+    # without it (Healthy) is not held.
+    stalled = phase == "Degraded" or (reason == Reason.POLICY_INVALID and phase != "Healthy")
+    working = phase in ("Pending", "Progressing", "Paused") or phase is None
+    return {
+        # During a bake the promoted version already serves everything: Ready, and still
+        # Progressing until the bake is over.
+        CONDITION_READY: "True" if phase == "Healthy" or reason == Reason.BAKING else "False",
+        CONDITION_PROGRESSING: "True" if phase in ("Progressing", "Paused") else "False",
+        CONDITION_DEGRADED: "True" if phase == "Degraded" else "False",
+        CONDITION_RECONCILING: "True" if working and not stalled else "False",
+        CONDITION_STALLED: "True" if stalled else "False",
+    }
+
+
 def _set_conditions(
     status: ModelDeploymentStatus, generation: int, now: datetime, reason: str
 ) -> None:
-    """Ready, Progressing and Degraded from the phase, in the metav1.Condition form.
-
-    Ready: the current generation is fully served. Progressing: a change is being rolled out
-    (or baking).
-    Degraded: something failed and needs a person (traffic is on the last good revision).
-    """
-    phase = status.phase
+    """Every condition type in the metav1.Condition form (see condition_values), with this
+    generation; a condition's lastTransitionTime moves only when its status changes."""
     message = status.message or ""
-    values: dict[str, Literal["True", "False"]] = {
-        # During a bake the promoted version already serves everything: Ready, and still
-        # Progressing until the bake is over.
-        CONDITION_READY: "True" if phase == "Healthy" or reason == "Baking" else "False",
-        CONDITION_PROGRESSING: "True" if phase in ("Progressing", "Paused") else "False",
-        CONDITION_DEGRADED: "True" if phase == "Degraded" else "False",
-    }
     by_type = {c.type: c for c in status.conditions}
-    for type_, value in values.items():
+    for type_, value in condition_values(status.phase, reason).items():
         previous = by_type.get(type_)
         by_type[type_] = Condition(
             type=type_,
@@ -279,6 +295,58 @@ def _set_conditions(
             reason=reason,
             message=message,
         )
-    status.conditions = [
-        by_type[t] for t in (CONDITION_READY, CONDITION_PROGRESSING, CONDITION_DEGRADED)
-    ]
+    status.conditions = [by_type[t] for t in CONDITION_TYPES]
+
+
+POLICY_VALID = "Valid"
+POLICY_INVALID = "Invalid"
+
+
+def policy_problems(exc: ValidationError) -> str:
+    """A validation error in one line per problem, by field path (no pydantic URLs)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'spec'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    )
+
+
+def policy_status(body: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What a RolloutPolicy's status should say: Ready=True when its spec is valid (what the
+    READY column and `kubectl wait --for=condition=Ready rpol/x` read), else Ready=False and
+    Stalled=True with reason Invalid and the problems (kstatus: Failed, Argo CD: Degraded),
+    with observedGeneration, so GitOps tools see that the operator has checked this
+    generation. The API server's schema refuses most invalid policies; this catches the rest
+    (e.g. one stored before a CRD upgrade). lastTransitionTime moves only with a status."""
+    meta = body.get("metadata") or {}
+    try:
+        RolloutPolicySpec.model_validate(body.get("spec") or {})
+        reason, message = POLICY_VALID, "the policy is valid"
+    except ValidationError as exc:
+        reason, message = POLICY_INVALID, f"the policy is invalid: {policy_problems(exc)}"
+    generation = meta.get("generation")
+    try:
+        old = RolloutPolicyStatus.model_validate(body.get("status") or {})
+        previous = {c.type: c for c in old.conditions}
+    except ValidationError:  # a status someone else wrote: replaced
+        previous = {}
+    valid = reason == POLICY_VALID
+    values: dict[str, Literal["True", "False"]] = {
+        CONDITION_READY: "True" if valid else "False",
+        CONDITION_STALLED: "False" if valid else "True",
+    }
+    conditions = []
+    for type_, value in values.items():
+        before = previous.get(type_)
+        conditions.append(
+            Condition(
+                type=type_,
+                status=value,
+                observed_generation=generation,
+                last_transition_time=now
+                if before is None or before.status != value
+                else before.last_transition_time,
+                reason=reason,
+                message=message[:32768],
+            )
+        )
+    return RolloutPolicyStatus(observed_generation=generation, conditions=conditions).to_dict()

@@ -58,7 +58,13 @@ def test_first_reconcile_creates_the_revision_and_services() -> None:
     }
     assert plan.status["ready"] == "0/3"
     ready = {c["type"]: c["status"] for c in plan.status["conditions"]}
-    assert ready == {"Ready": "False", "Progressing": "True", "Degraded": "False"}
+    assert ready == {
+        "Ready": "False",
+        "Progressing": "True",
+        "Degraded": "False",
+        "Reconciling": "True",
+        "Stalled": "False",
+    }
 
 
 def test_ready_revision_makes_it_healthy_and_ready() -> None:
@@ -351,6 +357,8 @@ def test_a_missing_policy_is_reported_and_a_new_version_waits_for_it() -> None:
         "Ready": ("True", "PolicyNotFound"),
         "Progressing": ("False", "PolicyNotFound"),
         "Degraded": ("False", "PolicyNotFound"),
+        "Reconciling": ("False", "PolicyNotFound"),
+        "Stalled": ("False", "PolicyNotFound"),
     }
     # A new version is not started without its policy (tests/unit/test_policy_changes.py).
     v2 = with_status(
@@ -363,6 +371,9 @@ def test_a_missing_policy_is_reported_and_a_new_version_waits_for_it() -> None:
         "RolloutPolicy 'safe' not found; the rollout holds. model 2.0.0 waits for it"
     )
     assert plan.status["conditions"][1]["reason"] == "PolicyNotFound"
+    # GitOps tools may apply the policy later: it waits (kstatus InProgress), not Stalled.
+    conditions = {c["type"]: c["status"] for c in plan.status["conditions"]}
+    assert (conditions["Reconciling"], conditions["Stalled"]) == ("True", "False")
 
 
 def test_an_invalid_policy_is_reported_as_invalid() -> None:
@@ -547,6 +558,8 @@ def test_a_starting_revision_reports_its_ready_pods_and_who_keeps_serving() -> N
         "Ready": ("False", "NewRevisionNotReady"),
         "Progressing": ("True", "NewRevisionNotReady"),
         "Degraded": ("False", "NewRevisionNotReady"),
+        "Reconciling": ("True", "NewRevisionNotReady"),
+        "Stalled": ("False", "NewRevisionNotReady"),
     }
     services = {m["metadata"]["name"]: m["spec"]["selector"] for m in plan.apply[2:5]}
     assert services == {
@@ -616,12 +629,13 @@ def test_conditions_keep_their_transition_time_until_their_status_changes() -> N
     obj = mdep()
     first = reconcile(inp(obj))
     times = {c["type"]: c["lastTransitionTime"] for c in first.status["conditions"]}
-    assert times == dict.fromkeys(("Ready", "Progressing", "Degraded"), "2026-11-23T12:00:00Z")
+    types = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
+    assert times == dict.fromkeys(types, "2026-11-23T12:00:00Z")
     obj = with_status(obj, first.status)
     later = NOW + timedelta(minutes=5)
     plan = reconcile(inp(obj, observed(obj), now=later))
     conditions = {c["type"]: c for c in plan.status["conditions"]}
-    assert [c["type"] for c in plan.status["conditions"]] == ["Ready", "Progressing", "Degraded"]
+    assert [c["type"] for c in plan.status["conditions"]] == list(types)
     assert conditions["Ready"]["lastTransitionTime"] == "2026-11-23T12:05:00Z"  # False -> True
     assert conditions["Progressing"]["lastTransitionTime"] == "2026-11-23T12:05:00Z"
     assert conditions["Degraded"]["lastTransitionTime"] == "2026-11-23T12:00:00Z"  # still False

@@ -12,8 +12,9 @@ Invariants, after every reconcile:
 - a command acts at most once: an annotation value already carried out causes no command event;
 - a rolled-back revision never gets traffic again by itself (only after `retry` or a spec that
   asks for it again), and an analysis rollback only happens on a failed interval;
-- status has a phase, a message, and Ready/Progressing/Degraded conditions that agree with it
-  (observedGeneration, pauseReason exactly when Paused); it survives its own schema;
+- status has a phase, a message, and Ready/Progressing/Degraded/Reconciling/Stalled conditions
+  that agree with it (observedGeneration, pauseReason exactly when Paused); it survives its own
+  schema;
 - the spec is never written; with autoscaling the stable revision keeps its HPA;
 - no busy loop: a requeue of 0 s only when an analysis interval is due.
 
@@ -351,7 +352,7 @@ class RolloutMachine(RuleBasedStateMachine):
         assert phase in ("Progressing", "Paused", "Healthy", "Degraded"), status
         assert status.get("message"), status
         conditions = {c["type"]: c for c in status["conditions"]}
-        assert set(conditions) == {"Ready", "Progressing", "Degraded"}
+        assert set(conditions) == {"Ready", "Progressing", "Degraded", "Reconciling", "Stalled"}
         for c in conditions.values():
             assert c["observedGeneration"] == self.sim.generation
             assert c["reason"]
@@ -360,6 +361,13 @@ class RolloutMachine(RuleBasedStateMachine):
         assert (conditions["Progressing"]["status"] == "True") == (phase in ACTIVE)
         ready = conditions["Ready"]["status"] == "True"
         assert ready == (phase == "Healthy" or conditions["Ready"]["reason"] == "Baking")
+        # kstatus (Flux): Stalled (Failed) where a person must act, Reconciling (InProgress)
+        # while a rollout, a bake or a pause goes on; never both, neither when Healthy.
+        stalled = conditions["Stalled"]["status"] == "True"
+        reconciling = conditions["Reconciling"]["status"] == "True"
+        invalid = conditions["Stalled"]["reason"] == "PolicyInvalid" and phase != "Healthy"
+        assert stalled == (phase == "Degraded" or invalid), status
+        assert reconciling == (phase in ACTIVE and not stalled), status
         assert (phase == "Paused") == bool(status.get("pauseReason")), status
         if phase in ACTIVE and (status.get("canary") or {}).get("weight"):
             assert status.get("currentStep") is not None

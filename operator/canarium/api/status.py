@@ -29,6 +29,18 @@ MAX_CONDITIONS = 16
 CONDITION_READY = "Ready"
 CONDITION_PROGRESSING = "Progressing"
 CONDITION_DEGRADED = "Degraded"
+# kstatus' (sigs.k8s.io/cli-utils, read by Flux) "abnormal-true" conditions: Reconciling=True
+# reads as InProgress, Stalled=True as Failed; both False (and observedGeneration current) let
+# it fall through to Ready. Never both True.
+CONDITION_RECONCILING = "Reconciling"
+CONDITION_STALLED = "Stalled"
+CONDITION_TYPES = (
+    CONDITION_READY,
+    CONDITION_PROGRESSING,
+    CONDITION_DEGRADED,
+    CONDITION_RECONCILING,
+    CONDITION_STALLED,
+)
 
 
 class Reason(StrEnum):
@@ -304,7 +316,10 @@ class ModelDeploymentStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,
-        description="Ready, Progressing and Degraded conditions (metav1.Condition).",
+        description="Ready, Progressing and Degraded conditions, and kstatus' Reconciling "
+        "(a rollout, replacement or bake under way, or paused) and Stalled (it ended where a "
+        "person must act: rolled back, progress deadline, model load failure, invalid "
+        "policy) (metav1.Condition).",
         json_schema_extra=list_map("type"),
     )
 
