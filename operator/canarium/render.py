@@ -162,7 +162,10 @@ def render_revision(
     ]
     if model.sha256:
         env.append({"name": contract.ENV_MODEL_SHA256, "value": model.sha256})
-    env.extend({"name": e.name, "value": e.value} for e in serving.env)
+    # User variables after the operator's: Kubernetes lets env win over envFrom, so a Secret
+    # key named like a contract variable cannot override it. Secret values are never read
+    # here: the pod carries references only, the kubelet resolves them.
+    env.extend(e.to_dict() for e in serving.env)
 
     volumes: list[dict[str, Any]] = [{"name": MODEL_CACHE_VOLUME, "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": MODEL_CACHE_VOLUME, "mountPath": "/tmp"}]
@@ -200,10 +203,13 @@ def render_revision(
     }
     if serving.resources:
         container["resources"] = serving.resources.to_dict()
+    if serving.env_from:
+        container["envFrom"] = [source.to_dict() for source in serving.env_from]
 
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": 30,
-        "automountServiceAccountToken": False,
+        # The model server never calls the API server: no token unless asked for.
+        "automountServiceAccountToken": bool(serving.automount_service_account_token),
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -215,6 +221,8 @@ def render_revision(
         "containers": [container],
         "volumes": volumes,
     }
+    if serving.service_account_name:
+        pod_spec["serviceAccountName"] = serving.service_account_name
     if serving.node_selector:
         pod_spec["nodeSelector"] = dict(serving.node_selector)
     if serving.tolerations:

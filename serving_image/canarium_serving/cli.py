@@ -47,8 +47,8 @@ def _default_name(uri: str) -> str:
 # (flag, env var, type, default, help); dest = flag without dashes, underscores for dashes.
 _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--model-uri", contract.ENV_MODEL_URI, str, "",
-     "model location: file:///path, a path, http(s)://, s3://bucket/key, pvc://claim/path, "
-     "configmap://name/key (required)"),
+     "model location: file:///path, a path, http(s)://, s3://bucket/key, gs://bucket/key, "
+     "az://container/blob, pvc://claim/path, configmap://name/key (required)"),
     ("--model-sha256", contract.ENV_MODEL_SHA256, str, None,
      "expected sha256 of the model file; a mismatch fails the load"),
     ("--model-name", contract.ENV_MODEL_NAME, str, None,
@@ -99,10 +99,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             f"(default {contract.PVC_MOUNT_ROOT}) and {contract.ENV_CONFIGMAP_ROOT} "
             f"(default {contract.CONFIGMAP_MOUNT_ROOT}) are where pvc://<claim>/<path> and "
             "configmap://<name>/<key> are read from (<root>/<claim or name>/<path or key>); "
-            "s3:// uses AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (S3-compatible stores such as "
-            "MinIO, path-style), AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (none: anonymous); http(s):// honours "
-            "HTTPS_PROXY/HTTP_PROXY/NO_PROXY."
+            "s3://, gs:// and az:// go through obstore and read its usual variables: "
+            "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (S3-compatible stores, path-style), "
+            "AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_SESSION_TOKEN, AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN (IRSA), "
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI (EKS Pod Identity; no credential source at "
+            "all: anonymous, unless AWS_SKIP_SIGNATURE=false); GOOGLE_APPLICATION_CREDENTIALS "
+            "(else the GKE metadata server); AZURE_STORAGE_ACCOUNT_NAME with "
+            "AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_CLIENT_ID, "
+            "AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (workload identity); http(s):// "
+            "honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

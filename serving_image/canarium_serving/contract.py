@@ -8,7 +8,7 @@ from typing import Final
 
 # --- Environment variables the operator sets on every serving container -------------------
 ENV_MODEL_URI: Final = (
-    "CANARIUM_MODEL_URI"  # file:///, plain path, http(s)://, s3://, pvc://, configmap://
+    "CANARIUM_MODEL_URI"  # file:///, path, http(s)://, s3://, gs://, az://, pvc://, configmap://
 )
 ENV_MODEL_SHA256: Final = "CANARIUM_MODEL_SHA256"  # optional hex digest of the model file
 ENV_MODEL_NAME: Final = "CANARIUM_MODEL_NAME"  # the name in /v2/models/{name}

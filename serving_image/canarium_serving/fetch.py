@@ -1,9 +1,16 @@
 """Fetch a model file from its URI into a local path, and check its sha256.
 
-Schemes: `file:///abs/path` and plain paths; `http(s)://`; `s3://bucket/key` (AWS or any
-S3-compatible endpoint such as MinIO, signed with AWS Signature V4 from the usual env vars,
-no SDK); `pvc://claim/path` and `configmap://name/key`, which the operator mounts read-only
-under CANARIUM_PVC_ROOT / CANARIUM_CONFIGMAP_ROOT (see contract.py).
+Schemes: `file:///abs/path` and plain paths; `http(s)://`; object stores through obstore (the
+Python binding of Rust's maintained `object_store` crate): `s3://bucket/key` (AWS or any
+S3-compatible endpoint), `gs://bucket/key` (Google Cloud Storage) and
+`az://container/blob` / `azure://container/blob` (Azure Blob Storage), with credentials and
+settings from the usual environment variables (see `S3_ENV`, `GCS_ENV`, `AZURE_ENV`), including
+web identity (IRSA), EKS Pod Identity, GKE metadata and Azure federated tokens; `pvc://claim/path`
+and `configmap://name/key`, which the operator mounts read-only under CANARIUM_PVC_ROOT /
+CANARIUM_CONFIGMAP_ROOT (see contract.py).
+
+Nothing secret reaches a message: errors name the URI without query or user info, and any
+credential value from the environment is masked before it is raised.
 """
 
 from __future__ import annotations
@@ -11,17 +18,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import hmac
+import html
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .contract import (
     CONFIGMAP_MOUNT_ROOT,
@@ -32,16 +40,100 @@ from .contract import (
 )
 from .model import ModelLoadError
 
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 1 << 20
-_EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
+
+# Environment variable -> obstore config key, per store. Only these are read (an unknown key
+# would make obstore refuse the whole config); obstore reads the same names from the process
+# environment, so this table is what `env` (tests) and the process agree on.
+S3_ENV: Final[Mapping[str, str]] = {
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "session_token",
+    "AWS_DEFAULT_REGION": "region",  # AWS_REGION, below, wins
+    "AWS_REGION": "region",
+    "AWS_ENDPOINT_URL": "endpoint",  # AWS_ENDPOINT_URL_S3, below, wins
+    "AWS_ENDPOINT_URL_S3": "endpoint",
+    "AWS_WEB_IDENTITY_TOKEN_FILE": "web_identity_token_file",  # IRSA, with AWS_ROLE_ARN
+    "AWS_ROLE_ARN": "role_arn",
+    "AWS_ROLE_SESSION_NAME": "role_session_name",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI": "container_credentials_full_uri",  # EKS Pod Identity
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "container_authorization_token_file",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "container_credentials_relative_uri",  # ECS
+    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "virtual_hosted_style_request",
+    "AWS_REQUEST_PAYER": "request_payer",
+    "AWS_SKIP_SIGNATURE": "skip_signature",
+    "AWS_IMDSV1_FALLBACK": "imdsv1_fallback",
+    "AWS_METADATA_ENDPOINT": "metadata_endpoint",
+}
+GCS_ENV: Final[Mapping[str, str]] = {
+    "GOOGLE_APPLICATION_CREDENTIALS": "application_credentials",
+    "GOOGLE_SERVICE_ACCOUNT": "service_account",
+    "GOOGLE_SERVICE_ACCOUNT_PATH": "service_account",
+    "GOOGLE_SERVICE_ACCOUNT_KEY": "service_account_key",
+    "GOOGLE_BASE_URL": "base_url",
+    "GOOGLE_SKIP_SIGNATURE": "skip_signature",
+}
+AZURE_ENV: Final[Mapping[str, str]] = {
+    "AZURE_STORAGE_ACCOUNT_NAME": "account_name",
+    "AZURE_STORAGE_ACCOUNT_KEY": "account_key",
+    "AZURE_STORAGE_ACCESS_KEY": "account_key",
+    "AZURE_STORAGE_SAS_TOKEN": "sas_key",
+    "AZURE_STORAGE_SAS_KEY": "sas_key",
+    "AZURE_STORAGE_TOKEN": "token",
+    "AZURE_STORAGE_CLIENT_ID": "client_id",
+    "AZURE_CLIENT_ID": "client_id",  # workload identity, with the two below
+    "AZURE_TENANT_ID": "tenant_id",
+    "AZURE_FEDERATED_TOKEN_FILE": "federated_token_file",
+    "AZURE_CLIENT_SECRET": "client_secret",
+    "AZURE_AUTHORITY_HOST": "authority_host",
+    "AZURE_STORAGE_ENDPOINT": "endpoint",
+    "AZURE_STORAGE_USE_EMULATOR": "use_emulator",
+    "AZURE_SKIP_SIGNATURE": "skip_signature",
+    "AZURE_MSI_ENDPOINT": "msi_endpoint",
+}
+# Values never shown in a message, whatever the store says back.
+SECRET_ENV: Final = frozenset(
+    {
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "GOOGLE_SERVICE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_STORAGE_SAS_KEY",
+        "AZURE_STORAGE_TOKEN",
+        "AZURE_CLIENT_SECRET",
+    }
+)
+_S3_CREDENTIAL_SOURCES: Final = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+OBJECT_STORE_SCHEMES: Final = {"s3": "s3", "gs": "gcs", "az": "azure", "azure": "azure"}
 
 
 @dataclass(frozen=True, slots=True)
 class FetchedModel:
     path: Path
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """How to open one object: which store, its config (obstore keys), the path in it."""
+
+    kind: str  # "s3", "gcs" or "azure"
+    bucket: str
+    path: str
+    config: dict[str, str]
+    allow_http: bool
 
 
 def fetch_model(
@@ -69,14 +161,14 @@ def fetch_model(
         root = env.get(ENV_CONFIGMAP_ROOT, CONFIGMAP_MOUNT_ROOT)
         return _verify_local(_mounted(root, parsed, uri), expected, uri)
     if scheme in ("http", "https"):
-        request = urllib.request.Request(uri, headers={"User-Agent": "canarium-serving"})
-        return _download(request, uri, expected, Path(cache_dir), timeout)
-    if scheme == "s3":
-        request = s3_request(parsed.netloc, parsed.path.lstrip("/"), env)
-        return _download(request, uri, expected, Path(cache_dir), timeout)
+        return _download(_http_chunks(uri, timeout), uri, expected, Path(cache_dir), env)
+    if scheme in OBJECT_STORE_SCHEMES:
+        spec = store_spec(uri, env)
+        chunks = _object_chunks(spec, timeout)
+        return _download(chunks, uri, expected, Path(cache_dir), env)
     raise ModelLoadError(
-        f"unsupported model URI scheme {scheme!r} in {uri!r}; "
-        "use file://, a path, http(s)://, s3://, pvc:// or configmap://"
+        f"unsupported model URI scheme {scheme!r} in {uri!r}; use file://, a path, http(s)://, "
+        "s3://, gs://, az:// (azure://), pvc:// or configmap://"
     )
 
 
@@ -125,13 +217,19 @@ def _check_digest(digest: str, expected: str | None, uri: str) -> None:
         raise ModelLoadError(f"sha256 mismatch for {uri!r}: expected {expected}, got {digest}")
 
 
+class _FetchError(Exception):
+    """A download failed; the message is safe to show once masked."""
+
+
 def _download(
-    request: urllib.request.Request,
+    chunks: Iterable[bytes],
     uri: str,
     expected: str | None,
     cache_dir: Path,
-    timeout: float,
+    env: Mapping[str, str],
 ) -> FetchedModel:
+    """Write `chunks` into the cache under a name of the URI, hashing as they come; the file
+    appears (atomically) only once complete and matching `expected`."""
     safe_uri = _redact(uri)
     name = Path(urllib.parse.urlsplit(uri).path).name or "model.onnx"
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -143,26 +241,36 @@ def _download(
     h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            while chunk := resp.read(_CHUNK):
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
                 h.update(chunk)
                 out.write(chunk)
         _check_digest(h.hexdigest(), expected, safe_uri)
         os.replace(tmp, target)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read(300).decode("utf-8", "replace").strip()
-        raise ModelLoadError(
-            f"cannot fetch {safe_uri}: HTTP {exc.code} {exc.reason}"
-            + (f": {detail}" if detail else "")
-        ) from exc
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ModelLoadError(f"cannot fetch {safe_uri}: {reason}") from exc
+    except _FetchError as exc:
+        raise ModelLoadError(mask_secrets(f"cannot fetch {safe_uri}: {exc}", env)) from None
+    except OSError as exc:
+        raise ModelLoadError(mask_secrets(f"cannot fetch {safe_uri}: {exc}", env)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     log.info("fetched %s (%d bytes) into %s", safe_uri, target.stat().st_size, target)
     return FetchedModel(path=target, sha256=h.hexdigest())
+
+
+def _http_chunks(uri: str, timeout: float) -> Iterable[bytes]:
+    request = urllib.request.Request(uri, headers={"User-Agent": "canarium-serving"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            while chunk := resp.read(_CHUNK):
+                yield chunk
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(300).decode("utf-8", "replace").strip()
+        raise _FetchError(
+            f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
+        ) from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise _FetchError(str(getattr(exc, "reason", exc))) from None
 
 
 def _redact(uri: str) -> str:
@@ -174,106 +282,110 @@ def _redact(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-# --- S3: AWS Signature Version 4, GET Object only ----------------------------------------
+def mask_secrets(text: str, env: Mapping[str, str]) -> str:
+    """`text` with every credential value of `env` (see SECRET_ENV) replaced by ***."""
+    for name in SECRET_ENV:
+        value = env.get(name)
+        if value and len(value) >= 4:  # masking a 1-3 character value would garble the text
+            text = text.replace(value, "***")
+    return text
 
 
-def s3_request(
-    bucket: str, key: str, env: Mapping[str, str], now: dt.datetime | None = None
-) -> urllib.request.Request:
-    """A signed GET for s3://bucket/key.
+# --- Object stores (obstore) ------------------------------------------------------------------
 
-    Endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style, as MinIO wants), else AWS
-    (virtual-hosted style). Region: AWS_REGION / AWS_DEFAULT_REGION (us-east-1). Credentials:
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN; none = anonymous.
+
+def store_spec(uri: str, env: Mapping[str, str]) -> StoreSpec:
+    """Parse an object-store URI and map the environment to the store's config. Pure.
+
+    S3 without any credential source (static keys, web identity, container credentials) and
+    without AWS_SKIP_SIGNATURE is read anonymously, as before: public buckets and S3-compatible
+    stores that allow it. AWS_SKIP_SIGNATURE=false lets obstore look further (the node's
+    instance metadata).
     """
-    if not bucket or not key:
-        raise ModelLoadError("an s3 URI must look like s3://<bucket>/<key>")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    quoted_key = urllib.parse.quote(key, safe="/~")
-    if endpoint:
-        ep = urllib.parse.urlsplit(endpoint.rstrip("/"))
-        if ep.scheme not in ("http", "https") or not ep.netloc:
-            raise ModelLoadError(f"S3 endpoint {endpoint!r} must be an http(s) URL")
-        host = ep.netloc
-        path = f"{ep.path}/{urllib.parse.quote(bucket, safe='')}/{quoted_key}"
-        url = f"{ep.scheme}://{host}{path}"
-    else:
-        host = f"{bucket}.s3.{region}.amazonaws.com"
-        path = f"/{quoted_key}"
-        url = f"https://{host}{path}"
-    headers: dict[str, str] = {"User-Agent": "canarium-serving"}
-    access_key = env.get("AWS_ACCESS_KEY_ID")
-    secret_key = env.get("AWS_SECRET_ACCESS_KEY")
-    if access_key and secret_key:
-        headers.update(
-            sigv4_headers(
-                method="GET",
-                host=host,
-                path=path,
-                region=region,
-                access_key=access_key,
-                secret_key=secret_key,
-                session_token=env.get("AWS_SESSION_TOKEN"),
-                now=now,
-            )
+    parsed = urllib.parse.urlsplit(uri)
+    kind = OBJECT_STORE_SCHEMES[parsed.scheme.lower()]
+    bucket = parsed.netloc
+    path = urllib.parse.unquote(parsed.path).lstrip("/")
+    if not bucket or not path or parsed.query or parsed.fragment:
+        raise ModelLoadError(
+            f"{_redact(uri)!r} must look like {parsed.scheme}://<bucket or container>/<key>"
         )
-    return urllib.request.Request(url, headers=headers, method="GET")
+    table = {"s3": S3_ENV, "gcs": GCS_ENV, "azure": AZURE_ENV}[kind]
+    config: dict[str, str] = {}
+    for name, key in table.items():  # later names of the same key win (the table's order)
+        if env.get(name):
+            config[key] = env[name]
+    allow_http = False
+    if kind == "s3":
+        endpoint = config.get("endpoint")
+        if endpoint is not None:
+            ep = urllib.parse.urlsplit(endpoint)
+            if ep.scheme not in ("http", "https") or not ep.netloc:
+                raise ModelLoadError(f"S3 endpoint {_redact(endpoint)!r} must be an http(s) URL")
+            allow_http = ep.scheme == "http"
+        if "skip_signature" not in config and not any(env.get(n) for n in _S3_CREDENTIAL_SOURCES):
+            config["skip_signature"] = "true"
+        if "access_key_id" in config and "secret_access_key" not in config:
+            raise ModelLoadError("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+        config.setdefault("region", "us-east-1")
+    elif kind == "azure":
+        endpoint = config.get("endpoint", "")
+        allow_http = endpoint.startswith("http://") or config.get("use_emulator") == "true"
+        if "account_name" not in config and "use_emulator" not in config:
+            raise ModelLoadError(
+                f"{_redact(uri)!r}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account"
+            )
+    elif kind == "gcs":
+        allow_http = config.get("base_url", "").startswith("http://")
+    return StoreSpec(kind, bucket, path, config, allow_http)
 
 
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+def _object_chunks(spec: StoreSpec, timeout: float) -> Iterable[bytes]:
+    """Stream one object; store errors become _FetchError with the store's own reason."""
+    import obstore
+    from obstore.store import AzureStore, GCSStore, S3Store
+
+    client: ClientConfig = {
+        "allow_http": spec.allow_http,
+        "connect_timeout": dt.timedelta(seconds=min(timeout, 10.0)),
+        "timeout": dt.timedelta(seconds=timeout),
+        "user_agent": "canarium-serving",
+    }
+    # A wrong key or a missing object is not retried; an unreachable store is, for a while.
+    retry: RetryConfig = {"max_retries": 3, "retry_timeout": dt.timedelta(seconds=timeout)}
+    config: Any = spec.config
+    try:
+        store: Any
+        if spec.kind == "s3":
+            store = S3Store(spec.bucket, config=config, client_options=client, retry_config=retry)
+        elif spec.kind == "gcs":
+            store = GCSStore(spec.bucket, config=config, client_options=client, retry_config=retry)
+        else:
+            store = AzureStore(
+                spec.bucket, config=config, client_options=client, retry_config=retry
+            )
+        for chunk in obstore.get(store, spec.path).stream(min_chunk_size=_CHUNK):
+            yield bytes(chunk)
+    except Exception as exc:  # obstore's errors (NotFoundError is also a FileNotFoundError)
+        raise _FetchError(store_reason(exc)) from None
 
 
-def sigv4_headers(
-    *,
-    method: str,
-    host: str,
-    path: str,
-    region: str,
-    access_key: str,
-    secret_key: str,
-    session_token: str | None = None,
-    service: str = "s3",
-    query: str = "",
-    extra_headers: Mapping[str, str] | None = None,
-    payload_sha256: str = _EMPTY_SHA256,
-    now: dt.datetime | None = None,
-) -> dict[str, str]:
-    """Headers (Authorization, x-amz-date, x-amz-content-sha256, ...) signing one request.
+_STATUS_RE: Final = re.compile(r"status code: (\d{3}(?: [A-Za-z ]+?)?):")
+_XML_RE: Final = re.compile(r"<(Code|Message)>([^<]{1,300})</\1>")
 
-    `path` is already URI-encoded; `query` is the canonical query string.
-    """
-    now = now or dt.datetime.now(dt.UTC)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    date = amz_date[:8]
-    headers = {"host": host, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
-    if session_token:
-        headers["x-amz-security-token"] = session_token
-    for k, v in (extra_headers or {}).items():
-        headers[k.lower()] = v
-    names = sorted(headers)
-    canonical_headers = "".join(f"{k}:{' '.join(headers[k].split())}\n" for k in names)
-    signed_headers = ";".join(names)
-    canonical_request = "\n".join(
-        [method, path, query, canonical_headers, signed_headers, payload_sha256]
-    )
-    scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = "\n".join(
-        [
-            "AWS4-HMAC-SHA256",
-            amz_date,
-            scope,
-            hashlib.sha256(canonical_request.encode()).hexdigest(),
-        ]
-    )
-    key = _hmac(f"AWS4{secret_key}".encode(), date)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-    out = {k: v for k, v in headers.items() if k != "host"}
-    out["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-        f"SignedHeaders={signed_headers}, Signature={signature}"
-    )
-    return out
+
+def store_reason(exc: Exception) -> str:
+    """A one-line reason from an obstore error: the HTTP status and the store's error code and
+    message when it answered (e.g. `HTTP 403 Forbidden: SignatureDoesNotMatch: The request
+    signature ...`), else the error's first line. Never the Debug dump, which quotes the
+    request."""
+    text = str(exc).split("\n\nDebug source:", 1)[0]
+    status = _STATUS_RE.search(text)
+    if status:
+        found = {key: " ".join(html.unescape(v).split()) for key, v in _XML_RE.findall(text)}
+        parts = [f"HTTP {status.group(1).strip()}", found.get("Code"), found.get("Message")]
+        return ": ".join(p for p in parts if p)
+    first = " ".join(text.split())
+    if len(first) > 400:
+        first = first[:400] + "..."
+    return first or type(exc).__name__

@@ -613,3 +613,151 @@ def test_invalid_manifest_rejected_by_models(path: Path) -> None:
     model = {"ModelDeployment": ModelDeployment, "RolloutPolicy": RolloutPolicy}[obj["kind"]]
     with pytest.raises(ValidationError):
         model.model_validate(obj)
+
+
+# --- credentials: env valueFrom, envFrom, serviceAccountName ------------------------------
+
+SECRET_KEY = {"name": "s3-creds", "key": "secret-key"}
+
+
+def test_env_value_from_secret_and_configmap_and_env_from() -> None:
+    spec = ModelDeploymentSpec.model_validate(
+        spec_with(
+            serving={
+                "env": [
+                    {"name": "AWS_REGION", "value": "eu-west-3"},
+                    {
+                        "name": "AWS_SECRET_ACCESS_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+                    },
+                    {
+                        "name": "AWS_ENDPOINT_URL",
+                        "valueFrom": {
+                            "configMapKeyRef": {"name": "s3", "key": "endpoint", "optional": True}
+                        },
+                    },
+                ],
+                "envFrom": [
+                    {"secretRef": {"name": "azure-creds"}},
+                    {"prefix": "S3_", "configMapRef": {"name": "s3", "optional": False}},
+                ],
+                "serviceAccountName": "model-reader",
+                "automountServiceAccountToken": True,
+            }
+        )
+    )
+    serving = spec.to_dict()["serving"]
+    assert serving["env"][1] == {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+    }
+    assert serving["env"][2]["valueFrom"]["configMapKeyRef"]["optional"] is True
+    assert serving["envFrom"] == [
+        {"secretRef": {"name": "azure-creds"}},
+        {"prefix": "S3_", "configMapRef": {"name": "s3", "optional": False}},
+    ]
+    assert serving["serviceAccountName"] == "model-reader"
+    assert serving["automountServiceAccountToken"] is True
+
+
+def test_new_credential_fields_are_absent_by_default() -> None:
+    # Absent, not empty: revision hashes of existing specs must not change.
+    serving = ModelDeploymentSpec.model_validate(minimal_spec()).serving
+    assert serving.env_from is None
+    assert serving.service_account_name is None
+    assert serving.automount_service_account_token is None
+    env = ModelDeploymentSpec.model_validate(spec_with(serving={"env": [{"name": "A"}]}))
+    assert env.serving.env[0].to_dict() == {"name": "A"}
+
+
+@pytest.mark.parametrize(
+    ("serving", "location", "message"),
+    [
+        (
+            {"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": SECRET_KEY}}]},
+            "serving.env.0",
+            "set at most one of value and valueFrom",
+        ),
+        (
+            {
+                "env": [
+                    {
+                        "name": "A",
+                        "valueFrom": {
+                            "secretKeyRef": SECRET_KEY,
+                            "configMapKeyRef": {"name": "c", "key": "k"},
+                        },
+                    }
+                ]
+            },
+            "serving.env.0.valueFrom",
+            "set exactly one of secretKeyRef and configMapKeyRef",
+        ),
+        (
+            {"env": [{"name": "A", "valueFrom": {}}]},
+            "serving.env.0.valueFrom",
+            "set exactly one of secretKeyRef and configMapKeyRef",
+        ),
+        (
+            {
+                "env": [
+                    {"name": "A", "valueFrom": {"secretKeyRef": {"name": "Bad_Name", "key": "k"}}}
+                ]
+            },
+            "serving.env.0.valueFrom.secretKeyRef.name",
+            "pattern",
+        ),
+        (
+            {"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a/b"}}}]},
+            "serving.env.0.valueFrom.secretKeyRef.key",
+            "pattern",
+        ),
+        (
+            {"env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+            "serving.env.0.valueFrom.fieldRef",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"env": [{"name": "CANARIUM_MODEL_URI", "valueFrom": {"secretKeyRef": SECRET_KEY}}]},
+            "serving.env.0.name",
+            "is set by the operator",
+        ),
+        (
+            {"envFrom": [{"prefix": "S3_"}]},
+            "serving.envFrom.0",
+            "set exactly one of secretRef and configMapRef",
+        ),
+        (
+            {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
+            "serving.envFrom.0",
+            "set exactly one of secretRef and configMapRef",
+        ),
+        (
+            {"envFrom": [{"prefix": "1X", "secretRef": {"name": "a"}}]},
+            "serving.envFrom.0.prefix",
+            "pattern",
+        ),
+        ({"serviceAccountName": "Not A Name"}, "serving.serviceAccountName", "pattern"),
+    ],
+)
+def test_credential_rules_name_the_field(
+    serving: dict[str, Any], location: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        ModelDeploymentSpec.model_validate(spec_with(serving=serving))
+    locations = [".".join(str(part) for part in e["loc"]) for e in info.value.errors()]
+    assert any(loc.startswith(location) for loc in locations), locations
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["gs://my-bucket/models/iris.onnx", "az://models/iris/1.onnx", "azure://models/iris.onnx"],
+)
+def test_object_store_uris_accepted(uri: str) -> None:
+    ModelDeploymentSpec.model_validate(spec_with(model={"uri": uri, "version": "1"}))
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket", "az://Container/x.onnx", "abfs://c/x.onnx"])
+def test_object_store_uris_rejected(uri: str) -> None:
+    with pytest.raises(ValidationError):
+        ModelDeploymentSpec.model_validate(spec_with(model={"uri": uri, "version": "1"}))

@@ -568,3 +568,82 @@ def test_a_deployment_without_a_readable_spec_has_none(annotations: dict[str, st
 
 def test_a_deployment_without_metadata_has_no_spec() -> None:
     assert spec_of_revision({}) is None
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+CREDENTIALS = {
+    "replicas": 2,
+    "env": [
+        {"name": "AWS_REGION", "value": "eu-west-3"},
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+        },
+        {
+            "name": "AWS_ENDPOINT_URL",
+            "valueFrom": {"configMapKeyRef": {"name": "s3", "key": "endpoint", "optional": True}},
+        },
+    ],
+    "envFrom": [{"prefix": "S3_", "secretRef": {"name": "more-creds", "optional": True}}],
+    "serviceAccountName": "model-reader",
+}
+
+
+def test_secret_references_reach_the_pod_as_references() -> None:
+    dep = _deployment(serving=CREDENTIALS)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    user = container["env"][-3:]
+    assert user == [
+        {"name": "AWS_REGION", "value": "eu-west-3"},
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+        },
+        {
+            "name": "AWS_ENDPOINT_URL",
+            "valueFrom": {"configMapKeyRef": {"name": "s3", "key": "endpoint", "optional": True}},
+        },
+    ]
+    # the operator's variables come first and are plain values it owns
+    names = [e["name"] for e in container["env"]]
+    assert names.index(contract.ENV_MODEL_URI) < names.index("AWS_SECRET_ACCESS_KEY")
+    assert container["envFrom"] == [
+        {"prefix": "S3_", "secretRef": {"name": "more-creds", "optional": True}}
+    ]
+    assert pod["serviceAccountName"] == "model-reader"
+    # a ServiceAccount for workload identity does not bring the API token with it
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_the_api_token_is_mounted_only_when_asked() -> None:
+    asked = _deployment(serving={"replicas": 1, "automountServiceAccountToken": True})
+    assert asked["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    refused = _deployment(serving={"replicas": 1, "automountServiceAccountToken": False})
+    assert refused["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    plain = _deployment()
+    pod = plain["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert "envFrom" not in pod["containers"][0]
+
+
+def test_a_changed_secret_reference_is_a_new_revision_the_secret_value_is_not_read() -> None:
+    base = revision_hash(mdep(serving=CREDENTIALS).spec)
+    other_key = json.loads(json.dumps(CREDENTIALS))
+    other_key["env"][1]["valueFrom"]["secretKeyRef"]["key"] = "rotated-key"
+    assert revision_hash(mdep(serving=other_key).spec) != base
+    other_account = {**CREDENTIALS, "serviceAccountName": "other"}
+    assert revision_hash(mdep(serving=other_account).spec) != base
+    no_env_from = {k: v for k, v in CREDENTIALS.items() if k != "envFrom"}
+    assert revision_hash(mdep(serving=no_env_from).spec) != base
+    token = {**CREDENTIALS, "automountServiceAccountToken": True}
+    assert revision_hash(mdep(serving=token).spec) != base
+    # the revision's recorded spec holds references, never values: there are none to hold
+    dep = _deployment(serving=CREDENTIALS)
+    recorded = json.loads(dep["metadata"]["annotations"][ANNOTATION_REVISION_SPEC])
+    assert recorded["serving"]["env"][1] == CREDENTIALS["env"][1]  # type: ignore[index]
+    restored = spec_of_revision(dep)
+    assert restored is not None
+    assert revision_hash(restored) == base

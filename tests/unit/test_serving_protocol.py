@@ -3,17 +3,26 @@ ProtocolError (a 4xx), and valid requests round-trip exactly."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
+import re
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 from canarium_serving import metrics_contract as mc
-from canarium_serving.fetch import s3_request, sigv4_headers
+from canarium_serving.fetch import (
+    AZURE_ENV,
+    GCS_ENV,
+    S3_ENV,
+    SECRET_ENV,
+    mask_secrets,
+    store_reason,
+    store_spec,
+)
 from canarium_serving.metrics import Labels, ServingMetrics
 from canarium_serving.metrics_contract import ReferenceStatistics, psi
+from canarium_serving.model import ModelLoadError
 from canarium_serving.protocol import (
     DATATYPE_TO_NUMPY,
     ONNX_TO_DATATYPE,
@@ -290,45 +299,134 @@ def test_psi() -> None:
     assert math.isfinite(psi([1.0, 0.0], [0.0, 1.0]))
 
 
-# --- S3 signing --------------------------------------------------------------------------
+# --- object stores: URI and environment -> obstore config (no network) -------------------
 
 
-def test_sigv4_matches_the_aws_documentation_example() -> None:
-    # "Example: GET Object" from the Amazon S3 Signature Version 4 documentation.
-    headers = sigv4_headers(
-        method="GET",
-        host="examplebucket.s3.amazonaws.com",
-        path="/test.txt",
-        region="us-east-1",
-        access_key="AKIAIOSFODNN7EXAMPLE",
-        secret_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        extra_headers={"Range": "bytes=0-9"},
-        now=dt.datetime(2013, 5, 24, tzinfo=dt.UTC),
-    )
-    assert headers["Authorization"] == (
-        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
-        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
-        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
-    )
-
-
-def test_s3_request_addressing() -> None:
-    aws = s3_request("bucket", "a b/model.onnx", {"AWS_REGION": "eu-west-1"})
-    assert aws.full_url == "https://bucket.s3.eu-west-1.amazonaws.com/a%20b/model.onnx"
-    assert "Authorization" not in aws.headers  # anonymous without credentials
-    minio = s3_request(
-        "bucket",
-        "m.onnx",
+def test_s3_env_maps_to_the_store_config() -> None:
+    spec = store_spec(
+        "s3://models-bucket/iris/v%201/model.onnx",
         {
-            "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "AWS_ENDPOINT_URL": "https://ignored.example.org",
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000",
+            "AWS_DEFAULT_REGION": "us-west-2",
+            "AWS_REGION": "eu-west-3",
             "AWS_ACCESS_KEY_ID": "k",
             "AWS_SECRET_ACCESS_KEY": "s",
             "AWS_SESSION_TOKEN": "t",
+            "AWS_PROFILE": "ignored: no profiles in pods",
+            "HOME": "/root",
         },
     )
-    assert minio.full_url == "http://127.0.0.1:9000/bucket/m.onnx"
-    assert minio.get_header("Authorization", "").startswith("AWS4-HMAC-SHA256 Credential=k/")
-    assert minio.get_header("X-amz-security-token") == "t"
+    assert (spec.kind, spec.bucket, spec.path) == ("s3", "models-bucket", "iris/v 1/model.onnx")
+    assert spec.config == {
+        "endpoint": "http://127.0.0.1:9000",  # the S3-specific endpoint wins
+        "region": "eu-west-3",  # AWS_REGION wins over AWS_DEFAULT_REGION
+        "access_key_id": "k",
+        "secret_access_key": "s",
+        "session_token": "t",
+    }
+    assert spec.allow_http  # a plain-http endpoint must be allowed explicitly
+
+
+def test_s3_web_identity_is_a_credential_source_and_anonymous_is_the_fallback() -> None:
+    irsa = store_spec(
+        "s3://b/k.onnx",
+        {
+            "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/models",
+            "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/token",
+        },
+    )
+    assert irsa.config == {
+        "role_arn": "arn:aws:iam::123456789012:role/models",
+        "web_identity_token_file": "/var/run/secrets/eks.amazonaws.com/token",
+        "region": "us-east-1",
+    }
+    assert not irsa.allow_http
+    pod_identity = store_spec(
+        "s3://b/k.onnx", {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1"}
+    )
+    assert "skip_signature" not in pod_identity.config
+    # no credential source at all: anonymous, as public buckets want
+    assert store_spec("s3://b/k.onnx", {}).config == {
+        "skip_signature": "true",
+        "region": "us-east-1",
+    }
+    # ... unless asked to look further (the node's instance metadata)
+    explicit = store_spec("s3://b/k.onnx", {"AWS_SKIP_SIGNATURE": "false"})
+    assert explicit.config["skip_signature"] == "false"
+
+
+def test_gcs_and_azure_env_map_to_their_stores() -> None:
+    gcs = store_spec(
+        "gs://bucket/m.onnx", {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/sa.json"}
+    )
+    assert (gcs.kind, gcs.bucket, gcs.path) == ("gcs", "bucket", "m.onnx")
+    assert gcs.config == {"application_credentials": "/var/secrets/sa.json"}
+    azure_env = {
+        "AZURE_STORAGE_ACCOUNT_NAME": "acct",
+        "AZURE_CLIENT_ID": "cid",
+        "AZURE_TENANT_ID": "tid",
+        "AZURE_FEDERATED_TOKEN_FILE": "/var/run/secrets/azure/tokens/azure-identity-token",
+    }
+    for scheme in ("az", "azure"):
+        az = store_spec(f"{scheme}://models/iris/m.onnx", azure_env)
+        assert (az.kind, az.bucket, az.path) == ("azure", "models", "iris/m.onnx")
+        assert az.config == {
+            "account_name": "acct",
+            "client_id": "cid",
+            "tenant_id": "tid",
+            "federated_token_file": "/var/run/secrets/azure/tokens/azure-identity-token",
+        }
+
+
+@pytest.mark.parametrize(
+    ("uri", "env", "message"),
+    [
+        ("s3://bucket", {}, "must look like s3://<bucket or container>/<key>"),
+        ("s3://bucket/", {}, "must look like"),
+        ("s3://bucket/k?X-Amz-Signature=abc", {}, "must look like"),
+        ("s3://b/k", {"AWS_ENDPOINT_URL": "minio:9000"}, "must be an http(s) URL"),
+        ("s3://b/k", {"AWS_ACCESS_KEY_ID": "k"}, "AWS_SECRET_ACCESS_KEY is not"),
+        ("az://container/blob", {}, "set AZURE_STORAGE_ACCOUNT_NAME"),
+    ],
+)
+def test_object_store_uri_and_env_mistakes(uri: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as info:
+        store_spec(uri, env)
+    assert "abc" not in str(info.value)  # a presigned query string is never echoed
+
+
+def test_store_reason_keeps_the_store_s_answer_and_drops_the_request_dump() -> None:
+    class PermissionDeniedError(Exception):
+        pass
+
+    raw = (
+        "The operation lacked the necessary privileges to complete for path k: Error performing "
+        "GET http://127.0.0.1:1/b/k in 2ms - Server returned non-2xx status code: 403 "
+        'Forbidden: <?xml version="1.0"?> <Error><Code>SignatureDoesNotMatch</Code><Message>'
+        "The signature does not match &#34;here&#34;.</Message><StringToSign>AWS4</StringToSign>"
+        "</Error>\n\nDebug source:\nPermissionDenied { headers: x-amz-security-token: t }"
+    )
+    assert store_reason(PermissionDeniedError(raw)) == (
+        'HTTP 403 Forbidden: SignatureDoesNotMatch: The signature does not match "here".'
+    )
+    refused = "Generic S3 error: Error performing GET http://h/b/k - HTTP error: refused"
+    assert store_reason(Exception(refused + "\n\nDebug source:\nGeneric {}")) == refused
+    assert store_reason(Exception("x" * 500)).endswith("...")
+    assert store_reason(Exception("")) == "Exception"
+
+
+def test_mask_secrets_hides_every_credential_value() -> None:
+    env = {
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t/value",
+        "AWS_SESSION_TOKEN": "tok3n",
+        "AZURE_STORAGE_SAS_TOKEN": "sv=2024&sig=abcd",
+        "AWS_ACCESS_KEY_ID": "AKIAPUBLIC",  # an identifier, not a secret
+        "AZURE_CLIENT_SECRET": "abc",  # too short to mask without garbling the text
+    }
+    text = "a s3cr3t/value b tok3n c sv=2024&sig=abcd d AKIAPUBLIC e abc"
+    assert mask_secrets(text, env) == "a *** b *** c *** d AKIAPUBLIC e abc"
+    assert {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET"} <= SECRET_ENV
 
 
 # --- what each client mistake is told (the messages a user reads) ------------------------
@@ -805,3 +903,40 @@ def test_every_property_test_here_is_seeded() -> None:
         chosen = test._hypothesis_internal_use_settings
         assert chosen.derandomize, test.__name__
         assert chosen.database is None, test.__name__
+
+
+def _plausible(key: str) -> str:
+    if key in {"skip_signature", "virtual_hosted_style_request", "imdsv1_fallback"}:
+        return "false"
+    if key in {"use_emulator", "request_payer"}:
+        return "false"
+    if any(part in key for part in ("endpoint", "uri", "url", "host")):
+        return "http://127.0.0.1:1"
+    return "x"
+
+
+@pytest.mark.parametrize(
+    ("store", "table", "base"),
+    [
+        ("S3Store", S3_ENV, {"access_key_id": "k", "secret_access_key": "s"}),
+        ("AzureStore", AZURE_ENV, {"account_name": "acct"}),
+        ("GCSStore", GCS_ENV, {}),
+    ],
+)
+def test_obstore_knows_every_mapped_config_key(
+    store: str, table: dict[str, str], base: dict[str, str]
+) -> None:
+    # An unknown key makes obstore refuse the whole config: each mapped one must be real.
+    import obstore.store
+    from obstore.exceptions import UnknownConfigurationKeyError
+
+    cls = getattr(obstore.store, store)
+    for key in set(table.values()):
+        try:
+            cls("bucket", config={**base, key: _plausible(key)})
+        except UnknownConfigurationKeyError:
+            pytest.fail(f"{store} does not know {key!r}")
+        except Exception:  # a value obstore checks further (e.g. a credential file): known key
+            pass
+    with pytest.raises(UnknownConfigurationKeyError):
+        cls("bucket", config={**base, "no_such_key": "x"})

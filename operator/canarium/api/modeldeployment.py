@@ -32,6 +32,8 @@ MODEL_URI_PATTERN = (
     r"^("
     r"https?://[^\s/?#]+(/\S*)?"
     r"|s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9]/\S+"
+    r"|gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/\S+"
+    r"|(az|azure)://[a-z0-9][-a-z0-9]{1,61}[a-z0-9]/\S+"
     r"|pvc://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/\S+"
     r"|configmap://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]+"
     r"|file:///\S+"
@@ -52,6 +54,7 @@ RESERVED_ENV = (
     contract.ENV_MODEL_CACHE_DIR,
 )
 MAX_ENV = 100
+MAX_ENV_FROM = 32
 
 # ---------------------------------------------------------------------------------------------
 # spec.model
@@ -66,9 +69,12 @@ class ModelSpec(SpecModel):
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description=(
-            "Where the model file is: http(s)://host/path, s3://bucket/key, "
+            "Where the model file is: http(s)://host/path, s3://bucket/key, gs://bucket/key, "
+            "az://container/blob (Azure Blob Storage; azure:// too), "
             "pvc://claim/path/in/volume, configmap://name/key (binaryData or data), or "
-            "file:///absolute/path inside the serving image."
+            "file:///absolute/path inside the serving image. Object stores read their "
+            "credentials from the serving container's environment (serving.env valueFrom, "
+            "serving.envFrom) or its workload identity (serving.serviceAccountName)."
         ),
     )
     format: Literal["onnx"] = Field("onnx", description="Model file format. Only onnx for now.")
@@ -148,10 +154,88 @@ RULE_ENV_RESERVED = Rule(
 )
 
 
-class EnvVar(SpecModel):
-    """An environment variable of the serving container."""
+KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a Secret or ConfigMap data key, as Kubernetes checks it
 
-    model_config = ConfigDict(json_schema_extra=validations(RULE_ENV_RESERVED))
+
+class SecretKeySelector(SpecModel):
+    """One key of a Secret in the ModelDeployment's namespace (core/v1 SecretKeySelector)."""
+
+    name: DnsSubdomain = Field(description="Name of the Secret.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=KEY_PATTERN, description="Key in the Secret."
+    )
+    optional: bool | None = Field(
+        None,
+        description="true: a missing Secret or key leaves the variable unset. Absent or false: "
+        "the pod does not start until it exists (the revision then fails as RevisionFailed).",
+    )
+
+
+class ConfigMapKeySelector(SpecModel):
+    """One key of a ConfigMap in the ModelDeployment's namespace (core/v1 ConfigMapKeySelector)."""
+
+    name: DnsSubdomain = Field(description="Name of the ConfigMap.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=KEY_PATTERN, description="Key in the ConfigMap."
+    )
+    optional: bool | None = Field(
+        None,
+        description="true: a missing ConfigMap or key leaves the variable unset. Absent or "
+        "false: the pod does not start until it exists.",
+    )
+
+
+RULE_ONE_KEY_SOURCE = Rule(
+    "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+    "set exactly one of secretKeyRef and configMapKeyRef",
+    field_path=".secretKeyRef",
+    reason="FieldValueInvalid",
+)
+
+
+class EnvVarSource(SpecModel):
+    """Where a variable's value comes from: a Secret key or a ConfigMap key, exactly one. The
+    kubelet reads it when a pod starts; the operator never reads it, so the value appears in
+    no status, event, log or annotation. A changed reference is a new revision (a rollout); a
+    changed value is not: pods started afterwards (restarts, scale-ups) get it."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_KEY_SOURCE))
+
+    secret_key_ref: SecretKeySelector | None = Field(
+        None, description="A key of a Secret, e.g. S3 keys: {name: s3-creds, key: secret-key}."
+    )
+    config_map_key_ref: ConfigMapKeySelector | None = Field(
+        None, description="A key of a ConfigMap."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise RULE_ONE_KEY_SOURCE.fail()
+        return self
+
+
+RULE_ENV_RESERVED = Rule(
+    "!(self.name in [" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "])",
+    "is set by the operator (model, identity, port and cache of the serving pod)",
+    field_path=".name",
+    reason="FieldValueForbidden",
+)
+RULE_ENV_ONE_VALUE = Rule(
+    "!(has(self.value) && has(self.valueFrom))",
+    "set at most one of value and valueFrom",
+    field_path=".valueFrom",
+    reason="FieldValueForbidden",
+)
+
+
+class EnvVar(SpecModel):
+    """An environment variable of the serving container: a plain value, or valueFrom a Secret
+    or ConfigMap key (at most one; neither is the empty string, as in Kubernetes). Credentials
+    belong in valueFrom.secretKeyRef, never in value: value is stored in the spec, in Git and in
+    the revision's annotation."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ENV_RESERVED, RULE_ENV_ONE_VALUE))
 
     name: str = Field(
         min_length=1,
@@ -162,7 +246,14 @@ class EnvVar(SpecModel):
         + ") are refused; other CANARIUM_* server settings, e.g. CANARIUM_BATCH_MAX_SIZE, "
         "may be set here.",
     )
-    value: str = Field("", max_length=32768, description="Variable value.")
+    value: str | None = Field(
+        None,
+        max_length=32768,
+        description="Plain value (not for secrets: use valueFrom.secretKeyRef).",
+    )
+    value_from: EnvVarSource | None = Field(
+        None, description="Take the value from a Secret or ConfigMap key."
+    )
 
     @field_validator("name")
     @classmethod
@@ -170,6 +261,62 @@ class EnvVar(SpecModel):
         if value in RESERVED_ENV:
             raise RULE_ENV_RESERVED.fail()
         return value
+
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise RULE_ENV_ONE_VALUE.fail()
+        return self
+
+
+class SecretEnvSource(SpecModel):
+    """A whole Secret as variables (core/v1 SecretEnvSource)."""
+
+    name: DnsSubdomain = Field(description="Name of the Secret.")
+    optional: bool | None = Field(
+        None, description="true: a missing Secret adds nothing instead of stopping the pod."
+    )
+
+
+class ConfigMapEnvSource(SpecModel):
+    """A whole ConfigMap as variables (core/v1 ConfigMapEnvSource)."""
+
+    name: DnsSubdomain = Field(description="Name of the ConfigMap.")
+    optional: bool | None = Field(
+        None, description="true: a missing ConfigMap adds nothing instead of stopping the pod."
+    )
+
+
+RULE_ONE_ENV_SOURCE = Rule(
+    "has(self.secretRef) != has(self.configMapRef)",
+    "set exactly one of secretRef and configMapRef",
+    field_path=".secretRef",
+    reason="FieldValueInvalid",
+)
+
+
+class EnvFromSource(SpecModel):
+    """Every key of a Secret or ConfigMap as a variable (exactly one of them), e.g. a Secret
+    holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. The operator's own variables
+    (CANARIUM_MODEL_URI, ...) always win over keys of the same name."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_ONE_ENV_SOURCE))
+
+    prefix: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=C_IDENTIFIER_PATTERN,
+        description="Put in front of every key to make the variable name (a C identifier).",
+    )
+    secret_ref: SecretEnvSource | None = Field(None, description="The Secret to read.")
+    config_map_ref: ConfigMapEnvSource | None = Field(None, description="The ConfigMap to read.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise RULE_ONE_ENV_SOURCE.fail()
+        return self
 
 
 class Toleration(SpecModel):
@@ -223,6 +370,34 @@ class ServingSpec(SpecModel):
         max_length=MAX_ENV,
         description="Extra environment variables of the serving container (unique names).",
         json_schema_extra=list_map("name"),
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None,
+        max_length=MAX_ENV_FROM,
+        description="Secrets and ConfigMaps whose every key becomes a variable of the serving "
+        "container. Keys that are not C identifiers are skipped by the kubelet; env wins over "
+        "envFrom for the same name.",
+    )
+    service_account_name: DnsSubdomain | None = Field(
+        None,
+        description="ServiceAccount the serving pods run as (in the ModelDeployment's "
+        "namespace): the workload identity that model stores trust. AWS IRSA: a ServiceAccount "
+        "annotated eks.amazonaws.com/role-arn (the EKS pod identity webhook injects "
+        "AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and its own projected token). GKE Workload "
+        "Identity: one bound to a Google service account (credentials from the metadata "
+        "server). Azure Workload Identity's webhook also needs the pod label "
+        "azure.workload.identity/use, which serving pods do not carry yet: use a Secret "
+        "(AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN) there. Absent: the namespace's "
+        "default ServiceAccount. Anyone who may create ModelDeployments in a namespace may run "
+        "pods as its ServiceAccounts and read its Secrets through env, as with Deployments.",
+    )
+    automount_service_account_token: bool | None = Field(
+        None,
+        description="Mount the ServiceAccount's Kubernetes API token into the serving pods. "
+        "Absent or false (the default): no API token, since the model server never calls the "
+        "API server. The identity webhooks above project their own, audience-bound tokens and "
+        "do not need it; set true only for a credential provider that reads the API token "
+        "itself.",
     )
     node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
         default_factory=dict,
