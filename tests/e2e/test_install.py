@@ -252,16 +252,17 @@ def test_operator_rbac_is_enough_and_no_more(
     assert not denied, "permission errors in the operator log:\n" + "\n".join(denied)
 
 
-def _can_i(cluster: Cluster, verb: str, resource: str, namespace: str = "") -> bool:
-    """A SubjectAccessReview for the ServiceAccount (what `kubectl auth can-i --as` asks, but
-    exact for groups the server does not serve, such as Gateway API without its CRDs).
-    `resource` is `plural[.group][/subresource]`; no namespace: all namespaces."""
+def _can_i(cluster: Cluster, verb: str, resource: str, namespace: str = "", user: str = SA) -> bool:
+    """A SubjectAccessReview for the ServiceAccount, or `user` (what `kubectl auth can-i --as`
+    asks, but exact for groups the server does not serve, such as Gateway API without its
+    CRDs). `resource` is `plural[.group][/subresource]`; no namespace: all namespaces."""
     plural_group, _, subresource = resource.partition("/")
     plural, _, group = plural_group.partition(".")
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"] if user == SA else []
     review = client.V1SubjectAccessReview(
         spec=client.V1SubjectAccessReviewSpec(
-            user=SA,
-            groups=["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"],
+            user=user,
+            groups=groups,
             resource_attributes=client.V1ResourceAttributes(
                 verb=verb,
                 group=group,
@@ -313,6 +314,7 @@ def test_operator_can_what_it_needs(cluster: Cluster) -> None:
     needed = [
         ("watch", "modeldeployments.canarium.dev"),
         ("patch", "modeldeployments.canarium.dev/status"),
+        ("patch", "rolloutpolicies.canarium.dev/status"),
         ("watch", "rolloutpolicies.canarium.dev"),
         ("patch", "deployments.apps"),
         ("create", "services"),
@@ -325,3 +327,30 @@ def test_operator_can_what_it_needs(cluster: Cluster) -> None:
     ]
     missing = [(v, r) for v, r in needed if not _can_i(cluster, v, r)]
     assert not missing, missing
+
+
+@pytest.mark.usefixtures("installed")
+def test_namespace_roles_grant_canarium_through_aggregation(
+    cluster: Cluster, namespace: str
+) -> None:
+    """The cluster's own `edit` and `view` roles, bound in one namespace, reach ModelDeployments
+    and RolloutPolicies (aggregate-roles.yaml) there and nowhere else; no role writes status."""
+    for role, user in (("edit", "dev@example.com"), ("view", "viewer@example.com")):
+        cluster.kubectl(
+            "create", "rolebinding", f"{role}-binding", f"--clusterrole={role}",
+            f"--user={user}", "-n", namespace,
+        )  # fmt: skip
+    mdeps, rpols = "modeldeployments.canarium.dev", "rolloutpolicies.canarium.dev"
+
+    def aggregated() -> bool:  # the controller-manager aggregates the rules shortly after
+        return _can_i(cluster, "create", mdeps, namespace, "dev@example.com")
+
+    wait_until(aggregated, timeout=30, what="edit may create ModelDeployments")
+    dev, viewer = "dev@example.com", "viewer@example.com"
+    assert _can_i(cluster, "patch", mdeps, namespace, dev)  # kubectl canarium promote
+    assert _can_i(cluster, "delete", rpols, namespace, dev)
+    assert not _can_i(cluster, "patch", f"{mdeps}/status", namespace, dev)
+    assert not _can_i(cluster, "create", mdeps, "default", dev)
+    assert _can_i(cluster, "list", mdeps, namespace, viewer)
+    assert _can_i(cluster, "get", rpols, namespace, viewer)
+    assert not _can_i(cluster, "patch", mdeps, namespace, viewer)

@@ -111,6 +111,7 @@ def test_rbac_has_no_wildcards_and_nothing_sensitive() -> None:
     assert _granted("canarium.dev", "modeldeployments") == {"get", "list", "watch"}
     assert _granted("canarium.dev", "rolloutpolicies") == {"get", "list", "watch"}
     assert _granted("canarium.dev", "modeldeployments/status") == {"patch"}
+    assert _granted("canarium.dev", "rolloutpolicies/status") == {"patch"}  # Ready/Stalled
 
 
 def test_rbac_binds_the_operator_service_account() -> None:
