@@ -53,8 +53,9 @@ kubectl: ## print the path of the matching kubectl
 
 .PHONY: deploy
 KUBECTL ?= kubectl
-crds: setup ## regenerate crds/ from the pydantic models
+crds: setup ## regenerate crds/ (and the Helm chart's copy) from the pydantic models
 	$(BIN)/canarium crds --out crds
+	$(BIN)/canarium crds --out charts/canarium/crds
 
 deploy: ## install the operator into the current kubectl context (kubectl apply -k manifests/install)
 	$(KUBECTL) apply -k manifests/install
@@ -62,16 +63,26 @@ deploy: ## install the operator into the current kubectl context (kubectl apply 
 unit: setup ## unit and model-server tests (no cluster)
 	$(BIN)/pytest tests/unit tests/serving
 
-test-deps: ## what the e2e tests need, if missing: Prometheus (Debian), Traefik (hack/gateway.sh)
+test-deps: ## what the tests need, if missing: Prometheus (Debian), Traefik (hack/gateway.sh), Helm (hack/helm.sh), versitygw (hack/versitygw.sh), Azurite (hack/azurite.sh)
 	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 	@hack/gateway.sh >/dev/null
+	@hack/helm.sh >/dev/null
+	@hack/versitygw.sh >/dev/null
+	@hack/azurite.sh >/dev/null
 
 e2e: setup control-plane test-deps images ## e2e tests against the local control plane (or CANARIUM_KUBECONFIG)
 	$(BIN)/pytest tests/e2e
 
 test: setup control-plane test-deps images ## everything: lint, type checks, unit, serving and e2e tests
-	$(MAKE) --no-print-directory lint typecheck
+	$(MAKE) --no-print-directory lint typecheck test-min
 	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
+
+.PHONY: test-min lock
+test-min: ## unit and model-server tests with every dependency at its lower bound (.venv-min)
+	hack/min-versions.sh
+
+lock: ## re-pin the images' packages (constraints/images.txt) after a dependency change
+	hack/lock.sh
 
 .PHONY: mutation
 mutation: setup ## mutation testing of the pure core (mutmut); per-module scores, bar 90%
@@ -100,3 +111,7 @@ bench-rollback: setup control-plane images ## broken canary to all traffic on st
 
 bench-judgement: setup ## simulated rollouts: sequential judge vs fixed thresholds (false rollbacks, detection)
 	$(BIN)/python -m tests.bench.bench_judgement
+
+.PHONY: argocd-cm
+argocd-cm: setup ## regenerate manifests/argocd/argocd-cm-actions.yaml from the Argo CD actions' Lua
+	$(BIN)/python -m tests.argocd_lua

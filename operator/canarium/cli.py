@@ -1,37 +1,74 @@
-"""`canarium`: the operator and its command-line tools (also `kubectl canarium`)."""
+"""`canarium`: the operator and its command-line tools (also `kubectl canarium`).
+
+The client commands behave like kubectl's: `-n/--namespace`, `--kubeconfig` and `--context`
+go anywhere on the line (kubectl hands a plugin every argument after its name, and KUBECONFIG
+in the environment); an error is one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from canarium import __version__
 
+# Exit codes (also in `--help`): kubectl's convention.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EPILOG = """exit codes:
+  0  success
+  1  error: the object does not exist, the cluster cannot be reached, the kubeconfig or
+     context is unusable, or the API server refused the request (one line on stderr)
+  2  usage error: unknown command or option, or an input file that cannot be read
+
+-n/--namespace, --kubeconfig and --context may be given anywhere on the line
+(`kubectl canarium -n ml status iris -o json`); the namespace defaults to the context's."""
+MDEP_API = "canarium.dev/v1alpha1"
+
+
+class CliError(Exception):
+    """An expected failure of a client command: printed as one line, exit code 1."""
+
 
 def _run(args: argparse.Namespace) -> int:
-    import kopf
-    from prometheus_client import start_http_server
+    if getattr(args, "context", None):
+        print("error: `run` uses the kubeconfig's current context; --context is for the "
+              "client commands", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    try:
+        import kopf
+        from prometheus_client import start_http_server
 
-    import canarium.handlers  # noqa: F401  (registers the handlers)
+        import canarium.handlers  # noqa: F401  (registers the handlers)
+    except ModuleNotFoundError as exc:  # a plain install is the CLI only
+        print(f"error: `canarium run` needs the operator extra (no module {exc.name!r}): "
+              "pip install 'canarium[operator]'", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "kubeconfig", None):  # kopf and the client both read KUBECONFIG
+        os.environ["KUBECONFIG"] = args.kubeconfig
     if args.pod_scrape:
         os.environ["CANARIUM_POD_SCRAPE"] = args.pod_scrape
     if not args.verbose:  # kopf logs every handled event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    memo = kopf.Memo(namespaces=list(args.namespace), workers=args.workers)
+    # `canarium -n ns run` (the global option, a string) and `run -n a -n b` (a list) alike.
+    given = getattr(args, "namespace", None) or []
+    namespaces = [given] if isinstance(given, str) else list(given)
+    memo = kopf.Memo(namespaces=namespaces, workers=args.workers)
     # kopf's default identity asks the passwd database for the user's name, which a numeric
     # non-root user (runAsUser 65532, no passwd entry) does not have.
     from kopf._core.engines.peering import Identity
@@ -40,8 +77,8 @@ def _run(args: argparse.Namespace) -> int:
     asyncio.run(
         kopf.operator(
             identity=Identity(identity),
-            clusterwide=not args.namespace,
-            namespaces=list(args.namespace),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
             standalone=args.peering is None,
             peering_name=args.peering,
             liveness_endpoint=args.liveness,
@@ -62,50 +99,174 @@ def _crds(args: argparse.Namespace) -> int:
     return crdgen.main(argv)
 
 
-def _client_and_namespace(args: argparse.Namespace) -> tuple[Any, str]:
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def context_namespace(
+    contexts: Sequence[dict[str, Any]], active: dict[str, Any] | None, name: str | None
+) -> str | None:
+    """The namespace a kubeconfig context names: the context `name` (--context), else the
+    current one; None when it names none."""
+    chosen = active
+    if name is not None:
+        chosen = next((c for c in contexts if c.get("name") == name), None)
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """kubectl's default: the context's namespace, in a pod its own, else `default`."""
+    from kubernetes import config
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        contexts, active = [], None
+    namespace = context_namespace(contexts, active, context)
+    if namespace:
+        return namespace
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _connect(args: argparse.Namespace) -> tuple[Any, str]:
+    """The API client and the namespace for a client command, from the global options."""
     from kubernetes import config
 
     from canarium.kube import Kube
 
-    kube = Kube.from_environment()
-    namespace = args.namespace
-    if not namespace:
-        try:
-            _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-            namespace = active.get("context", {}).get("namespace") or "default"
-        except config.ConfigException:
-            namespace = "default"
+    kubeconfig: str | None = getattr(args, "kubeconfig", None)
+    context: str | None = getattr(args, "context", None)
+    if kubeconfig:
+        missing = [p for p in kubeconfig.split(os.pathsep) if p and not os.path.exists(p)]
+        if missing:
+            raise CliError(f"kubeconfig {missing[0]}: no such file")
+    try:
+        if context is not None:
+            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            if all(c.get("name") != context for c in contexts):
+                raise CliError(f'context "{context}" not found in the kubeconfig')
+        kube = Kube.from_environment(kubeconfig=kubeconfig, context=context)
+    except config.ConfigException as exc:
+        raise CliError(f"no usable kubeconfig: {_one_line(exc)}") from None
+    namespace = getattr(args, "namespace", None) or _default_namespace(kubeconfig, context)
     return kube, namespace
 
 
-def _mdep_ref(namespace: str, name: str) -> Any:
-    from canarium.kube import ObjectRef
+def not_found_message(body: str, what: str, name: str, namespace: str) -> str:
+    """A 404's meaning: the object is missing, or the cluster does not serve the kind at all
+    (the CRDs are not installed): the API server names the object only in the first case."""
+    import json
 
-    return ObjectRef("canarium.dev/v1alpha1", "ModelDeployment", namespace, name)
+    try:
+        details = json.loads(body).get("details") or {}
+    except (ValueError, AttributeError):
+        details = {}
+    if isinstance(details, dict) and details.get("name"):
+        return f'{what} "{name}" not found in namespace "{namespace}"'
+    return (
+        f"the cluster does not serve {what}s ({MDEP_API}): are Canarium's CRDs installed? "
+        "(kubectl apply -k manifests/install)"
+    )
 
 
+def unreachable_message(exc: BaseException) -> str:
+    """What a connection failure says in one line: the server's address and the cause
+    (urllib3's MaxRetryError carries its pool and the underlying error)."""
+    import urllib3
+
+    where = ""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.pool is not None:
+        where = f" at {exc.pool.scheme}://{exc.pool.host}:{exc.pool.port}"
+    reason: BaseException = getattr(exc, "reason", None) or exc
+    # e.g. NewConnectionError from ConnectionRefusedError: the OS's words are the clearest.
+    detail = getattr(reason.__cause__ or reason.__context__, "strerror", None) or _one_line(reason)
+    return f"cannot reach the Kubernetes API server{where}: {detail}"
+
+
+def _client_command(
+    func: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that talks to the cluster: its expected failures become one line on stderr
+    and exit code 1 (bugs still show their traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        import urllib3
+
+        from canarium.kube import KubeError
+
+        try:
+            return func(args)
+        except CliError as exc:
+            message = str(exc)
+        except urllib3.exceptions.HTTPError as exc:
+            message = unreachable_message(exc)
+        except KubeError as exc:
+            message = _one_line(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+    return wrapper
+
+
+async def _get_mdep(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    from canarium.kube import KubeError, resource_path
+
+    try:
+        obj: dict[str, Any] = await kube.request(
+            "GET", resource_path(MDEP_API, "ModelDeployment", namespace, name)
+        )
+    except KubeError as exc:
+        if exc.status == 404:
+            raise CliError(
+                not_found_message(exc.body, "modeldeployment", name, namespace)
+            ) from None
+        raise
+    return obj
+
+
+def dump(document: Any, output: str) -> str:
+    """`-o json` / `-o yaml` of an object or a List."""
+    import json
+
+    import yaml
+
+    if output == "json":
+        return json.dumps(document, indent=2)
+    return str(yaml.safe_dump(document, default_flow_style=False, sort_keys=False)).rstrip("\n")
+
+
+@_client_command
 def _status(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from canarium.api import ModelDeployment, RolloutPolicySpec
-    from canarium.kube import KubeError, ObjectRef
+    from canarium.kube import ObjectRef
     from canarium.statusview import render_status
 
-    kube, namespace = _client_and_namespace(args)
+    kube, namespace = _connect(args)
+    if args.output:
+        obj = asyncio.run(_get_mdep(kube, namespace, args.name))
+        print(dump(obj.get("status") or {}, args.output))
+        return EXIT_OK
 
-    async def view() -> str | None:
-        obj = await kube.get(_mdep_ref(namespace, args.name))
-        if obj is None:
-            return None
+    async def view() -> str:
+        obj = await _get_mdep(kube, namespace, args.name)
         mdep = ModelDeployment.model_validate(obj)
         policy = None
         rollout = mdep.spec.rollout
         if rollout and rollout.policy:
             policy = rollout.policy
         elif rollout and rollout.policy_ref:
-            ref = ObjectRef(
-                "canarium.dev/v1alpha1", "RolloutPolicy", namespace, rollout.policy_ref.name
-            )
+            ref = ObjectRef(MDEP_API, "RolloutPolicy", namespace, rollout.policy_ref.name)
             body = await kube.get(ref)
             if body:
                 try:
@@ -117,29 +278,71 @@ def _status(args: argparse.Namespace) -> int:
     try:
         while True:
             text = asyncio.run(view())
-            if text is None:
-                print(f"modeldeployment {args.name!r} not found in {namespace}", file=sys.stderr)
-                return 1
-            if args.watch:
-                print("\033[2J\033[H" + text, flush=True)
-                time.sleep(args.interval)
-            else:
+            if not args.watch:
                 print(text)
-                return 0
+                return EXIT_OK
+            print("\033[2J\033[H" + text, flush=True)
+            time.sleep(args.interval)
     except KeyboardInterrupt:
-        return 0
-    except KubeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_OK
 
 
+@_client_command
+def _list(args: argparse.Namespace) -> int:
+    """ModelDeployments of a namespace (or all of them) as `kubectl get` prints them."""
+    from datetime import UTC, datetime
+
+    from canarium.kube import KubeError
+    from canarium.statusview import render_list
+
+    kube, namespace = _connect(args)
+    scope = None if args.all_namespaces else namespace
+
+    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async def policies() -> list[dict[str, Any]]:
+            try:  # only for the STEP column's total: not worth failing the list over
+                listed: list[dict[str, Any]] = await kube.list(MDEP_API, "RolloutPolicy", scope)
+            except KubeError:
+                return []
+            return listed
+
+        try:
+            items, listed = await asyncio.gather(
+                kube.list(MDEP_API, "ModelDeployment", scope, labels=args.selector or ""),
+                policies(),
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                raise CliError(not_found_message(exc.body, "modeldeployment", "", "")) from None
+            raise
+        return items, listed
+
+    items, rollout_policies = asyncio.run(fetch())
+    if args.output:
+        print(dump({"apiVersion": "v1", "kind": "List", "items": items}, args.output))
+        return EXIT_OK
+    if not items:
+        where = "" if args.all_namespaces else f" in {namespace} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return EXIT_OK
+    steps = {
+        (p["metadata"].get("namespace", ""), p["metadata"]["name"]): len(
+            (p.get("spec") or {}).get("steps") or []
+        )
+        for p in rollout_policies
+    }
+    print(render_list(items, steps, datetime.now(UTC), all_namespaces=args.all_namespaces))
+    return EXIT_OK
+
+
+@_client_command
 def _command(args: argparse.Namespace) -> int:
     """promote, abort, retry: a one-shot command the operator carries out once; pause and
     resume: the canarium.dev/paused annotation. The spec is never touched."""
     from canarium.kube import KubeError, resource_path
     from canarium.rollout import ANNOTATION_COMMAND, ANNOTATION_PAUSED
 
-    kube, namespace = _client_and_namespace(args)
+    kube, namespace = _connect(args)
     verb = args.verb
     if verb == "promote" and args.full:
         verb = "promote-full"
@@ -150,7 +353,7 @@ def _command(args: argparse.Namespace) -> int:
         annotations = {ANNOTATION_PAUSED: None}
     else:
         annotations = {ANNOTATION_COMMAND: f"{verb}@{time.time_ns()}"}
-    path = resource_path("canarium.dev/v1alpha1", "ModelDeployment", namespace, args.name)
+    path = resource_path(MDEP_API, "ModelDeployment", namespace, args.name)
     try:
         asyncio.run(
             kube.request(
@@ -161,34 +364,32 @@ def _command(args: argparse.Namespace) -> int:
             )
         )
     except KubeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if exc.status == 404:
+            raise CliError(
+                not_found_message(exc.body, "modeldeployment", args.name, namespace)
+            ) from None
+        raise
     print(f"modeldeployment.canarium.dev/{args.name} {verb} requested")
-    return 0
+    return EXIT_OK
 
 
+@_client_command
 def _recording(args: argparse.Namespace) -> int:
     """Print a ModelDeployment's analysis recording (the windows of its last rollout)."""
     from canarium.analysis.recording import RECORDING_KEY, recording_name
-    from canarium.kube import KubeError, ObjectRef
+    from canarium.kube import ObjectRef
 
-    kube, namespace = _client_and_namespace(args)
+    kube, namespace = _connect(args)
     ref = ObjectRef("v1", "ConfigMap", namespace, recording_name(args.name))
-    try:
-        body = asyncio.run(kube.get(ref))
-    except KubeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    body = asyncio.run(kube.get(ref))
     text = ((body or {}).get("data") or {}).get(RECORDING_KEY)
     if not text:
-        print(
+        raise CliError(
             f"no analysis recording of modeldeployment {args.name!r} in {namespace} "
-            "(it is made while a rollout is analysed)",
-            file=sys.stderr,
+            "(it is made while a rollout is analysed)"
         )
-        return 1
     print(text)
-    return 0
+    return EXIT_OK
 
 
 def _load_policy(path: str) -> Any:
@@ -256,13 +457,55 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster_options(default: Any) -> argparse.ArgumentParser:
+    """-n/--namespace, --kubeconfig and --context, accepted before the command (top level:
+    `default` None) and after it (`default` SUPPRESS: a subcommand that was not given one keeps
+    what the top level parsed, as argparse copies a subparser's every value over it)."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("cluster options (anywhere on the line, as kubectl's)")
+    group.add_argument(
+        "-n",
+        "--namespace",
+        default=default,
+        help="the namespace (default: the context's, else `default`)",
+    )
+    group.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        default=default,
+        help="kubeconfig file (default: KUBECONFIG, else ~/.kube/config; in a pod: its own "
+        "service account)",
+    )
+    group.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default,
+        help="kubeconfig context (default: the current one)",
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = cluster_options(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="canarium",
         description="Canarium: declarative ML model deployments with canary rollouts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[cluster_options(None)],
     )
     parser.add_argument("--version", action="version", version=f"canarium {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
 
     run = commands.add_parser(
         "run",
@@ -273,8 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-n",
         "--namespace",
         action="append",
-        default=[],
+        default=argparse.SUPPRESS,
         help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="kubeconfig file (sets KUBECONFIG; default: in-cluster config, else KUBECONFIG)",
     )
     run.add_argument(
         "--peering",
@@ -307,14 +556,26 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--stdout", action="store_true", help="print the CRDs instead")
     crds.set_defaults(func=_crds)
 
-    def target(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("name", help="the ModelDeployment")
-        sub.add_argument("-n", "--namespace", help="its namespace (default: the context's)")
+    listing = client("list", "list ModelDeployments: phase, versions, canary weight, step, age")
+    listing.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="across all namespaces (adds a NAMESPACE column)",
+    )
+    listing.add_argument("-l", "--selector", help="label selector, e.g. team=ml")
+    listing.add_argument(
+        "-o", "--output", choices=["json", "yaml"], help="the objects as a List instead"
+    )
+    listing.set_defaults(func=_list)
 
-    status = commands.add_parser("status", help="show a ModelDeployment's rollout")
-    target(status)
+    status = client("status", "show a ModelDeployment's rollout")
+    status.add_argument("name", help="the ModelDeployment")
     status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
     status.add_argument("--interval", type=float, default=2.0, help="refresh period (seconds)")
+    status.add_argument(
+        "-o", "--output", choices=["json", "yaml"], help="print the object's status as JSON or YAML"
+    )
     status.set_defaults(func=_status)
     helps = {
         "promote": "end the current pause or step (with --full: skip all remaining steps)",
@@ -323,11 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pause": "hold the rollout at its current step (analysis keeps running)",
         "resume": "let a paused rollout go on",
     }
-    recording = commands.add_parser(
+    recording = client(
         "recording",
-        help="print a ModelDeployment's analysis recording (for `canarium policy replay`)",
+        "print a ModelDeployment's analysis recording (for `canarium policy replay`)",
     )
-    target(recording)
+    recording.add_argument("name", help="the ModelDeployment")
     recording.set_defaults(func=_recording)
     policy = commands.add_parser("policy", help="work with RolloutPolicies offline")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
@@ -343,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("-o", "--output", choices=["text", "json"], default="text")
     replay.set_defaults(func=_replay)
     for verb, text in helps.items():
-        sub = commands.add_parser(verb, help=text, description=text)
-        target(sub)
+        sub = client(verb, text)
+        sub.add_argument("name", help="the ModelDeployment")
         if verb == "promote":
             sub.add_argument("--full", action="store_true", help="promote to the end at once")
         sub.set_defaults(func=_command, verb=verb)
@@ -352,9 +613,127 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "watch", False) and getattr(args, "output", None):
+        parser.error("status --watch shows the text view; -o json|yaml prints once")
     result: int = args.func(args)
     return result
+
+
+# --- completion: kubectl runs `kubectl_complete-canarium ARGS... PARTIAL` (kubectl >= 1.26) ---
+
+COMPLETE_NO_FILES, COMPLETE_FILES = ":4", ":0"  # cobra's ShellCompDirective lines
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _option(parser: argparse.ArgumentParser, word: str) -> argparse.Action | None:
+    return next((a for a in parser._actions if word in a.option_strings), None)
+
+
+@dataclasses.dataclass
+class _Line:
+    """A command line read as far as it goes: the command's parser, its verb, how many
+    positionals it has, the option values given and the option still waiting for one."""
+
+    parser: argparse.ArgumentParser
+    verb: str | None = None
+    positionals: int = 0
+    given: dict[str, str] = dataclasses.field(default_factory=dict)
+    pending: argparse.Action | None = None
+
+
+def _read_line(parser: argparse.ArgumentParser, words: Sequence[str]) -> _Line:
+    line = _Line(parser)
+    for word in words:
+        if line.pending is not None:
+            line.given[line.pending.dest], line.pending = word, None
+        elif word.startswith("-"):
+            name, eq, value = word.partition("=")
+            action = _option(line.parser, name) or _option(parser, name)
+            if action is not None and action.nargs != 0:
+                if eq:
+                    line.given[action.dest] = value
+                else:
+                    line.pending = action
+        elif line.verb is None and word in _subcommands(parser):
+            line.verb, line.parser = word, _subcommands(parser)[word]
+        else:
+            line.positionals += 1
+    return line
+
+
+def _option_values(
+    action: argparse.Action,
+    given: dict[str, str],
+    lookup: Callable[[str, dict[str, str]], list[str]],
+) -> list[str]:
+    if action.choices:
+        return [str(c) for c in action.choices]
+    kinds = {"namespace": "namespaces", "context": "contexts"}
+    return lookup(kinds[action.dest], given) if action.dest in kinds else []
+
+
+def completions(
+    parser: argparse.ArgumentParser,
+    words: Sequence[str],
+    partial: str,
+    lookup: Callable[[str, dict[str, str]], list[str]],
+) -> tuple[list[str], str]:
+    """What may come next after `words` (the line so far) for the word `partial`: commands,
+    options, option values, ModelDeployment names. `lookup(kind, options)` asks the cluster
+    for "modeldeployments", "namespaces" or "contexts" with the cluster options given so far.
+    Returns the candidates and cobra's directive line (no file names but for --kubeconfig)."""
+    line = _read_line(parser, words)
+    candidates: list[str] = []
+    if line.pending is not None:  # the value of an option
+        if line.pending.dest == "kubeconfig":
+            return [], COMPLETE_FILES
+        candidates = _option_values(line.pending, line.given, lookup)
+    elif partial.startswith("-"):
+        candidates = sorted({o for a in line.parser._actions for o in a.option_strings})
+    elif line.verb is None:
+        candidates = list(_subcommands(parser))
+    elif line.positionals == 0 and any(a.dest == "name" for a in line.parser._actions):
+        candidates = lookup("modeldeployments", line.given)
+    return [c for c in candidates if c.startswith(partial)], COMPLETE_NO_FILES
+
+
+def _lookup(kind: str, given: dict[str, str]) -> list[str]:
+    """Names from the cluster (or the kubeconfig) for completion; nothing on any failure, as a
+    completion must never print an error."""
+    try:
+        if kind == "contexts":
+            from kubernetes import config
+
+            contexts, _ = config.list_kube_config_contexts(config_file=given.get("kubeconfig"))  # type: ignore[no-untyped-call]
+            return [str(c["name"]) for c in contexts]
+        kube, namespace = _connect(argparse.Namespace(**given))
+        if kind == "namespaces":
+            path = "/api/v1/namespaces"
+        else:
+            from canarium.kube import resource_path
+
+            path = resource_path(MDEP_API, "ModelDeployment", namespace)
+        listed = asyncio.run(kube.request("GET", path, timeout=5))
+        return sorted(str(o["metadata"]["name"]) for o in listed.get("items", []))
+    except Exception:  # no cluster, no kubeconfig, no CRDs: no candidates
+        return []
+
+
+def complete(argv: Sequence[str] | None = None) -> int:
+    """`kubectl_complete-canarium`: kubectl's completion of `kubectl canarium ...` calls it
+    with the words so far and the one being completed; it prints cobra's format."""
+    args = list(sys.argv[1:] if argv is None else argv) or [""]
+    candidates, directive = completions(build_parser(), args[:-1], args[-1], _lookup)
+    print("\n".join([*candidates, directive]))
+    return 0
 
 
 if __name__ == "__main__":

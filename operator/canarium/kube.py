@@ -93,13 +93,22 @@ class Kube:
         self.identity = os.environ.get("POD_NAME") or socket.gethostname()
 
     @classmethod
-    def from_environment(cls, pool_size: int = 32) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    def from_environment(
+        cls, pool_size: int = 32, *, kubeconfig: str | None = None, context: str | None = None
+    ) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG); a named
+        `kubeconfig` file or `context` (the CLI's --kubeconfig, --context) always means the
+        kubeconfig. Raises kubernetes.config.ConfigException when there is none usable."""
         configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        if kubeconfig or context:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        else:
+            try:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         configuration.connection_pool_maxsize = pool_size
         return cls(client.ApiClient(configuration))
 

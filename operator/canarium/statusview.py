@@ -1,7 +1,9 @@
-"""`kubectl canarium status`: a ModelDeployment's rollout as text. Pure: object in, text out."""
+"""`kubectl canarium status` and `list`: ModelDeployments as text. Pure: objects in, text out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from canarium.api import ModelDeployment, RolloutPolicySpec
@@ -133,3 +135,124 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
     if status.get("endpoint"):
         out.append(f"{'Endpoint:':<12}{status['endpoint']}")
     return "\n".join(out)
+
+
+# --- `kubectl canarium list`: one row per ModelDeployment, as `kubectl get` prints them ---
+
+
+def _two(big: int, small: int, units: str) -> str:
+    """`3h5m`, or `3h` when the smaller unit is zero."""
+    return f"{big}{units[0]}{small}{units[1]}" if small else f"{big}{units[0]}"
+
+
+def human_duration(seconds: float) -> str:
+    """An age as kubectl prints it (k8s.io/apimachinery's duration.HumanDuration): 45s, 5m3s,
+    42m, 3h5m, 20h, 3d4h, 120d, 2y30d, 9y."""
+    s = int(seconds)
+    minutes, hours = s // 60, s // 3600
+    days, years = hours // 24, hours // (24 * 365)
+    rules: list[tuple[bool, Callable[[], str]]] = [
+        (s < -1, lambda: "<invalid>"),
+        (s < 0, lambda: "0s"),
+        (s < 120, lambda: f"{s}s"),
+        (minutes < 10, lambda: _two(minutes, s % 60, "ms")),
+        (minutes < 180, lambda: f"{minutes}m"),
+        (hours < 8, lambda: _two(hours, minutes % 60, "hm")),
+        (hours < 48, lambda: f"{hours}h"),
+        (hours < 24 * 8, lambda: _two(days, hours % 24, "dh")),
+        (hours < 24 * 365 * 2, lambda: f"{days}d"),
+        (years < 8, lambda: _two(years, days % 365, "yd")),
+    ]
+    return next((text() for matches, text in rules if matches), f"{years}y")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns three spaces apart, as kubectl's tabwriter prints them."""
+    lines = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+LIST_COLUMNS = ("NAME", "PHASE", "READY", "STABLE", "CANARY", "WEIGHT", "STEP", "AGE")
+
+
+def _age(meta: dict[str, Any], now: datetime) -> str:
+    created = meta.get("creationTimestamp")
+    if not isinstance(created, str):
+        return "<unknown>"
+    try:
+        then = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    return human_duration((now - then).total_seconds())
+
+
+def _percent(value: Any) -> str:
+    return f"{value:g}%" if isinstance(value, int | float) else "?"
+
+
+def list_row(obj: dict[str, Any], steps: int | None, now: datetime) -> list[str]:
+    """One ModelDeployment as a row of LIST_COLUMNS. STABLE and CANARY are model versions;
+    WEIGHT is the canary's asked weight, followed by what its ready pods really deliver in
+    parentheses when that differs (the replicas router); STEP is the current step out of the
+    policy's (`steps`, when known)."""
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    status: dict[str, Any] = obj.get("status") or {}
+    stable: dict[str, Any] = status.get("stable") or {}
+    canary: dict[str, Any] = status.get("canary") or {}
+    weight = step = "-"
+    if canary:
+        weight = _percent(canary.get("weight"))
+        effective = canary.get("effectiveWeight")
+        if isinstance(effective, int | float) and effective != canary.get("weight"):
+            weight += f" ({_percent(effective)})"
+        current = status.get("currentStep")
+        if isinstance(current, int):
+            step = f"{current + 1}/{steps}" if steps else str(current + 1)
+    return [
+        str(meta.get("name", "")),
+        str(status.get("phase") or "Pending"),
+        str(status.get("ready") or "-"),
+        str(stable.get("modelVersion") or "-"),
+        str(canary.get("modelVersion") or "-"),
+        weight,
+        step,
+        _age(meta, now),
+    ]
+
+
+def policy_steps(obj: dict[str, Any], policies: dict[tuple[str, str], int]) -> int | None:
+    """How many steps a ModelDeployment's policy has: its inline policy's, or those of the
+    RolloutPolicy it names (`policies`: (namespace, name) -> steps); None when unknown."""
+    rollout = (obj.get("spec") or {}).get("rollout") or {}
+    if isinstance(rollout.get("policy"), dict):
+        return len(rollout["policy"].get("steps") or [])
+    ref = (rollout.get("policyRef") or {}).get("name")
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    return policies.get((namespace, ref)) if ref else None
+
+
+def render_list(
+    items: Iterable[dict[str, Any]],
+    policies: dict[tuple[str, str], int],
+    now: datetime,
+    *,
+    all_namespaces: bool,
+) -> str:
+    """ModelDeployments as a table (with a NAMESPACE column across all namespaces), sorted by
+    namespace and name as `kubectl get` sorts them."""
+    ordered = sorted(
+        items,
+        key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), o["metadata"]["name"]),
+    )
+    rows = []
+    for obj in ordered:
+        row = list_row(obj, policy_steps(obj, policies), now)
+        if all_namespaces:
+            row.insert(0, str(obj["metadata"].get("namespace", "")))
+        rows.append(row)
+    header = ("NAMESPACE", *LIST_COLUMNS) if all_namespaces else LIST_COLUMNS
+    return table(header, rows)

@@ -22,6 +22,8 @@ from tests.e2e.cluster import (
 from tests.e2e.gateway import Gateway
 from tests.e2e.gomod import module_dir, versions
 from tests.e2e.incluster import InstalledOperator
+from tests.e2e.kstatus import KStatus
+from tests.e2e.kstatus import build as build_kstatus
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, build_e2e_models
 from tests.e2e.operator import apply_crds
@@ -202,3 +204,13 @@ def gateway(
         yield gw.start()
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def kstatus() -> KStatus:
+    """The real kstatus (sigs.k8s.io/cli-utils, as Flux computes health), built by
+    hack/kstatus.sh on first use: `kstatus.compute(obj)`."""
+    try:
+        return KStatus(build_kstatus())
+    except RuntimeError as e:
+        pytest.fail(str(e))

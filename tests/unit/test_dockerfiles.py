@@ -8,10 +8,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = [
@@ -220,3 +225,99 @@ def test_pause_image_is_kubernetes_pause_from_scratch() -> None:
     assert stage.all("USER") == ["65535:65535"]
     assert json.loads(stage.all("ENTRYPOINT")[-1]) == ["/pause"]
     assert not stage.all("RUN")
+
+
+# --- the images' pins: constraints/images.txt (hack/lock.sh), used by both Dockerfiles ---
+
+LOCK = REPO / "constraints" / "images.txt"
+LOCKED_EXTRAS = ("operator", "serving")  # what the two images install
+
+
+def lock_pins(text: str) -> dict[str, Version]:
+    """name (normalised) -> pinned version of a constraints file; every line must be a pin."""
+    pins: dict[str, Version] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        assert sep, f"{LOCK.name}: not a pin: {raw!r}"
+        assert canonicalize_name(name) not in pins, f"{LOCK.name}: {name} twice"
+        pins[canonicalize_name(name)] = Version(version.strip())
+    return pins
+
+
+def image_requirements(pyproject: dict[str, Any]) -> list[Requirement]:
+    """What the images install from pyproject: the base dependencies and the two extras,
+    those whose markers hold on the images' platform (Linux, CPython 3.11)."""
+    project = pyproject["project"]
+    names = list(project["dependencies"])
+    for extra in LOCKED_EXTRAS:
+        names += project["optional-dependencies"][extra]
+    environment = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
+    requirements = [Requirement(r) for r in names]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate(environment)]
+
+
+def stale_pins(pyproject: dict[str, Any], pins: dict[str, Version]) -> list[str]:
+    """What makes the lock stale against pyproject: a dependency the lock does not pin, or a
+    pin outside the dependency's bounds."""
+    problems = []
+    for requirement in image_requirements(pyproject):
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{requirement.name} is not in the lock")
+        elif not requirement.specifier.contains(pin, prereleases=True):
+            problems.append(f"{requirement.name}=={pin} is outside {requirement}")
+    return problems
+
+
+def pyproject() -> dict[str, Any]:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_the_image_lock_pins_every_dependency_within_pyprojects_bounds() -> None:
+    problems = stale_pins(pyproject(), lock_pins(LOCK.read_text()))
+    assert not problems, "constraints/images.txt is stale (run hack/lock.sh): " + "; ".join(
+        problems
+    )
+
+
+def test_a_stale_lock_is_told_apart() -> None:
+    project = {
+        "project": {
+            "dependencies": ["kubernetes>=37", "pyyaml>=6"],
+            "optional-dependencies": {
+                "operator": ["kopf>=1.45"],
+                "serving": ["uvloop>=0.19; sys_platform != 'linux'", "orjson>=3.10,<4"],
+            },
+        }
+    }
+    pins = lock_pins("# header\nkubernetes==37.0.2\nPyYAML==6.0.1\nkopf==1.44.6\norjson==4.0\n")
+    assert stale_pins(project, pins) == [
+        "kopf==1.44.6 is outside kopf>=1.45",
+        "orjson==4.0 is outside orjson<4,>=3.10",
+    ]
+    del pins["kubernetes"]
+    assert stale_pins(project, pins)[0] == "kubernetes is not in the lock"
+    with pytest.raises(AssertionError, match="not a pin"):
+        lock_pins("kopf>=1.45\n")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_both_images_install_with_the_lock(path: Path) -> None:
+    _, stages = parse(path)
+    builder = stages[0]
+    assert any("constraints/images.txt" in c for c in builder.all("COPY")), "the lock is copied"
+    installs = [
+        part
+        for run in builder.all("RUN")
+        for part in run.split("&&")
+        if re.search(r"\bpip\b.*\binstall\b", part)
+    ]
+    assert installs
+    for install in installs:
+        if "--no-deps" in install:  # the project alone: nothing resolved, nothing to pin
+            continue
+        assert "-c constraints/images.txt" in install, install

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from canarium.api import RolloutPolicySpec
-from canarium.statusview import render_status
+from canarium.statusview import (
+    human_duration,
+    list_row,
+    policy_steps,
+    render_list,
+    render_status,
+    table,
+)
 
 POLICY = RolloutPolicySpec.model_validate(
     {
@@ -138,4 +147,139 @@ def test_a_bake_shows_the_previous_revision_the_bake_end_and_missing_data() -> N
         "last Inconclusive at 2026-11-23T12:01:00Z",
         "  latencyP99           no data  <= 200ms    Inconclusive  no requests",
         "Endpoint:   http://iris.ml.svc:80/v2/models/iris",
+    ]
+
+
+# --- `kubectl canarium list` -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        # k8s.io/apimachinery/pkg/util/duration's HumanDuration, at each boundary.
+        (-5, "<invalid>"),
+        (-0.5, "0s"),
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (121, "2m1s"),
+        (599, "9m59s"),
+        (600, "10m"),
+        (10_799, "179m"),
+        (10_800, "3h"),
+        (3 * 3600 + 5 * 60, "3h5m"),
+        (8 * 3600 - 1, "7h59m"),
+        (8 * 3600, "8h"),
+        (48 * 3600 - 1, "47h"),
+        (48 * 3600, "2d"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (8 * 86400 - 1, "7d23h"),
+        (8 * 86400, "8d"),
+        (730 * 86400 - 1, "729d"),
+        (730 * 86400, "2y"),
+        (730 * 86400 + 30 * 86400, "2y30d"),
+        (8 * 365 * 86400, "8y"),
+    ],
+)
+def test_ages_read_as_kubectl_prints_them(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
+
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def listed(name: str, namespace: str, status: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "creationTimestamp": "2026-12-03T11:55:00Z",
+        },
+        "spec": {"model": {"uri": "file:///m.onnx", "version": "2.0.0"}, **spec},
+        "status": status,
+    }
+
+
+ROLLING = listed(
+    "iris",
+    "ml",
+    {
+        "phase": "Progressing",
+        "ready": "5/5",
+        "currentStep": 2,
+        "stable": {"modelVersion": "1.0.0", "weight": 75, "effectiveWeight": 80.0},
+        "canary": {"modelVersion": "2.0.0", "weight": 25, "effectiveWeight": 20.0},
+    },
+    rollout={"policyRef": {"name": "canary"}},
+)
+HEALTHY = listed(
+    "digits",
+    "apps",
+    {"phase": "Healthy", "ready": "2/2", "stable": {"modelVersion": "3.1", "weight": 100}},
+    rollout={"policy": {"steps": [{"setWeight": 50}, {"setWeight": 100}]}},
+)
+
+
+def test_list_all_namespaces_is_a_kubectl_table_sorted_by_namespace_and_name() -> None:
+    text = render_list(
+        [listed("new", "ml", {}), ROLLING, HEALTHY],
+        {("ml", "canary"): 5},
+        NOW,
+        all_namespaces=True,
+    )
+    assert text.splitlines() == [
+        "NAMESPACE   NAME     PHASE         READY   STABLE   CANARY   WEIGHT      STEP   AGE",
+        "apps        digits   Healthy       2/2     3.1      -        -           -      5m",
+        "ml          iris     Progressing   5/5     1.0.0    2.0.0    25% (20%)   3/5    5m",
+        "ml          new      Pending       -       -        -        -           -      5m",
+    ]  # fmt: skip
+
+
+def test_list_of_one_namespace_has_no_namespace_column() -> None:
+    header, row = render_list([ROLLING], {}, NOW, all_namespaces=False).splitlines()
+    assert header.split() == ["NAME", "PHASE", "READY", "STABLE", "CANARY", "WEIGHT", "STEP", "AGE"]
+    # The policy is unknown (not listed): the step without its total.
+    assert row.split() == [
+        "iris",
+        "Progressing",
+        "5/5",
+        "1.0.0",
+        "2.0.0",
+        "25%",
+        "(20%)",
+        "3",
+        "5m",
+    ]
+
+
+def test_weight_shows_effective_only_when_it_differs_and_step_counts_inline_policies() -> None:
+    exact = listed(
+        "a",
+        "ml",
+        {
+            "currentStep": 0,
+            "canary": {"modelVersion": "2", "weight": 50, "effectiveWeight": 50.0},
+        },
+        rollout={"policy": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
+    )
+    assert list_row(exact, policy_steps(exact, {}), NOW)[5:7] == ["50%", "1/3"]
+    assert policy_steps(HEALTHY, {}) == 2
+    assert policy_steps(ROLLING, {("ml", "canary"): 5}) == 5
+    assert policy_steps(ROLLING, {("other", "canary"): 5}) is None
+    assert policy_steps(listed("b", "ml", {}), {("ml", "canary"): 5}) is None
+
+
+def test_age_of_an_object_without_a_readable_creation_time() -> None:
+    obj = listed("a", "ml", {})
+    obj["metadata"]["creationTimestamp"] = "yesterday"
+    assert list_row(obj, None, NOW)[-1] == "<unknown>"
+    del obj["metadata"]["creationTimestamp"]
+    assert list_row(obj, None, NOW)[-1] == "<unknown>"
+
+
+def test_table_pads_every_column_but_the_last() -> None:
+    assert table(("A", "BB"), [("xyz", "1"), ("", "22")]).splitlines() == [
+        "A     BB",
+        "xyz   1",
+        "      22",
     ]
