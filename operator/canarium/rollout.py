@@ -368,7 +368,7 @@ class _Machine:
         if not shown and state.failures < analysis.failure_limit:
             return None
         parts = [
-            f"{m.check} {_fmt(m.value)} (limit {m.threshold})"
+            f"{m.check}{_fmt(m.value)} (limit {m.threshold})"
             + (f": {m.reason}" if m.reason else "")
             for m in state.measurements
             if m.verdict == "Failed"
@@ -1033,9 +1033,11 @@ class _Machine:
 
 
 def _fmt(value: float | None) -> str:
+    """A measurement's value after its check's name; none when it has none (a ratio with no
+    errors on stable's side is undefined, yet the check can fail: its reason says why)."""
     if value is None:
-        return "no data"
-    return f"{value:.4g}"
+        return ""
+    return f" {value:.4g}"
 
 
 def decide(inp: RolloutInput) -> Decision:

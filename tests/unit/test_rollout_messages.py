@@ -213,7 +213,7 @@ def test_a_failed_check_without_a_value_or_reason_is_named_as_such() -> None:
     ]  # fmt: skip
     sim.reconcile(AnalysisRun(sim.now, Judgement("Failed", measurements)))
     assert sim.status["history"][0]["reason"] == (
-        "analysis failed 1/1 intervals: latencyP99 no data (limit <= 200ms); "
+        "analysis failed 1/1 intervals: latencyP99 (limit <= 200ms); "
         "errorRate 0.1235 (limit <= 0.05)"
     )
 
