@@ -16,7 +16,7 @@ repo=$(cd "$here/.." && pwd)
 python=${PYTHON:-python3}
 venv=${CANARIUM_MIN_VENV:-$repo/.venv-min}
 # From dev: what the tests need (linters and type stubs do not run there).
-test_tools="pytest pytest-timeout hypothesis httpx"
+test_tools="pytest pytest-timeout hypothesis httpx tritonclient"
 
 pins=$("$python" - "$repo/pyproject.toml" "$test_tools" <<'PY'
 import re
@@ -36,6 +36,7 @@ missing, seen = [], set()
 for requirement in requirements:
     spec, _, marker = requirement.partition(";")
     name = re.split(r"[\s<>=!~\[]", spec.strip(), maxsplit=1)[0]
+    extras = re.match(r"[\w.-]+(\[[^\]]*\])?", spec.strip()).group(1) or ""  # kept: tritonclient[http]
     if name == project["name"] or requirement in seen:  # itself; shared by two extras
         continue
     seen.add(requirement)
@@ -43,7 +44,7 @@ for requirement in requirements:
     if not floor:
         missing.append(requirement)
         continue
-    print(f"{name}=={floor.group(1)}" + (f"; {marker.strip()}" if marker else ""))
+    print(f"{name}{extras}=={floor.group(1)}" + (f"; {marker.strip()}" if marker else ""))
 if missing:
     sys.exit(f"min-versions: no lower bound in pyproject.toml: {', '.join(missing)}")
 PY

@@ -26,7 +26,14 @@ from .contract import (
     READY_PATH,
 )
 from .dataplane import DataPlane
-from .protocol import ProtocolError, build_response, error_body, parse_request
+from .protocol import (
+    ProtocolError,
+    build_binary_response,
+    build_response,
+    error_body,
+    parse_binary_request,
+    parse_request,
+)
 
 log = logging.getLogger("canarium_serving")
 
@@ -85,9 +92,17 @@ class RestApp:
         path: str = scope["path"]
         method: str = scope["method"]
         is_infer = path in self._infer_paths or path.endswith("/infer")
+        content_type, extra_headers = b"application/json", None
         try:
             if is_infer:
-                status, body = 200, await self._infer(path, method, scope, receive)
+                body, json_length = await self._infer(path, method, scope, receive)
+                status = 200
+                if json_length is not None:
+                    # Binary tensor data extension: headed like Triton's.
+                    content_type = b"application/octet-stream"
+                    extra_headers = [
+                        (b"inference-header-content-length", str(json_length).encode())
+                    ]
             else:
                 status, body = self._route(path, method)
                 if status == 200 and path == METRICS_PATH:
@@ -100,11 +115,14 @@ class RestApp:
         except Exception as exc:
             log.exception("internal error serving %s %s", method, path)
             status, body = 500, error_body(f"internal server error: {type(exc).__name__}")
-        await _respond(send, status, body)
+        await _respond(send, status, body, content_type, extra_headers)
         if is_infer:
             self.dataplane.metrics.observe_request(status, time.perf_counter() - started)
 
-    async def _infer(self, path: str, method: str, scope: Scope, receive: Receive) -> bytes:
+    async def _infer(
+        self, path: str, method: str, scope: Scope, receive: Receive
+    ) -> tuple[bytes, int | None]:
+        """The response body, and the length of its JSON part if it holds binary tensors."""
         route = self._infer_paths.get(path)
         if route is None:
             parts = path.strip("/").split("/")
@@ -117,14 +135,24 @@ class RestApp:
             route = name, version
         if method != "POST":
             raise ProtocolError(f"{path} accepts POST only, not {method}", 405)
-        body = await self._read_body(scope, receive)
+        body, json_length = await self._read_body(scope, receive)
         name, version = route
         # While the model loads, its inputs are unknown: a 503 before the body is looked at.
-        request = parse_request(body, self.dataplane.model_inputs(name, version))
+        model_inputs = self.dataplane.model_inputs(name, version)
+        if json_length is None:
+            request = parse_request(body, model_inputs)
+        else:
+            request = parse_binary_request(body, json_length, model_inputs)
         response = await self.dataplane.infer(name, version, request)
-        return build_response(
+        binary = request.binary_output_names(response.outputs)
+        if binary:
+            return build_binary_response(
+                response.model_name, response.model_version, response.outputs, response.id, binary
+            )
+        body = build_response(
             response.model_name, response.model_version, response.outputs, response.id
         )
+        return body, None
 
     def _route(self, path: str, method: str) -> tuple[int, bytes]:
         if method not in ("GET", "HEAD"):
@@ -162,11 +190,20 @@ class RestApp:
         self.dataplane.check_model(name, version)
         return name, version, rest[2:]
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
+        """The body, and the Inference-Header-Content-Length header's value if given."""
         limit = self.max_body_bytes
         declared: int | None = None
+        json_length: int | None = None
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            if key == b"inference-header-content-length":
+                try:
+                    json_length = int(value)
+                except ValueError:
+                    raise ProtocolError(
+                        f"invalid Inference-Header-Content-Length header: {value[:40]!r}"
+                    ) from None
+            elif key == b"content-length":
                 # uvicorn's parsers (httptools, h11) already refuse a malformed one with a 400.
                 try:
                     declared = int(value)
@@ -177,7 +214,6 @@ class RestApp:
                         f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                         413,
                     )
-                break
         timeout = self.body_read_timeout_s
         chunks: list[bytes] = []
         size = 0
@@ -202,13 +238,19 @@ class RestApp:
                 raise ProtocolError(f"request body exceeds the limit of {limit} bytes", 413)
             chunks.append(chunk)
             more_body = message.get("more_body", False)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), json_length
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes = b"application/json"
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra_headers:
+        headers.extend(extra_headers)
     if status == 408:
         # The rest of a body given up on may still arrive: it must not be read as a request.
         headers.append((b"connection", b"close"))

@@ -27,6 +27,7 @@ from .fetch import fetch_model
 from .metrics import Labels, ServingMetrics
 from .model import ModelLoadError, OnnxModel
 from .protocol import (
+    BINARY_EXTENSION,
     InferenceRequest,
     InferenceResponse,
     ProtocolError,
@@ -154,7 +155,7 @@ class DataPlane:
         return self.model is not None
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": [BINARY_EXTENSION]}
 
     def check_model(self, name: str, version: str | None = None) -> None:
         """Raise ModelNotFoundError unless this server serves model `name` (at `version`)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import struct
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,6 +56,12 @@ _INT_DATATYPES: Final = frozenset(
 _FLOAT_DATATYPES: Final = frozenset({"FP32", "FP64"})
 MAX_RANK: Final = 16
 
+# Binary tensor data extension (Triton's): the request or response body is this many bytes of
+# JSON, then the raw bytes of the binary tensors in order.
+BINARY_HEADER: Final = "Inference-Header-Content-Length"
+BINARY_EXTENSION: Final = "binary_tensor_data"
+_LENGTH_PREFIX: Final = struct.Struct("<I")
+
 
 class ProtocolError(Exception):
     """A request the server will not serve; `status` is the HTTP status to answer with."""
@@ -85,12 +92,23 @@ class InferenceRequest:
     outputs: list[str] | None = None  # None = every output of the model
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Outputs asked for with an explicit `parameters.binary_data`, and the request's
+    # `parameters.binary_data_output` for the others (binary tensor data extension).
+    binary_outputs: dict[str, bool] | None = None
+    binary_output_default: bool = False
 
     @property
     def batch_size(self) -> int:
         for arr in self.inputs.values():
             return int(arr.shape[0]) if arr.ndim else 1
         return 0
+
+    def binary_output_names(self, names: Iterable[str]) -> frozenset[str]:
+        """Those of `names` to answer with as binary data."""
+        flags, default = self.binary_outputs, self.binary_output_default
+        if not flags:
+            return frozenset(names) if default else frozenset()
+        return frozenset(n for n in names if flags.get(n, default))
 
 
 @dataclass(slots=True)
@@ -276,19 +294,74 @@ def parse_request(body: bytes, model_inputs: Sequence[TensorSpec]) -> InferenceR
     Datatypes must match the model's exactly (as Triton and KServe require): a silent cast
     would hide a client's mistake. Fixed dimensions of the model's shapes must match; -1 is any.
     """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError(f"request body must be a JSON object, got {_type_name(doc)}")
+    doc = _load_json(body, "request body")
     # Without a JSON true or false anywhere in the body, no numbers array can hide a boolean.
     check_bools = b"true" in body or b"false" in body
     return parse_request_object(doc, model_inputs, check_bools=check_bools)
 
 
+def _load_json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+class _BinaryData:
+    """The binary part of a request body, handed out to the binary inputs in order."""
+
+    __slots__ = ("body", "pos")
+
+    def __init__(self, body: bytes, pos: int) -> None:
+        self.body = body
+        self.pos = pos
+
+    def take(self, name: str, size: int) -> memoryview:
+        left = len(self.body) - self.pos
+        if size > left:
+            raise ProtocolError(
+                f"input '{name}': binary_data_size {size} overruns the request body "
+                f"({left} bytes of binary data left)"
+            )
+        start = self.pos
+        self.pos += size
+        return memoryview(self.body)[start : self.pos]
+
+
+def parse_binary_request(
+    body: bytes, json_length: int, model_inputs: Sequence[TensorSpec]
+) -> InferenceRequest:
+    """Parse a request of the binary tensor data extension: `json_length` (the
+    Inference-Header-Content-Length header) bytes of JSON, then the raw little-endian bytes
+    of the inputs with a `parameters.binary_data_size`, in input order, and nothing else."""
+    if json_length < 0:
+        raise ProtocolError(f"{BINARY_HEADER} must not be negative, got {json_length}")
+    if json_length > len(body):
+        raise ProtocolError(
+            f"{BINARY_HEADER} is {json_length} but the request body has only {len(body)} bytes"
+        )
+    header = body[:json_length]
+    doc = _load_json(header, f"the first {json_length} bytes of the request body ({BINARY_HEADER})")
+    check_bools = b"true" in header or b"false" in header
+    binary = _BinaryData(body, json_length)
+    request = parse_request_object(doc, model_inputs, check_bools=check_bools, binary=binary)
+    left = len(body) - binary.pos
+    if left:
+        raise ProtocolError(
+            f"{left} bytes of binary data after the binary inputs' binary_data_size are left over"
+        )
+    return request
+
+
 def parse_request_object(
-    doc: Mapping[str, Any], model_inputs: Sequence[TensorSpec], *, check_bools: bool = True
+    doc: Mapping[str, Any],
+    model_inputs: Sequence[TensorSpec],
+    *,
+    check_bools: bool = True,
+    binary: _BinaryData | None = None,
 ) -> InferenceRequest:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -299,14 +372,27 @@ def parse_request_object(
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
-    arrays = _parse_inputs(inputs, model_inputs, check_bools)
+    arrays = _parse_inputs(inputs, model_inputs, check_bools, binary)
     _check_batch(arrays)
-    outputs = _parse_outputs(doc.get("outputs"))
-    return InferenceRequest(inputs=arrays, outputs=outputs, id=request_id, parameters=parameters)
+    outputs, binary_outputs = _parse_outputs(doc.get("outputs"))
+    binary_default = parameters.get("binary_data_output", False) if parameters else False
+    if binary_default is not False and binary_default is not True:
+        raise ProtocolError("parameters 'binary_data_output' must be true or false")
+    return InferenceRequest(
+        inputs=arrays,
+        outputs=outputs,
+        id=request_id,
+        parameters=parameters,
+        binary_outputs=binary_outputs,
+        binary_output_default=binary_default,
+    )
 
 
 def _parse_inputs(
-    inputs: list[Any], model_inputs: Sequence[TensorSpec], check_bools: bool
+    inputs: list[Any],
+    model_inputs: Sequence[TensorSpec],
+    check_bools: bool,
+    binary: _BinaryData | None = None,
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Every one of the model's inputs, each given once, as an array by name."""
     specs = {spec.name: spec for spec in model_inputs}
@@ -315,7 +401,7 @@ def _parse_inputs(
         name, spec = _input_spec(i, item, specs)
         if name in arrays:
             raise ProtocolError(f"input '{name}' is given more than once")
-        arrays[name] = _input_array(name, item, spec, check_bools)
+        arrays[name] = _input_array(name, item, spec, check_bools, binary)
     missing = [name for name in specs if name not in arrays]
     if missing:
         raise ProtocolError(f"missing model input(s): {missing}")
@@ -338,7 +424,11 @@ def _input_spec(i: int, item: object, specs: Mapping[str, TensorSpec]) -> tuple[
 
 
 def _input_array(
-    name: str, item: Mapping[str, Any], spec: TensorSpec, check_bools: bool
+    name: str,
+    item: Mapping[str, Any],
+    spec: TensorSpec,
+    check_bools: bool,
+    binary: _BinaryData | None = None,
 ) -> np.ndarray[Any, Any]:
     """One input tensor (already known to be an object naming `spec`) as an array."""
     datatype = item.get("datatype")
@@ -354,9 +444,95 @@ def _input_array(
         )
     shape = _parse_shape(name, item.get("shape"))
     _check_shape(name, shape, spec.shape)
+    params = item.get("parameters")
+    if params is not None:
+        size = _binary_data_size(name, params)
+        if size is not None:
+            if binary is None:
+                raise ProtocolError(
+                    f"input '{name}': parameters 'binary_data_size' needs the {BINARY_HEADER} "
+                    "header (binary tensor data extension)"
+                )
+            if "data" in item:
+                raise ProtocolError(
+                    f"input '{name}': both 'data' and parameters 'binary_data_size' are given"
+                )
+            return _binary_array(name, datatype, shape, binary.take(name, size))
     if "data" not in item:
-        raise ProtocolError(f"input '{name}': 'data' is missing (binary data is not supported)")
+        raise ProtocolError(
+            f"input '{name}': 'data' is missing (or parameters 'binary_data_size' with the "
+            f"{BINARY_HEADER} header)"
+        )
     return _to_array(name, datatype, item["data"], shape, check_bools)
+
+
+def _binary_data_size(name: str, params: object) -> int | None:
+    if not isinstance(params, dict):
+        raise ProtocolError(f"input '{name}': 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError(
+            f"input '{name}': parameters 'binary_data_size' must be a non-negative integer"
+        )
+    return size
+
+
+def _binary_array(
+    name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview
+) -> np.ndarray[Any, Any]:
+    """The raw little-endian bytes of one binary input as an array of `datatype` and `shape`."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _binary_bytes_array(name, chunk, count).reshape(shape)
+    dtype = DATATYPE_TO_NUMPY[datatype]
+    expected = count * dtype.itemsize
+    if len(chunk) != expected:
+        raise ProtocolError(
+            f"input '{name}': binary_data_size is {len(chunk)} bytes but shape {list(shape)} "
+            f"of {datatype} needs {expected}"
+        )
+    if datatype == "BOOL":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if int(raw.max()) > 1:
+            raise ProtocolError(f"input '{name}': BOOL binary data must be bytes 0 or 1")
+        return raw.astype(np.bool_).reshape(shape)
+    # A copy in native byte order: the body's buffer is read-only.
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+def _binary_bytes_array(name: str, chunk: memoryview, count: int) -> np.ndarray[Any, Any]:
+    """BYTES binary data: each element a 4-byte little-endian length, then that many bytes."""
+    out: list[str] = []
+    pos, end = 0, len(chunk)
+    while pos < end:
+        if end - pos < _LENGTH_PREFIX.size:
+            raise ProtocolError(
+                f"input '{name}': BYTES binary data ends inside the length of element {len(out)}"
+            )
+        (length,) = _LENGTH_PREFIX.unpack_from(chunk, pos)
+        pos += _LENGTH_PREFIX.size
+        if length > end - pos:
+            raise ProtocolError(
+                f"input '{name}': BYTES element {len(out)} of {length} bytes overruns "
+                f"binary_data_size ({end - pos} bytes left)"
+            )
+        try:
+            out.append(str(chunk[pos : pos + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError(f"input '{name}': BYTES element {len(out)} is not UTF-8") from None
+        pos += length
+        if len(out) > count:
+            break
+    if len(out) != count:
+        held = f"more than {count}" if len(out) > count else str(len(out))
+        raise ProtocolError(
+            f"input '{name}': BYTES binary data holds {held} elements, the shape needs {count}"
+        )
+    arr: np.ndarray[Any, Any] = np.empty(count, dtype=np.object_)
+    arr[:] = out
+    return arr
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
@@ -380,17 +556,31 @@ def _check_batch(arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
         raise ProtocolError(f"inputs disagree on the batch size (first dimension): {sizes}")
 
 
-def _parse_outputs(outputs: object) -> list[str] | None:
+def _parse_outputs(outputs: object) -> tuple[list[str] | None, dict[str, bool] | None]:
+    """The names of the requested outputs (None: all), and their explicit `binary_data`."""
     if outputs is None:
-        return None
+        return None, None
+    binary: dict[str, bool] = {}
     if not isinstance(outputs, list):
         raise ProtocolError("'outputs' must be an array of {\"name\": ...} objects")
     names: list[str] = []
     for i, item in enumerate(outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ProtocolError(f"outputs[{i}] must be an object with a string 'name'")
-        names.append(item["name"])
-    return names or None
+        name = item["name"]
+        names.append(name)
+        params = item.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise ProtocolError(f"outputs[{i}]: 'parameters' must be an object")
+            flag = params.get("binary_data")
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    raise ProtocolError(
+                        f"outputs[{i}]: parameters 'binary_data' must be true or false"
+                    )
+                binary[name] = flag
+    return names or None, binary or None
 
 
 def select_outputs(requested: list[str] | None, available: Sequence[str]) -> list[str]:
@@ -445,6 +635,49 @@ def build_response(
         for name, arr in outputs.items()
     ]
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _binary_output_data(arr: np.ndarray[Any, Any], datatype: str) -> bytes:
+    """One output tensor as the binary tensor data extension's raw bytes (row-major)."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for x in arr.reshape(-1):
+            raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            parts.append(_LENGTH_PREFIX.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def build_binary_response(
+    model_name: str,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    request_id: str | None,
+    binary: Collection[str],
+) -> tuple[bytes, int]:
+    """Serialise a V2 inference response with the outputs in `binary` as binary data: the
+    body, and the length of its JSON part (the Inference-Header-Content-Length header)."""
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    chunks: list[bytes] = []
+    tensors: list[dict[str, Any]] = []
+    for name, arr in outputs.items():
+        datatype = datatype_of(arr)
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if name in binary:
+            raw = _binary_output_data(arr, datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = _output_data(arr)
+        tensors.append(tensor)
+    doc["outputs"] = tensors
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return b"".join([header, *chunks]), len(header)
 
 
 def error_body(message: str) -> bytes:

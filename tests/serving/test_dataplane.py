@@ -116,7 +116,7 @@ def test_operations_of_the_loaded_model(models: Models, tmp_path: Path) -> None:
     assert plane.server_metadata() == {
         "name": "canarium-serving",
         "version": __version__,
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }
     for version in (None, "2"):
         assert plane.model_ready("iris", version) is True

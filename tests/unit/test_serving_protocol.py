@@ -508,7 +508,8 @@ ROW = [5.1, 3.5, 1.4, 0.2]
         ),
         (
             _body({k: v for k, v in _tensor(ROW).items() if k != "data"}),
-            "input 'input': 'data' is missing (binary data is not supported)",
+            "input 'input': 'data' is missing (or parameters 'binary_data_size' with the "
+            "Inference-Header-Content-Length header)",
         ),
         (_body(_tensor({"a": 1})), "input 'input': 'data' must be an array, got object"),
         (_body(_tensor(None)), "input 'input': 'data' must be an array, got null"),
