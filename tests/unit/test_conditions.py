@@ -14,10 +14,11 @@ from typing import Any, cast
 
 import pytest
 from canarium import crdgen
-from canarium.api import Reason
+from canarium.api import Reason, RolloutPolicySpec
 from canarium.controller import Controller
 from canarium.kube import Kube, KubeError, ObjectRef
-from canarium.reconcile import condition_values, policy_status
+from canarium.reconcile import condition_values, policy_problems, policy_status
+from pydantic import ValidationError
 
 from tests.unit.operator_fixtures import NOW, SETTINGS
 from tests.unit.test_rollout import Sim, _position
@@ -242,3 +243,14 @@ def test_a_status_not_written_yet_reads_as_generation_0(info: crdgen.CrdInfo) ->
     status = crdgen.crd_schema(info)["properties"]["status"]
     assert status["default"] == {"observedGeneration": 0}
     assert kstatus(status["default"], 1) == "InProgress"
+
+
+def test_policy_problems_are_one_line_each_by_field_and_the_valid_message_is_plain() -> None:
+    with pytest.raises(ValidationError) as caught:
+        RolloutPolicySpec.model_validate({"steps": [{"setWeight": 500}], "bake": "soon"})
+    assert policy_problems(caught.value) == (
+        "steps.0.setWeight: Input should be less than or equal to 100; "
+        "bake: String should match pattern '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$'"
+    )
+    status = policy_status(policy(VALID), NOW)
+    assert {c["message"] for c in status["conditions"]} == {"the policy is valid"}
