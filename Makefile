@@ -100,8 +100,8 @@ clean: cluster-down ## stop the cluster and remove the venv (the control-plane c
 
 bench: bench-serving bench-operator bench-rollback bench-judgement ## every benchmark, printed as figures and ratios
 
-bench-serving: setup ## model server vs MLServer 1.7.1 vs onnxruntime in-process (iris, digits)
-	$(BIN)/python tests/bench/bench_serving.py --no-batching
+bench-serving: setup ## ours (REST JSON/binary, gRPC) vs KServe 0.21 vs MLServer 1.7.1, no-op HTTP and onnxruntime ceilings
+	$(BIN)/python tests/bench/bench_serving.py --no-batching $(BENCH_SERVING_ARGS)
 
 bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, peak RSS, idle CPU
 	$(BIN)/python -m tests.bench.bench_operator --count 1000
@@ -111,6 +111,10 @@ bench-rollback: setup control-plane images ## broken canary to all traffic on st
 
 bench-judgement: setup ## simulated rollouts: sequential judge vs fixed thresholds (false rollbacks, detection)
 	$(BIN)/python -m tests.bench.bench_judgement
+
+.PHONY: proto
+proto: setup ## regenerate the model server's gRPC messages (serving_image/canarium_serving/proto) from inference.proto
+	cd serving_image/canarium_serving/proto && $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. inference.proto
 
 .PHONY: argocd-cm
 argocd-cm: setup ## regenerate manifests/argocd/argocd-cm-actions.yaml from the Argo CD actions' Lua

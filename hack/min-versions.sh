@@ -16,7 +16,7 @@ repo=$(cd "$here/.." && pwd)
 python=${PYTHON:-python3}
 venv=${CANARIUM_MIN_VENV:-$repo/.venv-min}
 # From dev: what the tests need (linters and type stubs do not run there).
-test_tools="pytest pytest-timeout hypothesis httpx tritonclient"
+test_tools="pytest pytest-timeout hypothesis httpx tritonclient kserve"
 
 pins=$("$python" - "$repo/pyproject.toml" "$test_tools" <<'PY'
 import re

@@ -34,6 +34,7 @@ from canarium.render import (
     ANNOTATION_CREATED_AS,
     LABEL_REVISION,
     endpoint,
+    grpc_endpoint,
     hash_of_revision,
     render_hpa,
     render_revision,
@@ -224,6 +225,7 @@ def reconcile(inp: ReconcileInput) -> Plan:
     )
     status.ready = f"{ready}/{wanted}"
     status.endpoint = endpoint(mdep)
+    status.grpc_endpoint = grpc_endpoint(mdep)
     status.observed_generation = mdep.metadata.generation
     reason = decision.reason
     if inp.policy_error and mdep.spec.rollout is not None:

@@ -4,7 +4,8 @@ One revision = one Deployment `<name>-<hash>`, the hash taken over everything th
 pods (model and serving spec, not the replica count). Services: `<name>` (the entry: every ready
 pod of every revision, so the replica ratio is the traffic split), `<name>-stable` and
 `<name>-canary` (one revision each; the canary Service points at stable when there is no canary,
-so it is never empty).
+so it is never empty). Each Service has two ports: `http` (V2 REST and /metrics, first: traffic
+routers route it) and `grpc` (V2 gRPC, inference.GRPCInferenceService, on every pod too).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ ANNOTATION_CREATED_AS = "canarium.dev/created-as"  # the role a revision was cre
 # own model while the user's spec already names the next one.
 ANNOTATION_REVISION_SPEC = "canarium.dev/revision-spec"
 
-SERVICE_PORT = 80
+SERVICE_PORT = 80  # the Services' `http` port (V2 REST): the one traffic routers route
+SERVICE_GRPC_PORT = 8081  # the Services' `grpc` port (V2 gRPC), as KServe's
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"  # gRPC is HTTP/2 with prior knowledge, cleartext
 MODEL_CACHE_VOLUME = "model-cache"
 RUN_AS = 65532  # the serving image's non-root user
 HASH_LENGTH = 10
@@ -78,8 +81,17 @@ def service_names(name: str) -> tuple[str, str, str]:
 
 
 def endpoint(mdep: ModelDeployment) -> str:
+    """The in-cluster URL of the V2 REST model endpoint, through the entry Service."""
     meta = mdep.metadata
     return f"http://{meta.name}.{meta.namespace}.svc:{SERVICE_PORT}/v2/models/{meta.name}"
+
+
+def grpc_endpoint(mdep: ModelDeployment) -> str:
+    """The in-cluster gRPC target of the V2 gRPC endpoint, through the entry Service: host:port,
+    no scheme or path (what grpcurl, tritonclient.grpc and KServe's InferenceGRPCClient take;
+    the model is named in each request)."""
+    meta = mdep.metadata
+    return f"{meta.name}.{meta.namespace}.svc:{SERVICE_GRPC_PORT}"
 
 
 def owner_reference(mdep: ModelDeployment) -> dict[str, Any]:
@@ -158,6 +170,7 @@ def render_revision(
         {"name": contract.ENV_REVISION, "value": revision},
         {"name": contract.ENV_ROLE, "value": created_as},
         {"name": contract.ENV_PORT, "value": str(contract.HTTP_PORT)},
+        {"name": contract.ENV_GRPC_PORT, "value": str(contract.GRPC_PORT)},
         {"name": contract.ENV_MODEL_CACHE_DIR, "value": contract.DEFAULT_MODEL_CACHE_DIR},
     ]
     if model.sha256:
@@ -183,7 +196,12 @@ def render_revision(
                 "name": contract.HTTP_PORT_NAME,
                 "containerPort": contract.HTTP_PORT,
                 "protocol": "TCP",
-            }
+            },
+            {
+                "name": contract.GRPC_PORT_NAME,
+                "containerPort": contract.GRPC_PORT,
+                "protocol": "TCP",
+            },
         ],
         # Loading a large model takes a while: the startup probe gives it up to 5 minutes,
         # then liveness takes over. Readiness is false until the model is loaded.
@@ -283,6 +301,7 @@ def _service(
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
+            # http first (what takes a Service's first port gets REST); routers use SERVICE_PORT.
             "ports": [
                 {
                     "name": contract.HTTP_PORT_NAME,
@@ -290,7 +309,14 @@ def _service(
                     "targetPort": contract.HTTP_PORT_NAME,
                     "protocol": "TCP",
                     "appProtocol": "http",
-                }
+                },
+                {
+                    "name": contract.GRPC_PORT_NAME,
+                    "port": SERVICE_GRPC_PORT,
+                    "targetPort": contract.GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": GRPC_APP_PROTOCOL,
+                },
             ],
         },
     }

@@ -134,6 +134,8 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
         )
     if status.get("endpoint"):
         out.append(f"{'Endpoint:':<12}{status['endpoint']}")
+    if status.get("grpcEndpoint"):
+        out.append(f"{'gRPC:':<12}{status['grpcEndpoint']}")
     return "\n".join(out)
 
 

@@ -60,6 +60,8 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--role", contract.ENV_ROLE, str, "", "stable or canary (metrics label)"),
     ("--host", contract.ENV_HOST, str, "0.0.0.0", "address to bind"),
     ("--port", contract.ENV_PORT, int, contract.HTTP_PORT, "port for V2 REST and /metrics"),
+    ("--grpc-port", contract.ENV_GRPC_PORT, _positive_int, contract.GRPC_PORT,
+     "port for V2 gRPC (inference.GRPCInferenceService); 0 = no gRPC"),
     ("--model-cache-dir", contract.ENV_MODEL_CACHE_DIR, str, contract.DEFAULT_MODEL_CACHE_DIR,
      "where remote models are downloaded (an emptyDir under a read-only root filesystem)"),
     ("--max-body-bytes", contract.ENV_MAX_BODY_BYTES, _positive_int,
@@ -89,8 +91,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser = argparse.ArgumentParser(
         prog="canarium-serve",
         description=(
-            "Serve one ONNX model over the Open Inference Protocol (V2) REST API, with "
-            "Prometheus metrics on the same port at /metrics. Each flag defaults to its "
+            "Serve one ONNX model over the Open Inference Protocol (V2), REST and gRPC, with "
+            "Prometheus metrics on the REST port at /metrics. Each flag defaults to its "
             "environment variable, then to the default shown."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -154,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fields = set(ServerConfig.__slots__)
     config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    return serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    return serve(
+        config, host=args.host, port=args.port, grpc_port=args.grpc_port, log_level=args.log_level
+    )
 
 
 if __name__ == "__main__":

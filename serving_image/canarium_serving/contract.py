@@ -20,6 +20,7 @@ ENV_ROLE: Final = "CANARIUM_ROLE"  # "stable" or "canary"
 # --- Server knobs (flags of canarium-serve; the operator may set them from spec.serving.env) --
 ENV_HOST: Final = "CANARIUM_HOST"  # bind address (default 0.0.0.0)
 ENV_PORT: Final = "CANARIUM_PORT"  # HTTP port for V2 and /metrics (default 8080)
+ENV_GRPC_PORT: Final = "CANARIUM_GRPC_PORT"  # V2 gRPC port (default 8081; 0 = no gRPC)
 ENV_MODEL_CACHE_DIR: Final = "CANARIUM_MODEL_CACHE_DIR"  # where remote models are downloaded
 ENV_MAX_BODY_BYTES: Final = "CANARIUM_MAX_BODY_BYTES"
 ENV_BATCH_MAX_SIZE: Final = "CANARIUM_BATCH_MAX_SIZE"  # 0/1 = dynamic batching off
@@ -31,6 +32,8 @@ ROLE_CANARY: Final = "canary"
 # --- Ports and paths -----------------------------------------------------------------------
 HTTP_PORT: Final = 8080  # V2 REST and Prometheus /metrics share one port, named "http"
 HTTP_PORT_NAME: Final = "http"
+GRPC_PORT: Final = 8081  # V2 gRPC (inference.GRPCInferenceService), as KServe and Triton
+GRPC_PORT_NAME: Final = "grpc"
 METRICS_PATH: Final = "/metrics"
 LIVE_PATH: Final = "/v2/health/live"
 READY_PATH: Final = "/v2/health/ready"

@@ -138,7 +138,8 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_shape(name: str, shape: object) -> tuple[int, ...]:
+def parse_shape(name: str, shape: object) -> tuple[int, ...]:
+    """An input's shape: a list of at most MAX_RANK non-negative integers."""
     if not isinstance(shape, list):
         raise ProtocolError(f"input '{name}': 'shape' must be an array of integers")
     if len(shape) > MAX_RANK:
@@ -373,7 +374,7 @@ def parse_request_object(
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
     arrays = _parse_inputs(inputs, model_inputs, check_bools, binary)
-    _check_batch(arrays)
+    check_batch(arrays)
     outputs, binary_outputs = _parse_outputs(doc.get("outputs"))
     binary_default = parameters.get("binary_data_output", False) if parameters else False
     if binary_default is not False and binary_default is not True:
@@ -415,12 +416,29 @@ def _input_spec(i: int, item: object, specs: Mapping[str, TensorSpec]) -> tuple[
     name = item.get("name")
     if not isinstance(name, str):
         raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
+    return name, model_input(name, specs)
+
+
+def model_input(name: str, specs: Mapping[str, TensorSpec]) -> TensorSpec:
+    """The model's input called `name`."""
     spec = specs.get(name)
     if spec is None:
         raise ProtocolError(
             f"input '{name}' is not an input of this model; expected {sorted(specs)}"
         )
-    return name, spec
+    return spec
+
+
+def check_datatype(name: str, datatype: str, spec: TensorSpec) -> None:
+    """A known V2 datatype, and the model input's own (no silent casts)."""
+    if datatype not in DATATYPE_TO_NUMPY:
+        raise ProtocolError(
+            f"input '{name}': unknown datatype {datatype!r}; known: {sorted(DATATYPE_TO_NUMPY)}"
+        )
+    if datatype != spec.datatype:
+        raise ProtocolError(
+            f"input '{name}': datatype is {datatype} but the model expects {spec.datatype}"
+        )
 
 
 def _input_array(
@@ -434,16 +452,9 @@ def _input_array(
     datatype = item.get("datatype")
     if not isinstance(datatype, str):
         raise ProtocolError(f"input '{name}': 'datatype' must be a string")
-    if datatype not in DATATYPE_TO_NUMPY:
-        raise ProtocolError(
-            f"input '{name}': unknown datatype {datatype!r}; known: {sorted(DATATYPE_TO_NUMPY)}"
-        )
-    if datatype != spec.datatype:
-        raise ProtocolError(
-            f"input '{name}': datatype is {datatype} but the model expects {spec.datatype}"
-        )
-    shape = _parse_shape(name, item.get("shape"))
-    _check_shape(name, shape, spec.shape)
+    check_datatype(name, datatype, spec)
+    shape = parse_shape(name, item.get("shape"))
+    check_shape(name, shape, spec.shape)
     params = item.get("parameters")
     if params is not None:
         size = _binary_data_size(name, params)
@@ -457,7 +468,7 @@ def _input_array(
                 raise ProtocolError(
                     f"input '{name}': both 'data' and parameters 'binary_data_size' are given"
                 )
-            return _binary_array(name, datatype, shape, binary.take(name, size))
+            return array_from_bytes(name, datatype, shape, binary.take(name, size))
     if "data" not in item:
         raise ProtocolError(
             f"input '{name}': 'data' is missing (or parameters 'binary_data_size' with the "
@@ -479,18 +490,23 @@ def _binary_data_size(name: str, params: object) -> int | None:
     return size
 
 
-def _binary_array(
-    name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview
+def array_from_bytes(
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    chunk: memoryview,
+    source: str = "binary_data_size",
 ) -> np.ndarray[Any, Any]:
-    """The raw little-endian bytes of one binary input as an array of `datatype` and `shape`."""
+    """The raw little-endian bytes of one input (binary tensor data, gRPC raw_input_contents)
+    as an array of `datatype` and `shape`; `source` names where its length came from."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _binary_bytes_array(name, chunk, count).reshape(shape)
+        return _binary_bytes_array(name, chunk, count, source).reshape(shape)
     dtype = DATATYPE_TO_NUMPY[datatype]
     expected = count * dtype.itemsize
     if len(chunk) != expected:
         raise ProtocolError(
-            f"input '{name}': binary_data_size is {len(chunk)} bytes but shape {list(shape)} "
+            f"input '{name}': {source} is {len(chunk)} bytes but shape {list(shape)} "
             f"of {datatype} needs {expected}"
         )
     if datatype == "BOOL":
@@ -502,7 +518,9 @@ def _binary_array(
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
-def _binary_bytes_array(name: str, chunk: memoryview, count: int) -> np.ndarray[Any, Any]:
+def _binary_bytes_array(
+    name: str, chunk: memoryview, count: int, source: str
+) -> np.ndarray[Any, Any]:
     """BYTES binary data: each element a 4-byte little-endian length, then that many bytes."""
     out: list[str] = []
     pos, end = 0, len(chunk)
@@ -516,7 +534,7 @@ def _binary_bytes_array(name: str, chunk: memoryview, count: int) -> np.ndarray[
         if length > end - pos:
             raise ProtocolError(
                 f"input '{name}': BYTES element {len(out)} of {length} bytes overruns "
-                f"binary_data_size ({end - pos} bytes left)"
+                f"{source} ({end - pos} bytes left)"
             )
         try:
             out.append(str(chunk[pos : pos + length], "utf-8"))
@@ -535,7 +553,8 @@ def _binary_bytes_array(name: str, chunk: memoryview, count: int) -> np.ndarray[
     return arr
 
 
-def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """`shape` fits the model input's `expected` (-1: any size) and has elements."""
     if len(shape) != len(expected):
         raise ProtocolError(
             f"input '{name}': shape {list(shape)} has {len(shape)} dimension(s), "
@@ -550,7 +569,8 @@ def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -
         raise ProtocolError(f"input '{name}': shape {list(shape)} has no elements")
 
 
-def _check_batch(arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+def check_batch(arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    """Every input of a rank above 0 has the same first dimension."""
     sizes = {name: arr.shape[0] for name, arr in arrays.items() if arr.ndim}
     if len(set(sizes.values())) > 1:
         raise ProtocolError(f"inputs disagree on the batch size (first dimension): {sizes}")
@@ -637,8 +657,9 @@ def build_response(
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _binary_output_data(arr: np.ndarray[Any, Any], datatype: str) -> bytes:
-    """One output tensor as the binary tensor data extension's raw bytes (row-major)."""
+def array_to_bytes(arr: np.ndarray[Any, Any], datatype: str) -> bytes:
+    """One output tensor as raw little-endian bytes, row-major (binary tensor data, gRPC
+    raw_output_contents); BYTES elements each after a 4-byte little-endian length."""
     if datatype == "BYTES":
         parts: list[bytes] = []
         for x in arr.reshape(-1):
@@ -669,7 +690,7 @@ def build_binary_response(
         datatype = datatype_of(arr)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if name in binary:
-            raw = _binary_output_data(arr, datatype)
+            raw = array_to_bytes(arr, datatype)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

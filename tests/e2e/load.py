@@ -43,6 +43,7 @@ from tests.e2e.cluster import Cluster
 NO_ENDPOINT = -1
 CONNECTION_ERROR = 0
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+HTTP_PORT_NAME = "http"  # the Services' REST port (canarium.render); the other one is grpc
 GATEWAY_GROUP, GATEWAY_VERSION = "gateway.networking.k8s.io", "v1"
 
 
@@ -364,7 +365,9 @@ class LoadGenerator:
         if self.router == "replicas":
             # kube-proxy routes: one endpoint, the Service's ClusterIP.
             svc = self._core.read_namespaced_service(self.name, self.namespace, _request_timeout=5)
-            ip, port = svc.spec.cluster_ip, svc.spec.ports[0].port
+            # The Service has an http and a grpc port: requests go to the http one.
+            (port,) = [p.port for p in svc.spec.ports if p.name == HTTP_PORT_NAME]
+            ip = svc.spec.cluster_ip
             rules = [Rule([], [(self.name, 1)], [])]
             return Routing(rules, {self.name: [Endpoint(self.name, ip, port)]}, {})
         try:
@@ -392,7 +395,9 @@ class LoadGenerator:
             service = (es.metadata.labels or {}).get(SERVICE_NAME_LABEL)
             if service not in wanted:
                 continue
-            ports = [p.port for p in es.ports or [] if p.port]
+            # As a Gateway resolves a backendRef's port (80): the Service port named http, then
+            # the slice's port of that name (a slice lists its ports in no particular order).
+            ports = [p.port for p in es.ports or [] if p.port and p.name == HTTP_PORT_NAME]
             port = ports[0] if ports else 8080
             for ep in es.endpoints or []:
                 ready = ep.conditions.ready if ep.conditions else None

@@ -86,6 +86,7 @@ def test_example_becomes_ready_with_owned_children(
     assert status["phase"] == "Healthy"
     assert status["ready"] == "3/3"
     assert status["endpoint"] == f"http://iris.{namespace}.svc:80/v2/models/iris"
+    assert status["grpcEndpoint"] == f"iris.{namespace}.svc:8081"
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Ready"]["observedGeneration"] == obj["metadata"]["generation"]
@@ -99,6 +100,13 @@ def test_example_becomes_ready_with_owned_children(
     assert set(services) == {"iris", "iris-stable", "iris-canary"}
     for svc in services.values():
         assert svc.metadata.owner_references[0].uid == uid
+        # REST first (what the routers route), then V2 gRPC (h2c), each to the pods' named port.
+        assert [
+            (p.name, p.port, p.target_port, p.protocol, p.app_protocol) for p in svc.spec.ports
+        ] == [
+            ("http", 80, "http", "TCP", "http"),
+            ("grpc", 8081, "grpc", "TCP", "kubernetes.io/h2c"),
+        ]
     pods = cluster.core.list_namespaced_pod(
         namespace, label_selector="canarium.dev/deployment=iris"
     )

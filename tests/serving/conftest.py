@@ -94,6 +94,7 @@ class Server:
     url: str
     log_path: Path
     args: list[str] = field(default_factory=list)
+    grpc_target: str = ""  # host:port of its V2 gRPC service
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0)
@@ -120,18 +121,23 @@ def start_server(
     wait_ready: bool = True,
     host: str = "127.0.0.1",
 ) -> Server:
-    """Start `canarium-serve` as a process on a free port; wait for it to be live (and ready)."""
+    """Start `canarium-serve` as a process on a free port, with gRPC on another; wait for it to
+    be live (and ready)."""
     port = free_port(host)
+    grpc_port = free_port(host)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CANARIUM_")}
     full_env.update(env or {})
     full_env.setdefault("CANARIUM_TERMINATION_LOG", str(log_dir / f"termination-{port}.log"))
     full_env.setdefault("CANARIUM_MODEL_CACHE_DIR", str(log_dir / "cache"))
-    cmd = [sys.executable, "-m", "canarium_serving.cli", "--host", host, "--port", str(port), *args]
+    cmd = [
+        *(sys.executable, "-m", "canarium_serving.cli"),
+        *("--host", host, "--port", str(port), "--grpc-port", str(grpc_port), *args),
+    ]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(proc, f"http://{host}:{port}", log_path, cmd)
+    server = Server(proc, f"http://{host}:{port}", log_path, cmd, f"{host}:{grpc_port}")
     try:
         wait_until_ok(server, "/v2/health/ready" if wait_ready else "/v2/health/live")
     except ServerExited:
@@ -141,6 +147,19 @@ def start_server(
         server.stop()
         raise
     return server
+
+
+def grpc_call(target: str, method: str, request: Any, response_type: Any) -> Any:
+    """One unary call of inference.GRPCInferenceService over a plain grpcio channel."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            f"/inference.GRPCInferenceService/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return call(request, timeout=10)
 
 
 class ServerExited(AssertionError):

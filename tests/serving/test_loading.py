@@ -27,6 +27,7 @@ from .conftest import (
     LOOKUP_TABLE,
     Models,
     Server,
+    grpc_call,
     infer_body,
     start_server,
     wait_until_ok,
@@ -342,6 +343,7 @@ def test_not_ready_while_the_model_loads(
             assert meta.json() == {"error": "model 'iris' is still loading"}
             r = c.post("/v2/models/iris/infer", content=orjson.dumps(infer_body(models.iris_x[:1])))
             assert (r.status_code, r.json()) == (503, {"error": "model 'iris' is still loading"})
+            _assert_grpc_unavailable_while_loading(server, models)
             assert "\ncanarium_model_ready{" in c.get("/metrics").text
             assert "} 0.0" in c.get("/metrics").text.split("\ncanarium_model_ready{", 1)[1][:300]
         # the helper the other tests use waits for 200: it does not return while loading
@@ -355,6 +357,35 @@ def test_not_ready_while_the_model_loads(
     finally:
         handler.gate.set()
         assert server.stop() == 0, server.log()
+
+
+def _assert_grpc_unavailable_while_loading(server: Server, models: Models) -> None:
+    """gRPC says the same as REST: live, not ready, UNAVAILABLE for what needs the model."""
+    import grpc
+    from canarium_serving.proto import inference_pb2 as pb
+
+    target = server.grpc_target
+    assert grpc_call(target, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
+    ready = grpc_call(target, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse)
+    assert ready.ready is False
+    model_ready = grpc_call(
+        target, "ModelReady", pb.ModelReadyRequest(name="iris"), pb.ModelReadyResponse
+    )
+    assert model_ready.ready is False
+    infer = pb.ModelInferRequest(model_name="iris")
+    tensor = infer.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend(models.iris_x[0].tolist())
+    for method, request, response_type in [
+        ("ModelMetadata", pb.ModelMetadataRequest(name="iris"), pb.ModelMetadataResponse),
+        ("ModelInfer", infer, pb.ModelInferResponse),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            grpc_call(target, method, request, response_type)
+        error: Any = info.value
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "model 'iris' is still loading",
+        ), method
 
 
 def test_a_bad_request_inside_a_batch_fails_alone(lookup_model: Path, tmp_path: Path) -> None:

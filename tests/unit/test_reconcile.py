@@ -88,6 +88,34 @@ def test_ready_revision_makes_it_healthy_and_ready() -> None:
     assert conditions["Ready"]["observedGeneration"] == 1
     assert plan.status["observedGeneration"] == 1
     assert plan.status["endpoint"] == "http://iris.ml.svc:80/v2/models/iris"
+    assert plan.status["grpcEndpoint"] == "iris.ml.svc:8081"
+
+
+def test_the_status_names_the_rest_and_grpc_ports_the_services_carry() -> None:
+    data = mdep().model_dump(by_alias=True, mode="json")
+    data["metadata"].update(name="digits", namespace="team-b")
+    obj = ModelDeployment.model_validate(data)
+    plan = reconcile(inp(obj))
+    # Set from the first reconcile on, for the ModelDeployment's own name and namespace.
+    assert plan.status["endpoint"] == "http://digits.team-b.svc:80/v2/models/digits"
+    assert plan.status["grpcEndpoint"] == "digits.team-b.svc:8081"
+    services = [m for m in plan.apply if m["kind"] == "Service"]
+    assert [s["metadata"]["name"] for s in services] == [
+        "digits",
+        "digits-stable",
+        "digits-canary",
+    ]
+    for service in services:
+        assert service["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP",
+             "appProtocol": "http"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": "kubernetes.io/h2c"},
+        ]  # fmt: skip
+    (deployment,) = [m for m in plan.apply if m["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert {"name": "CANARIUM_GRPC_PORT", "value": "8081"} in container["env"]
 
 
 def test_reconcile_is_idempotent() -> None:

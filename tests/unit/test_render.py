@@ -10,6 +10,8 @@ from canarium.render import (
     ANNOTATION_REVISION_SPEC,
     LABEL_DEPLOYMENT,
     LABEL_REVISION,
+    endpoint,
+    grpc_endpoint,
     hash_of_revision,
     render_hpa,
     render_revision,
@@ -62,8 +64,12 @@ def test_pod_template_carries_the_serving_contract() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
     assert container["livenessProbe"]["httpGet"]["path"] == contract.LIVE_PATH
     assert container["ports"] == [
-        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"}
+        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": contract.GRPC_PORT, "protocol": "TCP"},
     ]
+    # The server listens where the ports say: REST on `http`, V2 gRPC on `grpc`.
+    assert env[contract.ENV_PORT] == str(contract.HTTP_PORT) == "8080"
+    assert env[contract.ENV_GRPC_PORT] == str(contract.GRPC_PORT) == "8081"
 
 
 def test_pods_meet_pod_security_restricted() -> None:
@@ -133,6 +139,56 @@ def test_services_select_entry_stable_and_canary() -> None:
         "iris-stable",
         "iris-canary",
     ]
+
+
+def test_every_service_port_targets_a_named_port_of_the_pods() -> None:
+    container = _deployment()["spec"]["template"]["spec"]["containers"][0]
+    pod_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for service in render_services(mdep(), "aaa", "bbb"):
+        ports = service["spec"]["ports"]
+        # Kubernetes requires every port of a multi-port Service to be named, uniquely.
+        assert [p["name"] for p in ports] == ["http", "grpc"]
+        by_name = {p["name"]: p for p in ports}
+        assert {p["targetPort"] for p in ports} <= pod_ports.keys()
+        assert by_name["grpc"]["targetPort"] == contract.GRPC_PORT_NAME
+        assert pod_ports[by_name["grpc"]["targetPort"]] == contract.GRPC_PORT
+        assert pod_ports[by_name["http"]["targetPort"]] == contract.HTTP_PORT
+
+
+def test_the_status_endpoints_name_the_entry_service_and_its_ports() -> None:
+    obj = mdep()
+    entry, _, _ = render_services(obj, "aaa", None)
+    ports = {p["name"]: p["port"] for p in entry["spec"]["ports"]}
+    assert endpoint(obj) == f"http://iris.ml.svc:{ports['http']}/v2/models/iris"
+    # A gRPC target is host:port, no scheme and no path (grpcurl, tritonclient.grpc, KServe's
+    # InferenceGRPCClient): the model is named in each request.
+    assert grpc_endpoint(obj) == f"iris.ml.svc:{ports['grpc']}" == "iris.ml.svc:8081"
+    other = ModelDeployment.model_validate(
+        {
+            **obj.model_dump(by_alias=True, mode="json"),
+            "metadata": {"name": "digits", "namespace": "team-b", "uid": "u"},
+        }
+    )
+    assert grpc_endpoint(other) == "digits.team-b.svc:8081"
+
+
+def test_routers_route_the_http_port_of_the_services() -> None:
+    # Services have two ports: an HTTPRoute's backendRefs must name the http one.
+    obj = _gateway(parentRefs=[{"name": "edge"}], headerMatch={"name": "X", "value": "1"},
+                   mirrorPercent=10)  # fmt: skip
+    route = render_httproute(obj, 30, True)
+    assert route is not None
+    services = {s["metadata"]["name"]: s for s in render_services(obj, "aaa", "bbb")}
+    refs = [ref for rule in route["spec"]["rules"] for ref in rule["backendRefs"]]
+    refs += [
+        f["requestMirror"]["backendRef"]
+        for rule in route["spec"]["rules"]
+        for f in rule.get("filters", [])
+    ]
+    assert len(refs) == 4
+    for ref in refs:
+        (port,) = [p for p in services[ref["name"]]["spec"]["ports"] if p["port"] == ref["port"]]
+        assert port["name"] == "http"
 
 
 def test_hpa_only_with_autoscaling_and_then_no_replicas_written() -> None:
@@ -272,6 +328,7 @@ def test_a_revision_deployment_in_full() -> None:
                                 {"name": "CANARIUM_REVISION", "value": "iris-abc1234567"},
                                 {"name": "CANARIUM_ROLE", "value": "canary"},
                                 {"name": "CANARIUM_PORT", "value": "8080"},
+                                {"name": "CANARIUM_GRPC_PORT", "value": "8081"},
                                 {
                                     "name": "CANARIUM_MODEL_CACHE_DIR",
                                     "value": "/tmp/canarium-models",
@@ -279,7 +336,10 @@ def test_a_revision_deployment_in_full() -> None:
                                 {"name": "CANARIUM_MODEL_SHA256", "value": SHA},
                                 {"name": "CANARIUM_BATCH_MAX_SIZE", "value": "8"},
                             ],
-                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "ports": [
+                                {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                                {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+                            ],
                             "startupProbe": {
                                 "httpGet": {"path": "/v2/health/live", "port": "http"},
                                 "periodSeconds": 5,
@@ -378,6 +438,7 @@ def test_the_three_services_in_full() -> None:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector,
+                # http first; grpc is HTTP/2 with prior knowledge over cleartext (h2c).
                 "ports": [
                     {
                         "name": "http",
@@ -385,7 +446,14 @@ def test_the_three_services_in_full() -> None:
                         "targetPort": "http",
                         "protocol": "TCP",
                         "appProtocol": "http",
-                    }
+                    },
+                    {
+                        "name": "grpc",
+                        "port": 8081,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "kubernetes.io/h2c",
+                    },
                 ],
             },
         }

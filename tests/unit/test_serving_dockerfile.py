@@ -51,7 +51,7 @@ def test_multi_stage_slim_non_root_no_healthcheck() -> None:
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "CANARIUM_MODEL_CACHE_DIR=/tmp/" in env  # writable emptyDir under readOnlyRootFilesystem
     assert "PYTHONDONTWRITEBYTECODE=1" in env
-    assert ("EXPOSE", "8080") in final
+    assert ("EXPOSE", "8080 8081") in final  # REST + /metrics, gRPC
 
 
 def test_builder_installs_the_serving_extra_from_the_repo_root() -> None:

@@ -93,7 +93,7 @@ def test_degraded_shows_the_failed_check_and_history() -> None:
         ),
         None,
     )  # fmt: skip
-    # No policy: no Steps section; no analysis, conditions or endpoint: none of their lines.
+    # No policy: no Steps section; no analysis, conditions or endpoints: none of their lines.
     assert text.splitlines() == [
         "Name:       iris (namespace ml)",
         "Model:      2.0.0  https://m.example.org/iris.onnx",
@@ -127,6 +127,7 @@ def test_a_bake_shows_the_previous_revision_the_bake_end_and_missing_data() -> N
                     ],
                 },
                 "endpoint": "http://iris.ml.svc:80/v2/models/iris",
+                "grpcEndpoint": "iris.ml.svc:8081",
             }
         ),
         POLICY,
@@ -147,6 +148,7 @@ def test_a_bake_shows_the_previous_revision_the_bake_end_and_missing_data() -> N
         "last Inconclusive at 2026-11-23T12:01:00Z",
         "  latencyP99           no data  <= 200ms    Inconclusive  no requests",
         "Endpoint:   http://iris.ml.svc:80/v2/models/iris",
+        "gRPC:       iris.ml.svc:8081",
     ]
 
 

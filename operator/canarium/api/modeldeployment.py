@@ -51,6 +51,7 @@ RESERVED_ENV = (
     contract.ENV_REVISION,
     contract.ENV_ROLE,
     contract.ENV_PORT,
+    contract.ENV_GRPC_PORT,
     contract.ENV_MODEL_CACHE_DIR,
 )
 MAX_ENV = 100

@@ -313,6 +313,12 @@ class ModelDeploymentStatus(StatusModel):
         max_length=2048,
         description="In-cluster URL of the Open Inference Protocol (V2) endpoint.",
     )
+    grpc_endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        description="In-cluster target (host:port) of the Open Inference Protocol (V2) gRPC "
+        "endpoint (inference.GRPCInferenceService).",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,

@@ -1,0 +1,141 @@
+"""The gRPC transport of the model server: inference.GRPCInferenceService over a DataPlane.
+
+The same DataPlane as the REST transport (app.py), so both share the model, the dynamic
+batcher, the metrics and the drift statistics; grpc.aio runs in the same event loop as
+uvicorn. Messages are (de)serialized here rather than by grpc, so that a request that is not
+a valid message is the client's mistake (INVALID_ARGUMENT), not an INTERNAL error. A
+ProtocolError's HTTP status maps to its gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND,
+503 UNAVAILABLE); anything unexpected is logged and answered INTERNAL, and the server keeps
+serving. Inference requests are counted in the request metrics under the HTTP status of the
+same outcome, so an error rate reads the same whichever transport the traffic takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, NoReturn
+
+import grpc
+from grpc import aio
+
+from .dataplane import DataPlane
+from .grpc_protocol import (
+    build_infer_response,
+    decode,
+    model_metadata_response,
+    server_metadata_response,
+    to_inference_request,
+)
+from .proto import inference_pb2 as pb
+from .protocol import ProtocolError
+
+log = logging.getLogger("canarium_serving")
+
+SERVICE: Final = "inference.GRPCInferenceService"
+
+_CODES: Final[dict[int, grpc.StatusCode]] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+Context = aio.ServicerContext[bytes, bytes]
+Handler = Callable[[bytes, Context], Awaitable[bytes]]
+
+
+def status_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC code of a ProtocolError's HTTP status."""
+    return _CODES.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+async def _abort(context: Context, exc: ProtocolError) -> NoReturn:
+    await context.abort(status_code(exc.status), exc.message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class GrpcApp:
+    """The six V2 methods, each a unary handler of serialized messages."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+        }
+
+    async def server_live(self, message: bytes, context: Context) -> bytes:
+        return pb.ServerLiveResponse(live=self.dataplane.live()).SerializeToString()
+
+    async def server_ready(self, message: bytes, context: Context) -> bytes:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready()).SerializeToString()
+
+    async def server_metadata(self, message: bytes, context: Context) -> bytes:
+        return server_metadata_response(self.dataplane.server_metadata())
+
+    async def model_ready(self, message: bytes, context: Context) -> bytes:
+        try:
+            request = decode(pb.ModelReadyRequest, message)
+            ready = self.dataplane.model_ready(request.name, request.version or None)
+        except ProtocolError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+    async def model_metadata(self, message: bytes, context: Context) -> bytes:
+        try:
+            request = decode(pb.ModelMetadataRequest, message)
+            metadata = self.dataplane.model_metadata(request.name, request.version or None)
+        except ProtocolError as exc:
+            await _abort(context, exc)
+        return model_metadata_response(metadata)
+
+    async def model_infer(self, message: bytes, context: Context) -> bytes:
+        started = time.perf_counter()
+        dataplane = self.dataplane
+        status = 200
+        try:
+            request = decode(pb.ModelInferRequest, message)
+            name, version = request.model_name, request.model_version or None
+            # While the model loads, its inputs are unknown: UNAVAILABLE before the tensors.
+            inputs = to_inference_request(request, dataplane.model_inputs(name, version))
+            response = await dataplane.infer(name, version, inputs)
+            # Raw inputs are answered with raw outputs, typed contents with typed contents.
+            return build_infer_response(response, raw=bool(request.raw_input_contents))
+        except ProtocolError as exc:
+            status = exc.status
+            await _abort(context, exc)
+        except Exception as exc:
+            status = 500
+            log.exception("internal error serving ModelInfer")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}"
+            )
+        finally:
+            dataplane.metrics.observe_request(status, time.perf_counter() - started)
+
+
+def grpc_server(app: GrpcApp, address: str, max_message_bytes: int) -> aio.Server:
+    """A grpc.aio server of `app` bound to `address` (host:port), not yet started."""
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            # grpc's default lets a second process bind the same port and share its traffic.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+        method: grpc.unary_unary_rpc_method_handler(handler)
+        for method, handler in app.handlers().items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(address)
+    return server
