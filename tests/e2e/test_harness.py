@@ -5,13 +5,19 @@ on the real node, traffic through a Service's ClusterIP or routed as an HTTPRout
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.e2e.cluster import Cluster, wait_until
+from tests.e2e.cluster import REPO, Cluster, wait_until
 from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, in_configmap, model_deployment
@@ -105,9 +111,38 @@ def test_serving_pods_traffic_and_prometheus(
     assert min(counts.values()) >= 10, f"kube-proxy balances over every pod: {counts}"
     prometheus.unwatch(namespace)
 
+    # V2 gRPC through the entry Service's grpc port (h2c, 8081) on the same pods, with the
+    # clients people use, unchanged: the model's own predictions.
+    service = cluster.core.read_namespaced_service(NAME, namespace)
+    target = f"{service.spec.cluster_ip}:8081"
+    rows = models.x[:7]
+    for client in ("triton-grpc", "kserve-grpc"):
+        out = _v2_client(client, target, rows)
+        assert "error" not in out, out
+        assert out["model_ready"] is True
+        assert out["outputs"]["label"] == models.good_v1.predict(rows), client
+
     # Deleting the ModelDeployment deletes its pods: their containers stop for real.
     cluster.kubectl("delete", "mdep", NAME, "-n", namespace)
     wait_until(lambda: not _pod_ips(cluster, namespace), timeout=60, what="pods gone")
+
+
+def _v2_client(client: str, target: str, rows: Any) -> dict[str, Any]:
+    """tests/serving/v2_clients.py in a process of its own (see why there)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, np.asarray(rows, dtype=np.float32))
+        r = subprocess.run(
+            [sys.executable, "-m", "tests.serving.v2_clients", client, target, NAME, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            check=False,
+        )
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
 
 
 def _httproute(namespace: str, rules: list[dict[str, Any]]) -> dict[str, Any]:

@@ -176,6 +176,16 @@ def test_every_method_over_grpcio(any_iris_server: Server, models: Models, raw: 
         outputs["probabilities"], models.iris_estimator.predict_proba(x), atol=1e-5
     )
 
+    # a gzip-compressed request (grpc-encoding), as clients may send
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        zipped = call(request, timeout=10, compression=grpc.Compression.Gzip)
+    np.testing.assert_array_equal(_outputs(zipped)["label"], models.iris_estimator.predict(x))
+
     # only the output asked for
     request.outputs.add(name="probabilities")
     response = grpc_call(target, "ModelInfer", request, pb.ModelInferResponse)
