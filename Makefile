@@ -78,7 +78,7 @@ test: setup control-plane test-deps images ## everything: lint, type checks, uni
 	CANARIUM_REQUIRE_PROMETHEUS=1 $(BIN)/pytest
 
 .PHONY: test-min lock
-test-min: ## unit and model-server tests with every dependency at its lower bound (.venv-min)
+test-min: setup ## unit and model-server tests with every dependency at its lower bound (.venv-min)
 	hack/min-versions.sh
 
 lock: ## re-pin the images' packages (constraints/images.txt) after a dependency change

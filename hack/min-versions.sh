@@ -13,38 +13,42 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-python=${PYTHON:-python3}
+python=${PYTHON:-$repo/.venv/bin/python}  # has packaging (make setup)
 venv=${CANARIUM_MIN_VENV:-$repo/.venv-min}
-# From dev: what the tests need (linters and type stubs do not run there).
-test_tools="pytest pytest-timeout hypothesis httpx tritonclient kserve"
+# From dev: what the tests import (linters and type stubs do not run there), with the extras
+# they import in-process; the V2 clients that run as processes of their own come from the dev
+# venv (CANARIUM_DEV_PYTHON below): tritonclient[grpc] and kserve need newer grpcio and
+# orjson than the server's floors.
+test_tools="pytest pytest-timeout hypothesis httpx tritonclient[http]"
 
 pins=$("$python" - "$repo/pyproject.toml" "$test_tools" <<'PY'
-import re
 import sys
 import tomllib
 
+from packaging.requirements import Requirement
+
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)["project"]
-tools = set(sys.argv[2].split())
-requirements = list(project["dependencies"])
+tools = {r.name: r.extras for r in map(Requirement, sys.argv[2].split())}
+requirements = [Requirement(r) for r in project["dependencies"]]
 for extra, entries in project["optional-dependencies"].items():
+    parsed = [Requirement(r) for r in entries]
     if extra == "dev":
-        requirements += [r for r in entries if re.split(r"[\s<>=!~;\[]", r, 1)[0] in tools]
-    else:
-        requirements += entries
+        parsed = [r for r in parsed if r.name in tools]
+        for r in parsed:
+            r.extras = tools[r.name]
+    requirements += parsed
 missing, seen = [], set()
-for requirement in requirements:
-    spec, _, marker = requirement.partition(";")
-    name = re.split(r"[\s<>=!~\[]", spec.strip(), maxsplit=1)[0]
-    extras = re.match(r"[\w.-]+(\[[^\]]*\])?", spec.strip()).group(1) or ""  # kept: tritonclient[http]
-    if name == project["name"] or requirement in seen:  # itself; shared by two extras
+for req in requirements:
+    if req.name == project["name"] or str(req) in seen:  # itself; shared by two extras
         continue
-    seen.add(requirement)
-    floor = re.search(r"(?:>=|==)\s*([\w.]+)", spec)
-    if not floor:
-        missing.append(requirement)
+    seen.add(str(req))
+    floors = [s.version for s in req.specifier if s.operator in (">=", "==")]
+    if not floors:
+        missing.append(str(req))
         continue
-    print(f"{name}{extras}=={floor.group(1)}" + (f"; {marker.strip()}" if marker else ""))
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    print(f"{req.name}{extras}=={floors[0]}" + (f"; {req.marker}" if req.marker else ""))
 if missing:
     sys.exit(f"min-versions: no lower bound in pyproject.toml: {', '.join(missing)}")
 PY
@@ -67,4 +71,7 @@ cd "$repo"
   --deselect tests/unit/test_rollout_stateful.py::TestRolloutMachine \
   --deselect tests/serving/test_analysis_scrape.py::test_prometheus_provider_over_real_prometheus \
   --deselect tests/serving/test_server.py::test_metrics_endpoint_survives_scrapes_during_load
+# The V2 clients (tests/serving/v2_clients.py) run in their own processes, from the dev venv:
+# kserve cannot be installed next to these floors (it needs orjson >= 3.11.6).
+export CANARIUM_DEV_PYTHON="$repo/.venv/bin/python"
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -81,6 +81,12 @@ def lookup_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The Python that runs the V2 clients (tests/serving/v2_clients.py) in processes of their own:
+# the test's, or the dev venv's when hack/min-versions.sh runs the tests at the dependency
+# floors, where kserve cannot be installed.
+CLIENT_PYTHON = os.environ.get("CANARIUM_DEV_PYTHON", sys.executable)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from canarium_serving.proto import inference_pb2 as pb
 
-from .conftest import Models, Server, grpc_call
+from .conftest import CLIENT_PYTHON, Models, Server, grpc_call
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +33,7 @@ def _run_client(
     np.save(path, x)
     r = subprocess.run(
         [
-            sys.executable,
+            CLIENT_PYTHON,
             "-m",
             "tests.serving.v2_clients",
             client,
