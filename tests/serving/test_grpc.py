@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from canarium_serving.proto import inference_pb2 as pb
 
-from .conftest import CLIENT_PYTHON, Models, Server, grpc_call
+from .conftest import CLIENT_PYTHON, Models, Server, grpc_call, iris_env, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -356,3 +357,19 @@ def test_grpc_traffic_lands_in_the_same_metrics_as_rest(
     assert {c: after[c] - classes_before.get(c, 0.0) for c in after} == {
         str(i): float(n) for i, n in enumerate(predicted)
     }
+
+
+def test_a_grpc_port_in_use_is_a_clear_exit(models: Models, tmp_path: Path) -> None:
+    """Not a server that answers REST while its gRPC clients get connection refused."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = start_server(
+            ["--grpc-port", str(port)], tmp_path, env=iris_env(models), wait_ready=False
+        )
+        try:
+            assert server.proc.wait(30) == 1, server.log()
+        finally:
+            server.stop()
+    assert f"cannot serve gRPC on 127.0.0.1:{port}" in server.log()
