@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from canarium import metrics
-from canarium.analysis import AnalysisTarget, MeasuredWindow, unanswered
+from canarium.analysis import AnalysisTarget, MeasuredWindow, monitoring, unanswered
+from canarium.analysis.monitoring import MonitoringWindow
 from canarium.analysis.providers import ProviderContext, ProviderRegistry
 from canarium.analysis.recording import (
     RECORDING_KEY,
@@ -36,13 +37,14 @@ from canarium.analysis.recording import (
     recording_name,
     window_to_record,
 )
-from canarium.api import AnalysisSpec, ModelDeployment, RolloutPolicySpec
+from canarium.api import AnalysisSpec, MetricsProvider, ModelDeployment, RolloutPolicySpec
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
 from canarium.reconcile import (
     ChildRef,
     Plan,
     ReconcileInput,
+    monitored_revision,
     observe_deployment,
     policy_status,
     reconcile,
@@ -263,6 +265,9 @@ class Controller:
         self._analysis_tasks: dict[Key, asyncio.Task[None]] = {}
         self._analysis_runs: dict[Key, tuple[DueAnalysis, MeasuredWindow]] = {}
         self._analysis_slots = asyncio.Semaphore(settings.analysis_concurrency)
+        # Monitoring windows of stable revisions (spec.monitoring), measured the same way.
+        self._monitoring_tasks: dict[Key, asyncio.Task[None]] = {}
+        self._monitoring_runs: dict[Key, MonitoringWindow] = {}
         # pods[owner key][pod name] = slim pod: the serving pods, for why a revision does not
         # start (their container statuses).
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -661,20 +666,83 @@ class Controller:
             self._analysis_runs[key] = (due, window)
             self.enqueue(key)
 
+    def with_monitoring(self, key: Key, inp: ReconcileInput) -> ReconcileInput:
+        """The reconcile input with the stable revision's window measured since the last
+        reconcile; a window that is due starts measuring in its own task (spec.monitoring)."""
+        spec = inp.mdep.spec.monitoring
+        finished = self._monitoring_runs.pop(key, None)
+        revision = monitored_revision(inp.mdep.status)
+        if spec is None or revision is None:
+            return inp
+        if finished is not None and finished.revision == revision:
+            return replace(inp, monitoring_window=finished)
+        action, _ = monitoring.due(spec, inp.mdep.status.monitoring, revision, inp.now)
+        if action is not None and key not in self._monitoring_tasks:
+            target = AnalysisTarget(
+                namespace=key[0],
+                deployment=key[1],
+                canary_revision_hash=hash_of_revision(key[1], revision),
+                stable_revision_hash=None,
+                canary_revision_name=revision,
+                stable_revision_name=None,
+                interval_seconds=spec.interval_seconds,
+            )
+            self._monitoring_tasks[key] = asyncio.create_task(
+                self._monitoring_task(key, spec.provider, target, action == "baseline"),
+                name=f"canarium-monitoring-{key[0]}-{key[1]}",
+            )
+        return inp
+
+    async def _monitoring_task(
+        self, key: Key, provider_spec: MetricsProvider, target: AnalysisTarget, first: bool
+    ) -> None:
+        provider = self.providers.provider_for(provider_spec)
+        revision = target.canary_revision_name
+        window: MonitoringWindow | None = None
+        try:
+            async with self._analysis_slots:
+                now = self.clock()
+                if first:
+                    await asyncio.wait_for(
+                        provider.baseline(target), self.settings.analysis_timeout_seconds
+                    )
+                    window = MonitoringWindow(revision, now, None)
+                else:
+                    result = await asyncio.wait_for(
+                        provider.measure(target), self.settings.analysis_timeout_seconds
+                    )
+                    if result.errors:
+                        log.warning("monitoring of %s/%s: %s", *key, "; ".join(result.errors))
+                    window = MonitoringWindow(revision, now, result.canary)
+        except TimeoutError:
+            log.warning("monitoring of %s/%s: no answer; the window is tried again", *key)
+        except Exception:
+            log.exception("monitoring of %s/%s failed", *key)
+        finally:
+            self._monitoring_tasks.pop(key, None)
+        if window is not None and key in self.mdeps:
+            self._monitoring_runs[key] = window
+            self.enqueue(key)
+
     async def reconcile_key(self, key: Key) -> None:
         started = time.perf_counter()
         inp = self.build_input(key)
         if inp is None:
             return
         inp = self.with_analysis(key, inp)
+        inp = self.with_monitoring(key, inp)
         plan = reconcile(inp)
         if inp.analysis_window is not None:
             self.judged(key, inp.analysis_window, plan)
         await self.execute(key, plan)
         if inp.analysis_window is not None and plan.status.get("analysis"):
             await self.record_window(key, inp)
-        if not plan.status.get("canary") and not plan.status.get("previous"):
-            # No analysis goes on: drop what the providers kept (pod-metrics baselines).
+        if (
+            not plan.status.get("canary")
+            and not plan.status.get("previous")
+            and inp.mdep.spec.monitoring is None
+        ):
+            # No analysis or monitoring goes on: drop what the providers kept (baselines).
             self.providers.analysis_ended(*key)
         metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
@@ -747,7 +815,7 @@ class Controller:
         await self.record_events(key, body, plan.events)
         if plan.requeue_after is not None:
             delay = plan.requeue_after
-            if key in self._analysis_tasks:
+            if key in self._analysis_tasks or key in self._monitoring_tasks:
                 # The interval being measured is due: its end queues the key, and until then
                 # a timer for it would only spin.
                 delay = max(delay, MEASURING_REQUEUE)

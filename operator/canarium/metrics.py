@@ -89,6 +89,17 @@ class _RolloutCollector(Collector):
             "Latest value of each analysis check.",
             labels=[*labels, "check", "verdict"],
         )
+        drifted = GaugeMetricFamily(
+            "canarium_model_drifted",
+            "1 while the stable revision is Drifted (spec.monitoring), else 0.",
+            labels=labels,
+        )
+        drift_psi = GaugeMetricFamily(
+            "canarium_model_drift_psi",
+            "PSI of each input feature and output in the last monitoring window, and the "
+            "highest PSI maxPSI allows at its sample size (bound).",
+            labels=[*labels, "kind", "name", "value"],
+        )
         for (namespace, name), status in list(_statuses.items()):
             base = [namespace, name]
             for p in PHASES:
@@ -106,7 +117,13 @@ class _RolloutCollector(Collector):
             for m in (status.get("analysis") or {}).get("measurements", []):
                 if m.get("value") is not None:
                     measurement.add_metric([*base, m["check"], m["verdict"]], m["value"])
-        yield from (phase, weight, step, measurement)
+            for c in status.get("conditions", []):
+                if c.get("type") == "Drifted" and c.get("status") in ("True", "False"):
+                    drifted.add_metric(base, 1.0 if c["status"] == "True" else 0.0)
+            for f in (status.get("monitoring") or {}).get("findings", []):
+                drift_psi.add_metric([*base, f["kind"], f["name"], "psi"], f["psi"])
+                drift_psi.add_metric([*base, f["kind"], f["name"], "bound"], f["allowed"])
+        yield from (phase, weight, step, measurement, drifted, drift_psi)
 
 
 REGISTRY.register(_PhaseCollector())

@@ -15,9 +15,11 @@ from typing import Any, Literal
 from canarium_serving import contract
 from pydantic import ValidationError
 
-from canarium.analysis import MeasuredWindow, judge
+from canarium.analysis import MeasuredWindow, judge, monitoring
+from canarium.analysis.monitoring import MonitoringWindow
 from canarium.api import (
     CONDITION_DEGRADED,
+    CONDITION_DRIFTED,
     CONDITION_PROGRESSING,
     CONDITION_READY,
     Condition,
@@ -116,6 +118,7 @@ class ReconcileInput:
     policy_error: str | None = None  # e.g. the referenced RolloutPolicy does not exist
     analysis_run: AnalysisRun | None = None  # a judged interval (tests hand one in)
     analysis_window: MeasuredWindow | None = None  # a measured interval, judged here
+    monitoring_window: MonitoringWindow | None = None  # the stable's window, judged here
 
 
 def judge_window(
@@ -241,6 +244,7 @@ def reconcile(inp: ReconcileInput) -> Plan:
         missing = inp.policy_error.endswith(" not found")
         reason = Reason.POLICY_NOT_FOUND if missing else Reason.POLICY_INVALID
     _set_conditions(status, mdep.metadata.generation, inp.now, reason)
+    _monitor(inp, status, plan)
     if old.phase != status.phase:
         plan.events.append(
             Event(
@@ -251,6 +255,92 @@ def reconcile(inp: ReconcileInput) -> Plan:
         )
     plan.status = status.to_dict()
     return plan
+
+
+DRIFT_REASONS = {"True": "Drifted", "False": "NoDrift", "Unknown": "NotJudged"}
+
+
+def monitored_revision(status: ModelDeploymentStatus) -> str | None:
+    """The stable revision monitoring watches now: none while a rollout or a bake runs (its
+    analysis judges then) or before there is a stable revision."""
+    if status.canary is not None or status.previous is not None or status.stable is None:
+        return None
+    return status.stable.name or None
+
+
+def _monitor(inp: ReconcileInput, status: ModelDeploymentStatus, plan: Plan) -> None:
+    """spec.monitoring: judge the stable revision's measured window, keep the Drifted
+    condition, say when it changes, and look again when the next window is due."""
+    spec = inp.mdep.spec.monitoring
+    old = inp.mdep.status.monitoring
+    if spec is None:
+        status.monitoring = None
+        return
+    revision = monitored_revision(status)
+    if revision is None:
+        # Paused while a rollout runs; the next window starts when it has ended.
+        status.monitoring = old.model_copy(update={"window_start": None}) if old else None
+        _drift_condition(status, inp, old_status=inp.mdep.status)
+        return
+    current = old if old is not None and old.revision == revision else None
+    window = inp.monitoring_window
+    if window is not None and window.revision == revision:
+        if window.metrics is None:
+            current = monitoring.started(revision, window.time, current)
+        elif current is not None and current.window_start is not None:
+            drift = monitoring.judge_window(spec, window.metrics)
+            current = monitoring.judged(spec, current, drift, window.time)
+    status.monitoring = current
+    _drift_condition(status, inp, old_status=inp.mdep.status)
+    was = inp.mdep.status.condition(CONDITION_DRIFTED)
+    now = status.condition(CONDITION_DRIFTED)
+    if now is not None and current is not None and (was is None or was.status != now.status):
+        if now.status == "True":
+            plan.events.append(Event("Warning", "Drifted", current.message or ""))
+        elif was is not None and was.status == "True":
+            plan.events.append(Event("Normal", "DriftCleared", current.message or ""))
+    _, wait = monitoring.due(spec, current, revision, inp.now)
+    if plan.requeue_after is None or wait < plan.requeue_after:
+        plan.requeue_after = max(wait, 0.0)
+
+
+def _drift_condition(
+    status: ModelDeploymentStatus, inp: ReconcileInput, old_status: ModelDeploymentStatus
+) -> None:
+    """The Drifted condition from the monitoring status: True (sustained drift), False (a
+    window judged without it since), Unknown (nothing judged yet for this revision)."""
+    spec = inp.mdep.spec.monitoring
+    current = status.monitoring
+    if spec is None:
+        return
+    value: Literal["True", "False", "Unknown"]
+    if current is None or current.last_verdict is None:
+        value = "Unknown"
+    elif monitoring.is_drifted(spec, current):
+        value = "True"
+    elif current.consecutive_drifted == 0:
+        value = "False"
+    else:  # drifted windows, fewer than `windows` in a row: True stays until a clean one
+        previous = old_status.condition(CONDITION_DRIFTED)
+        value = "True" if previous is not None and previous.status == "True" else "False"
+    previous = old_status.condition(CONDITION_DRIFTED)
+    message = (current.message if current is not None else None) or (
+        "no monitoring window judged yet"
+    )
+    condition = Condition(
+        type=CONDITION_DRIFTED,
+        status=value,
+        observed_generation=inp.mdep.metadata.generation,
+        last_transition_time=inp.now
+        if previous is None or previous.status != value
+        else previous.last_transition_time,
+        reason=DRIFT_REASONS[value],
+        message=message[:32768],
+    )
+    status.conditions = [
+        *(c for c in status.conditions if c.type != CONDITION_DRIFTED),
+        condition,
+    ]
 
 
 def condition_values(phase: str | None, reason: str) -> dict[str, Literal["True", "False"]]:

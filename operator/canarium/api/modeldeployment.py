@@ -17,15 +17,22 @@ from canarium.api.common import (
     ApiObject,
     DnsLabel,
     DnsSubdomain,
+    Duration,
     ObjectMeta,
     Quantity,
     Rule,
     SpecModel,
     ensure_unique,
     list_map,
+    parse_duration,
     validations,
 )
-from canarium.api.rolloutpolicy import RolloutPolicySpec
+from canarium.api.rolloutpolicy import (
+    DriftCheck,
+    MetricsProvider,
+    RolloutPolicySpec,
+    default_provider,
+)
 from canarium.api.status import ModelDeploymentStatus
 
 MODEL_URI_PATTERN = (
@@ -572,6 +579,62 @@ class TrafficSpec(SpecModel):
 # ---------------------------------------------------------------------------------------------
 
 
+RULE_MONITORING_CHECKS = Rule(
+    "has(self.dataDrift) || has(self.predictionDrift)",
+    "monitoring needs dataDrift, predictionDrift or both",
+)
+
+
+class MonitoringSpec(SpecModel):
+    """Watch the stable revision while no rollout runs: at every interval, its live inputs
+    (dataDrift) and predictions (predictionDrift) in that window are compared with the
+    model's reference statistics (what `canarium model build` put in the model). A window with
+    too few observations is inconclusive, never drift; a PSI counts as drift only when it is
+    shown above maxPSI at alpha for the window's sample size. `windows` such windows in a row
+    set the Drifted condition, an event and the canarium_model_drifted metric."""
+
+    model_config = ConfigDict(json_schema_extra=validations(RULE_MONITORING_CHECKS))
+
+    interval: Duration = Field("5m", description="Length of a window, e.g. 5m. Default 5m.")
+    data_drift: DriftCheck | None = Field(
+        None, description="Live inputs vs the reference histogram of each feature."
+    )
+    prediction_drift: DriftCheck | None = Field(
+        None,
+        description="Predictions vs the reference distribution of each output (classes, or "
+        "the histogram of a regressor's values).",
+    )
+    windows: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Windows in a row shown drifted before Drifted is True (sustained drift); "
+        "one window without drift sets it back. Default 2.",
+    )
+    alpha: float = Field(
+        0.01,
+        gt=0.0,
+        le=0.2,
+        description="Chance, per window, that a model that has not drifted is called drifted "
+        "(shared by the features and outputs tested). Default 0.01.",
+    )
+    provider: MetricsProvider = Field(
+        default_factory=default_provider,
+        description="Where measurements come from. Default: podMetrics.",
+    )
+
+    @model_validator(mode="after")
+    def _some_check(self) -> MonitoringSpec:
+        if self.data_drift is None and self.prediction_drift is None:
+            raise RULE_MONITORING_CHECKS.fail()
+        return self
+
+    @property
+    def interval_seconds(self) -> float:
+        """`interval` in seconds."""
+        return parse_duration(self.interval)
+
+
 class ModelDeploymentSpec(SpecModel):
     """Desired state of a ModelDeployment. The operator never writes it."""
 
@@ -589,6 +652,11 @@ class ModelDeploymentSpec(SpecModel):
     traffic: TrafficSpec = Field(
         default_factory=TrafficSpec,
         description="How traffic is split between stable and canary.",
+    )
+    monitoring: MonitoringSpec | None = Field(
+        None,
+        description="Watch the stable revision for drift while no rollout runs. Absent: "
+        "only rollouts are analysed.",
     )
 
 

@@ -347,7 +347,7 @@ class AnalysisChecks(SpecModel):
         return self
 
 
-def _default_provider() -> MetricsProvider:
+def default_provider() -> MetricsProvider:
     return MetricsProvider(pod_metrics=PodMetricsProvider())
 
 
@@ -399,7 +399,7 @@ class AnalysisSpec(SpecModel):
         ),
     )
     provider: MetricsProvider = Field(
-        default_factory=_default_provider,
+        default_factory=default_provider,
         description="Where measurements come from. Default: podMetrics.",
     )
     checks: AnalysisChecks = Field(description="What is measured and the limits.")

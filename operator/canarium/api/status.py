@@ -41,6 +41,11 @@ CONDITION_TYPES = (
     CONDITION_RECONCILING,
     CONDITION_STALLED,
 )
+# Monitoring of the stable revision (spec.monitoring): True when its live inputs or outputs
+# have drifted from the model's reference statistics for `windows` windows in a row. Neither
+# kstatus nor Argo CD reads it: a drifted model still serves.
+CONDITION_DRIFTED = "Drifted"
+MAX_DRIFT_FINDINGS = 16
 
 
 class Reason(StrEnum):
@@ -177,6 +182,49 @@ class Evidence(StatusModel):
     )
 
 
+MonitoringVerdict = Literal["NoDrift", "Drifted", "Inconclusive"]
+
+
+class DriftFinding(StatusModel):
+    """The PSI of one input feature or output in a monitoring window, against the model's
+    reference statistics."""
+
+    kind: Literal["input", "output"] = Field(
+        description="input: a feature of the live inputs; output: a prediction output."
+    )
+    name: str = Field(max_length=253, description="The feature or output.")
+    psi: float = Field(description="Population stability index of the window vs reference.")
+    allowed: float = Field(
+        description="The highest PSI maxPSI allows at this sample size (noise included)."
+    )
+    observations: float = Field(ge=0.0, description="Live values in the window.")
+
+
+class MonitoringStatus(StatusModel):
+    """The stable revision's monitoring (spec.monitoring): the last window judged."""
+
+    revision: str = Field(max_length=253, description="The stable revision monitored.")
+    window_start: datetime | None = Field(
+        None, description="When the current window started (its first snapshot)."
+    )
+    last_window_time: datetime | None = Field(None, description="When a window was last judged.")
+    windows: int = Field(0, ge=0, description="Windows judged for this revision.")
+    consecutive_drifted: int = Field(
+        0, ge=0, description="Windows in a row whose PSI was shown above maxPSI."
+    )
+    last_verdict: MonitoringVerdict | None = Field(
+        None,
+        description="NoDrift, Drifted (shown above maxPSI in that window) or Inconclusive "
+        "(too few observations: never drift).",
+    )
+    message: str | None = Field(None, max_length=1024, description="The last window, in words.")
+    findings: list[DriftFinding] = Field(
+        default_factory=list,
+        max_length=MAX_DRIFT_FINDINGS,
+        description="The last judged window's PSI per feature and output, worst first.",
+    )
+
+
 class AnalysisStatus(StatusModel):
     """Progress of the analysis of the current canary (or of the promoted revision during bake)."""
 
@@ -308,6 +356,9 @@ class ModelDeploymentStatus(StatusModel):
         max_length=MAX_HISTORY,
         description=f"The last {MAX_HISTORY} rollouts and their outcomes, newest first.",
     )
+    monitoring: MonitoringStatus | None = Field(
+        None, description="Monitoring of the stable revision for drift (spec.monitoring)."
+    )
     endpoint: str | None = Field(
         None,
         max_length=2048,
@@ -322,10 +373,10 @@ class ModelDeploymentStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,
-        description="Ready, Progressing and Degraded conditions, and kstatus' Reconciling "
+        description="Ready, Progressing and Degraded conditions, kstatus' Reconciling "
         "(a rollout, replacement or bake under way, or paused) and Stalled (it ended where a "
         "person must act: rolled back, progress deadline, model load failure, invalid "
-        "policy) (metav1.Condition).",
+        "policy), and Drifted with spec.monitoring (metav1.Condition).",
         json_schema_extra=list_map("type"),
     )
 
