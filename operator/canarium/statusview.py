@@ -93,6 +93,43 @@ def _analysis(analysis: dict[str, Any] | None, policy: RolloutPolicySpec | None)
     return out
 
 
+def _monitoring(status: dict[str, Any], mdep: ModelDeployment) -> list[str]:
+    """spec.monitoring: the Drifted condition, the last window and its PSI per feature."""
+    spec = mdep.spec.monitoring
+    if spec is None:
+        return []
+    drifted = next((c for c in status.get("conditions") or [] if c["type"] == "Drifted"), None)
+    state = f"Drifted={drifted['status']}" if drifted else "Drifted=Unknown"
+    mon: dict[str, Any] = status.get("monitoring") or {}
+    checks = [
+        n
+        for n, c in (("dataDrift", spec.data_drift), ("predictionDrift", spec.prediction_drift))
+        if c
+    ]
+    lines = [
+        f"{'Monitoring:':<12}{state}  every {spec.interval}, {'+'.join(checks)}, "
+        f"{spec.windows} window(s) in a row"
+    ]
+    if not mon:
+        lines.append("  no window yet")
+        return lines
+    if not mon.get("windowStart") and status.get("canary"):
+        lines.append("  paused while the rollout runs")
+    if mon.get("lastWindowTime"):
+        lines.append(
+            f"  last window {mon['lastWindowTime']}: {mon.get('lastVerdict', '-')} "
+            f"({mon.get('consecutiveDrifted', 0)} drifted in a row, {mon.get('windows', 0)} "
+            f"judged) {mon.get('message', '')}".rstrip()
+        )
+    for f in (mon.get("findings") or [])[:8]:
+        mark = "!" if f["psi"] > f["allowed"] else " "
+        lines.append(
+            f"  {mark} {f['kind']:<7}{f['name']:<20} PSI {_number(f['psi'])} "
+            f"(at most {_number(f['allowed'])}, {_number(f['observations'])} observations)"
+        )
+    return lines
+
+
 def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
     """The readable view of one ModelDeployment (and its policy, when it has one)."""
     mdep = ModelDeployment.model_validate(obj)
@@ -118,6 +155,7 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
         current = status.get("currentStep") if status.get("canary") else None
         out.extend(_steps(policy, current, phase))
     out.extend(_analysis(status.get("analysis"), policy))
+    out.extend(_monitoring(status, mdep))
     history = status.get("history") or []
     if history:
         out.append("History:")

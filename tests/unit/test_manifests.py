@@ -312,9 +312,11 @@ def _exported() -> dict[str, set[str]]:
     for metric in vars(operator_metrics).values():
         if isinstance(metric, MetricWrapperBase):
             _add_family(families, metric._name, metric._type, set(metric._labelnames))
-    for family in REGISTRY.collect():  # custom collectors (ModelDeployments by phase)
-        if family.name.startswith("canarium_") and family.samples:
-            labels = {label for sample in family.samples for label in sample.labels}
+    for family in REGISTRY.collect():  # custom collectors (ModelDeployments by phase, ...)
+        if family.name.startswith("canarium_"):
+            # the labels a family declares (it may have no samples yet), and those sampled
+            labels = set(getattr(family, "_labelnames", ()))
+            labels |= {label for sample in family.samples for label in sample.labels}
             _add_family(families, family.name, family.type, labels)
     return families
 

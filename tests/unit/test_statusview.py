@@ -285,3 +285,45 @@ def test_table_pads_every_column_but_the_last() -> None:
         "xyz   1",
         "      22",
     ]
+
+
+def test_monitoring_shows_the_drifted_condition_the_window_and_each_psi() -> None:
+    body = obj(
+        {
+            "phase": "Healthy",
+            "stable": {"name": "iris-abc", "modelVersion": "2.0.0", "weight": 100},
+            "monitoring": {
+                "revision": "iris-abc",
+                "windowStart": "2026-11-23T12:10:00Z",
+                "lastWindowTime": "2026-11-23T12:10:00Z",
+                "windows": 7,
+                "consecutiveDrifted": 2,
+                "lastVerdict": "Drifted",
+                "message": "drift shown at alpha 0.01: input 'petal_width' PSI 0.61 > 0.14",
+                "findings": [
+                    {"kind": "input", "name": "petal_width", "psi": 0.61, "allowed": 0.14,
+                     "observations": 1200},
+                    {"kind": "output", "name": "label", "psi": 0.02, "allowed": 0.13,
+                     "observations": 1200},
+                ],
+            },
+            "conditions": [
+                {"type": "Drifted", "status": "True", "reason": "Drifted",
+                 "lastTransitionTime": "2026-11-23T12:10:00Z", "message": "m"},
+            ],
+        }
+    )  # fmt: skip
+    body["spec"]["monitoring"] = {"interval": "5m", "dataDrift": {}, "predictionDrift": {}}
+    text = render_status(body, None)
+    assert (
+        "Monitoring: Drifted=True  every 5m, dataDrift+predictionDrift, 2 window(s) in a row"
+        in text
+    )
+    assert (
+        "  last window 2026-11-23T12:10:00Z: Drifted (2 drifted in a row, 7 judged) drift shown"
+        in text
+    )
+    assert "  ! input  petal_width          PSI 0.61 (at most 0.14, 1200 observations)" in text
+    assert "    output label                PSI 0.02 (at most 0.13, 1200 observations)" in text
+    # without spec.monitoring: nothing about it
+    assert "Monitoring" not in render_status(obj({"phase": "Healthy"}), None)
