@@ -10,7 +10,8 @@
 #
 # Traefik's go.mod has replace directives, so `go install …@version` refuses it: the module's
 # source is taken from the Go module proxy (`go mod download`), copied out of the read-only
-# module cache and built there with its own go.mod and go.sum, as upstream builds it.
+# module cache and built there with its own go.mod and go.sum, as upstream builds it
+# (build_go_module in hack/lib.sh).
 # Why v3.6: v3.7.x needs github.com/containous/go-http-auth v0.4.1-0.20260804094822-b975dcaa8c48
 # (and v3.7.13 some of lego v5's DNS SDKs), which the module proxy here refuses (403), and its
 # nested module github.com/traefik/traefik/dynamic/ext (pkg/config/dynamic/ext) is replaced by a
@@ -19,27 +20,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
-cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
-bin="$cache/bin/traefik-$TRAEFIK_VERSION"
-if [ -x "$bin/traefik" ]; then echo "$bin/traefik"; exit 0; fi
-
-command -v go >/dev/null || { echo "go is required to build Traefik" >&2; exit 1; }
-mkdir -p "$bin"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
-log() { echo "[gateway] $*" >&2; }
-
-start=$(date +%s)
-log "traefik $TRAEFIK_VERSION"
-module="github.com/traefik/traefik/v3@$TRAEFIK_VERSION"
-dir=$(cd "$work" && go mod download -json "$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-cp -r "$dir" "$work/src"
-chmod -R u+w "$work/src"
-cd "$work/src"
-go build -trimpath -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
-  -o "$bin/traefik.tmp.$$" ./cmd/traefik
-mv "$bin/traefik.tmp.$$" "$bin/traefik"
-log "built in $(( $(date +%s) - start ))s into $bin"
-echo "$bin/traefik"
+build_go_module gateway "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" ./cmd/traefik \
+  "$canarium_cache/bin/traefik-$TRAEFIK_VERSION/traefik" \
+  -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"

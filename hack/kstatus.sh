@@ -10,6 +10,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 src="$here/kstatus"
 
 # go.mod is what the build uses: it must require the version versions.env pins.
@@ -20,17 +22,5 @@ if ! grep -qE "^[[:space:]]*(require[[:space:]]+)?sigs\.k8s\.io/cli-utils[[:spac
 fi
 
 sum=$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-12)
-cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
-bin="$cache/bin/kstatus-$CLI_UTILS_VERSION-$sum"
-if [ -x "$bin/kstatus" ]; then echo "$bin/kstatus"; exit 0; fi
-
-go=$(command -v go || echo /usr/local/go/bin/go)
-[ -x "$go" ] || { echo "go is required to build the kstatus helper" >&2; exit 1; }
-mkdir -p "$bin"
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly"
-start=$(date +%s)
-echo "[kstatus] building against sigs.k8s.io/cli-utils $CLI_UTILS_VERSION" >&2
-(cd "$src" && "$go" build -trimpath -ldflags "-s -w" -o "$bin/kstatus.tmp.$$" .)
-mv "$bin/kstatus.tmp.$$" "$bin/kstatus"
-echo "[kstatus] built in $(( $(date +%s) - start ))s into $bin" >&2
-echo "$bin/kstatus"
+build_go_module kstatus "$src" . "$canarium_cache/bin/kstatus-$CLI_UTILS_VERSION-$sum/kstatus" \
+  -mod=readonly -ldflags "-s -w"

@@ -10,12 +10,12 @@ import email.utils
 import hashlib
 import hmac
 import os
-import socket
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import process
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "devstoreaccount1"
@@ -97,20 +97,12 @@ class Azurite:
                 raise
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        process.stop(self.proc)
 
 
 def start_azurite(workdir: Path) -> Azurite:
     binary = azurite_binary()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = process.free_port()
     log_path = workdir / "azurite.log"
     cmd = [
         str(binary),
@@ -119,19 +111,6 @@ def start_azurite(workdir: Path) -> Azurite:
         "--skipApiVersionCheck", "--silent",
     ]  # fmt: skip
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir)}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Azurite(proc, f"http://127.0.0.1:{port}/{ACCOUNT}", log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"azurite exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                log = log_path.read_text()
-                raise RuntimeError(f"azurite not listening in 60 s:\n{log}") from None
-            time.sleep(0.2)
+    proc = process.start(cmd, log_path=log_path, env=env)
+    process.wait_ready(proc, "azurite", log_path, port=("127.0.0.1", port), timeout=60)
+    return Azurite(proc, f"http://127.0.0.1:{port}/{ACCOUNT}", log_path)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import process
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "eu-west-3"  # not the default, so a client that ignores AWS_REGION fails
@@ -29,13 +29,6 @@ def versitygw_binary() -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"hack/versitygw.sh failed:\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -65,16 +58,10 @@ class S3Server:
         }
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return process.read_log(self.log_path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        process.stop(self.proc)
 
 
 def start_s3_server(
@@ -86,7 +73,7 @@ def start_s3_server(
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    port = _free_port(host)
+    port = process.free_port(host)
     log_path = workdir / "versitygw.log"
     # Credentials through the environment, not argv: nothing secret in the process list.
     env = {
@@ -95,18 +82,6 @@ def start_s3_server(
         "ROOT_SECRET_ACCESS_KEY": secret_key,
     }
     cmd = [str(binary), "--port", f"{host}:{port}", "--region", REGION, "posix", str(root)]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = S3Server(proc, root, f"http://{host}:{port}", access_key, secret_key, log_path)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"versitygw exited with {proc.returncode}:\n{server.log()}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return server
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"versitygw not listening in 30 s:\n{server.log()}") from None
-            time.sleep(0.1)
+    proc = process.start(cmd, log_path=log_path, env=env)
+    process.wait_ready(proc, "versitygw", log_path, port=(host, port), timeout=30)
+    return S3Server(proc, root, f"http://{host}:{port}", access_key, secret_key, log_path)

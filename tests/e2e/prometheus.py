@@ -23,7 +23,6 @@ SIGHUP: the lifecycle API stays off). Scrape and evaluation interval: 1 s.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -38,8 +37,7 @@ import httpx
 import yaml
 from kubernetes import client, config
 
-from tests.e2e.cluster import stop_process
-from tests.e2e.operator import free_port
+from tests import process
 
 BINARY = "prometheus"
 MANAGED_BY_LABEL = "__meta_kubernetes_pod_label_app_kubernetes_io_managed_by"
@@ -209,7 +207,7 @@ class Prometheus:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.interval = interval
-        self.port = free_port()
+        self.port = process.free_port()
         self.host = host
         self.url = f"http://{host}:{self.port}"
         self.config_path = workdir / "prometheus.yml"
@@ -238,8 +236,7 @@ class Prometheus:
             self.targets_file.write_text("[]")
             self._discoverer.start()
         self._write_config()
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = process.start(
             [
                 self.binary,
                 f"--config.file={self.config_path}",
@@ -250,31 +247,26 @@ class Prometheus:
                 "--web.console.libraries=/nonexistent",
                 "--log.level=info",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path=self.log_path,
             cwd=self.workdir,
+            append=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise AssertionError(f"prometheus exited with {code}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self._http.get("/-/ready").status_code == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"prometheus not ready after 30s:\n{self.log()}")
+        try:
+            process.wait_ready(self.proc, "prometheus", self.log_path, url=f"{self.url}/-/ready")
+        except RuntimeError as e:
+            self.stop()
+            raise AssertionError(str(e)) from None
+        return self
 
     def stop(self) -> None:
         self._stop.set()
         if self._discoverer.is_alive():
             self._discoverer.join(10)
         self._http.close()
-        stop_process(self.proc)
+        process.stop(self.proc, grace=20)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return process.read_log(self.log_path)
 
     # --- configuration -----------------------------------------------------------------------
     def watch(self, namespace: str) -> None:
