@@ -3,6 +3,7 @@
 # that `ctr -n k8s.io images import` accepts (docker-archive, named by its tag):
 #   ghcr.io/canarium-dev/canarium-operator:<version>   operator/Dockerfile
 #   ghcr.io/canarium-dev/canarium-serving:<version>    serving_image/Dockerfile
+#   ghcr.io/canarium-dev/canarium-training:<version>   training_image/Dockerfile
 #   registry.k8s.io/pause:$PAUSE_VERSION                hack/pause/Containerfile
 # <version> is canarium.__version__. The Dockerfiles' Python base is made here with mmdebstrap
 # (Debian bookworm: Python 3.11) instead of pulling python:3.11-slim; its rootfs is cached under
@@ -27,6 +28,7 @@ version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/operator/canarium/__in
 [ -n "$version" ] || { echo "no __version__ in operator/canarium/__init__.py" >&2; exit 1; }
 operator_image=ghcr.io/canarium-dev/canarium-operator:$version
 serving_image=ghcr.io/canarium-dev/canarium-serving:$version
+training_image=ghcr.io/canarium-dev/canarium-training:$version
 pause_image=registry.k8s.io/pause:$PAUSE_VERSION
 
 # The base: what python:3.11-slim offers the Dockerfiles (python, venv, CA certificates, netbase).
@@ -184,8 +186,10 @@ start=$(date +%s)
 build_base
 build "$operator_image" "$repo/operator/Dockerfile" "$repo" --build-arg "PYTHON_IMAGE=$base_image"
 build "$serving_image" "$repo/serving_image/Dockerfile" "$repo" --build-arg "PYTHON_IMAGE=$base_image"
+build "$training_image" "$repo/training_image/Dockerfile" "$repo" --build-arg "PYTHON_IMAGE=$base_image"
 build_pause
 export_image "$operator_image" "canarium-operator-$version"
 export_image "$serving_image" "canarium-serving-$version"
+export_image "$training_image" "canarium-training-$version"
 export_image "$pause_image" "pause-$PAUSE_VERSION"
 log "done in $(( $(date +%s) - start ))s"

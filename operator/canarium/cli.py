@@ -457,6 +457,116 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `canarium model build` imports from the `build` extra (the base install is the CLI's).
+BUILD_MODULES = ("numpy", "sklearn", "skl2onnx", "onnx", "onnxruntime", "joblib", "orjson")
+MODEL_BUILD_EPILOG = """\
+The estimator file is unpickled (joblib.load): that runs code from the file, so give it only
+files you trust, as for any pickle.
+
+Held-out scores (accuracy and f1_macro, or r2 and mae, from the ONNX model's predictions) come
+from --holdout FILE, or from a seeded split of DATA (--holdout-fraction, default 0.2, --seed).
+The split's rows must not be rows the estimator was fitted on: with an estimator fitted on all
+of DATA, give --holdout data it never saw, or --fit to fit it here on the training part.
+
+Writes OUT/model.onnx (reference statistics inside), model.reference.json and, last,
+model.manifest.json (the version, the estimator, the features, the training and held-out data's
+row counts and sha256 fingerprints, the scores, the library versions).
+
+exit codes:
+  0  success
+  1  error: the build extra is missing, the estimator is not fitted or cannot be converted to
+     ONNX, the output cannot be written or uploaded (one line on stderr)
+  2  usage error: unknown or conflicting options, or an input file that cannot be read"""
+
+
+def _model_build(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        for module in BUILD_MODULES:
+            importlib.import_module(module)
+        from canarium import modelbuild
+    except ModuleNotFoundError as exc:  # a plain install is the CLI only
+        print(f"error: `canarium model build` needs the build extra (no module {exc.name!r}): "
+              "pip install 'canarium[build]'", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    try:
+        return modelbuild.run(args, args.output)
+    except modelbuild.BuildError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _model_parser(commands: Any) -> None:
+    from canarium_serving import contract
+
+    model = commands.add_parser("model", help="package models (needs the build extra)")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    build = model_commands.add_parser(
+        "build",
+        help="a fitted scikit-learn estimator and its data -> model.onnx, reference "
+        "statistics, sha256 and manifest",
+        description="Package a fitted scikit-learn estimator (or pipeline) for Canarium: "
+        "convert it to ONNX\nwith reference statistics of DATA, score it on held-out data and "
+        "write a manifest.",
+        epilog=MODEL_BUILD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument(
+        "estimator", metavar="ESTIMATOR", help="a joblib or pickle file (trusted ones only)"
+    )
+    build.add_argument(
+        "data",
+        metavar="DATA",
+        help="its training data: CSV with a header, .npy (features) or .npz (arrays X, y and "
+        "optionally feature_names)",
+    )
+    build.add_argument("--target", metavar="COLUMN", help="the CSV column of the labels")
+    build.add_argument("--labels", metavar="FILE", help="the labels: .npy, or a one-column CSV")
+    build.add_argument(
+        "--feature-names",
+        metavar="A,B,...",
+        help="the features in the model's input order: the CSV columns to take (default: the "
+        "estimator's feature_names_in_, else every column but --target), or names for .npy",
+    )
+    build.add_argument("--holdout", metavar="FILE", help="held-out data, as DATA")
+    build.add_argument("--holdout-labels", metavar="FILE", help="its labels, as --labels")
+    build.add_argument(
+        "--holdout-fraction",
+        type=float,
+        metavar="F",
+        help="hold out this fraction of DATA instead (default 0.2; 0: no held-out scores)",
+    )
+    build.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
+    build.add_argument(
+        "--fit",
+        action="store_true",
+        help="fit the estimator on the training part of DATA first (it may come unfitted)",
+    )
+    build.add_argument("--name", help=f"the model's name (default: ${contract.ENV_MODEL_NAME})")
+    build.add_argument(
+        "--version", help=f"the model's version (default: ${contract.ENV_MODEL_VERSION})"
+    )
+    build.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write (default: NAME-VERSION; with --upload, a temporary folder)",
+    )
+    build.add_argument(
+        "--upload",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="then upload the folder to URI (file://, s3://, gs://, az://; default: "
+        f"${contract.TRAINING_ENV_OUTPUT_URI}), the manifest last",
+    )
+    build.add_argument("--bins", type=int, default=10, help="reference histogram bins (10)")
+    build.add_argument(
+        "-o", "--output", choices=["json", "yaml"], help="print the result as JSON or YAML"
+    )
+    build.set_defaults(func=_model_build)
+
+
 def cluster_options(default: Any) -> argparse.ArgumentParser:
     """-n/--namespace, --kubeconfig and --context, accepted before the command (top level:
     `default` None) and after it (`default` SUPPRESS: a subcommand that was not given one keeps
@@ -603,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("recording", help="AnalysisRecording file (JSON)")
     replay.add_argument("-o", "--output", choices=["text", "json"], default="text")
     replay.set_defaults(func=_replay)
+    _model_parser(commands)
     for verb, text in helps.items():
         sub = client(verb, text)
         sub.add_argument("name", help="the ModelDeployment")

@@ -62,3 +62,34 @@ DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"  # Kubernetes' terminati
 # (binaryData for an .onnx file) is mounted at CONFIGMAP_MOUNT_ROOT/<name>.
 PVC_MOUNT_ROOT: Final = "/mnt/canarium/pvc"
 CONFIGMAP_MOUNT_ROOT: Final = "/mnt/canarium/configmap"
+
+# --- Packaged models: the files `canarium model build` (packaging.package_model) writes --------
+# One directory per model version: MODEL_FILE, its reference statistics next to it, and
+# MANIFEST_FILE, written last (its presence means the directory is complete; see manifest.py).
+MODEL_FILE: Final = "model.onnx"
+REFERENCE_FILE: Final = "model" + REFERENCE_FILE_SUFFIX  # "model.reference.json"
+MANIFEST_FILE: Final = "model.manifest.json"
+
+# --- The retraining Job: env the operator sets on a user's training container (issue 13) ------
+# The training image (training_image/Dockerfile) runs `python /train/train.py`; the script
+# trains, packages with canarium_serving.packaging.package_model (or `canarium model build`) and
+# uploads the folder with packaging.upload_model, which reads TRAINING_ENV_OUTPUT_URI
+# (packaging.TrainingContext.from_env() reads them all). ENV_MODEL_NAME and ENV_MODEL_VERSION
+# (above) are set too: the name and the version to package (the version is the operator's
+# choice for the candidate); ENV_DEPLOYMENT and ENV_NAMESPACE name the ModelDeployment the run
+# is for. TRAINING_ENV_*, not ENV_*: the model server never reads these (ENV_* are the ones
+# canarium-serve documents in its --help).
+# The folder to upload to (file:///..., s3://bucket/prefix, gs://, az://); the candidate's
+# spec.model.uri is <it>/model.onnx, its sha256 the manifest's.
+TRAINING_ENV_OUTPUT_URI: Final = "CANARIUM_OUTPUT_URI"
+# The model the run starts from: the stable revision's spec.model (uri, sha256 when the spec
+# has one, version), to warm-start from or to score on the same held-out rows.
+TRAINING_ENV_BASE_MODEL_URI: Final = "CANARIUM_BASE_MODEL_URI"
+TRAINING_ENV_BASE_MODEL_SHA256: Final = "CANARIUM_BASE_MODEL_SHA256"
+TRAINING_ENV_BASE_MODEL_VERSION: Final = "CANARIUM_BASE_MODEL_VERSION"
+# A JSON object: the drift that triggered the run (unset when a person did).
+TRAINING_ENV_DRIFT_REPORT: Final = "CANARIUM_DRIFT_REPORT"
+TRAINING_ENV_TRIGGER: Final = "CANARIUM_TRAINING_TRIGGER"  # one of TRAINING_TRIGGERS
+TRAINING_TRIGGERS: Final = ("drift", "manual")  # sustained drift, or a person's command
+TRAINING_SCRIPT: Final = "/train/train.py"  # what the training image runs by default
+DEFAULT_TRAINING_WORK_DIR: Final = "/tmp/canarium-train"  # where a script builds (an emptyDir)

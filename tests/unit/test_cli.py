@@ -405,8 +405,8 @@ def lookup(kind: str, given: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ([""], ["run", "crds", "list", "status", "recording", "policy", "promote", "abort",
-                "retry", "pause", "resume"]),
+        ([""], ["run", "crds", "list", "status", "recording", "policy", "model", "promote",
+                "abort", "retry", "pause", "resume"]),
         (["st"], ["status"]),
         (["-n", "ml", "p"], ["policy", "promote", "pause"]),
         (["status", ""], ["other"]),

@@ -21,7 +21,11 @@ from packaging.version import Version
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = [
     p
-    for p in (REPO / "operator" / "Dockerfile", REPO / "serving_image" / "Dockerfile")
+    for p in (
+        REPO / "operator" / "Dockerfile",
+        REPO / "serving_image" / "Dockerfile",
+        REPO / "training_image" / "Dockerfile",
+    )
     if p.exists()
 ]
 BASE_IMAGE = "python:3.11-slim"
@@ -227,10 +231,10 @@ def test_pause_image_is_kubernetes_pause_from_scratch() -> None:
     assert not stage.all("RUN")
 
 
-# --- the images' pins: constraints/images.txt (hack/lock.sh), used by both Dockerfiles ---
+# --- the images' pins: constraints/images.txt (hack/lock.sh), used by every Dockerfile ---
 
 LOCK = REPO / "constraints" / "images.txt"
-LOCKED_EXTRAS = ("operator", "serving")  # what the two images install
+LOCKED_EXTRAS = ("operator", "serving", "build")  # what the three images install
 
 
 def lock_pins(text: str) -> dict[str, Version]:
@@ -248,7 +252,7 @@ def lock_pins(text: str) -> dict[str, Version]:
 
 
 def image_requirements(pyproject: dict[str, Any]) -> list[Requirement]:
-    """What the images install from pyproject: the base dependencies and the two extras,
+    """What the images install from pyproject: the base dependencies and the three extras,
     those whose markers hold on the images' platform (Linux, CPython 3.11)."""
     project = pyproject["project"]
     names = list(project["dependencies"])
@@ -291,13 +295,18 @@ def test_a_stale_lock_is_told_apart() -> None:
             "optional-dependencies": {
                 "operator": ["kopf>=1.45"],
                 "serving": ["uvloop>=0.19; sys_platform != 'linux'", "orjson>=3.10,<4"],
+                "build": ["scikit-learn>=1.5", "joblib>=1.2"],
             },
         }
     }
-    pins = lock_pins("# header\nkubernetes==37.0.2\nPyYAML==6.0.1\nkopf==1.44.6\norjson==4.0\n")
+    pins = lock_pins(
+        "# header\nkubernetes==37.0.2\nPyYAML==6.0.1\nkopf==1.44.6\norjson==4.0\n"
+        "scikit_learn==1.9.1\n"
+    )
     assert stale_pins(project, pins) == [
         "kopf==1.44.6 is outside kopf>=1.45",
         "orjson==4.0 is outside orjson<4,>=3.10",
+        "joblib is not in the lock",  # the build extra's (the training image) count too
     ]
     del pins["kubernetes"]
     assert stale_pins(project, pins)[0] == "kubernetes is not in the lock"
