@@ -33,7 +33,7 @@ typecheck: setup ## mypy --strict on both packages
 	$(BIN)/mypy
 
 .PHONY: images
-images: ## build the operator, serving and pause images (buildah, no Docker); load them into the local node if it runs
+images: ## build the operator, serving, training and pause images (buildah, no Docker); load them into the local node if it runs
 	@archives=$$(hack/images.sh) && hack/cluster.sh load $$archives
 
 control-plane: ## build the local control plane into ~/.cache/canarium (first run only)
