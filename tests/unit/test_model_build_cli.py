@@ -214,12 +214,13 @@ def test_npy_with_labels_and_names_and_a_pickle_file(
 def test_csv_columns_are_taken_by_the_estimators_feature_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An estimator fitted on a DataFrame knows its columns: a CSV file with them in another
-    order and an extra column gives the model its features in its own order."""
-    pd = pytest.importorskip("pandas")
+    """An estimator fitted on a DataFrame knows its columns (`feature_names_in_`, which
+    scikit-learn sets from the frame's columns, set here as it would: the test needs no
+    pandas): a CSV file with them in another order and an extra column gives the model its
+    features in its own order."""
     iris = load_iris()
-    frame = pd.DataFrame(iris.data, columns=FEATURES)
-    est = LogisticRegression(max_iter=1000).fit(frame, iris.target)
+    est = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)
+    est.feature_names_in_ = np.asarray(FEATURES, dtype=object)
     joblib.dump(est, tmp_path / "df.joblib")
     order = [3, 0, 2, 1]
     extra = np.c_[iris.data[:, order], np.arange(150)]
