@@ -5,23 +5,18 @@ on the real node, traffic through a Service's ClusterIP or routed as an HTTPRout
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.e2e.cluster import REPO, Cluster, wait_until
+from tests.e2e.cluster import Cluster, wait_until
 from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import E2EModels, in_configmap, model_deployment
 from tests.e2e.prometheus import Prometheus
+from tests.serving import v2_clients
 
 pytestmark = pytest.mark.usefixtures("restricted")
 
@@ -117,7 +112,7 @@ def test_serving_pods_traffic_and_prometheus(
     target = f"{service.spec.cluster_ip}:8081"
     rows = models.x[:7]
     for client in ("triton-grpc", "kserve-grpc"):
-        out = _v2_client(client, target, rows)
+        out = v2_clients.run(client, target, NAME, rows)
         assert "error" not in out, out
         assert out["model_ready"] is True
         assert out["outputs"]["label"] == models.good_v1.predict(rows), client
@@ -125,24 +120,6 @@ def test_serving_pods_traffic_and_prometheus(
     # Deleting the ModelDeployment deletes its pods: their containers stop for real.
     cluster.kubectl("delete", "mdep", NAME, "-n", namespace)
     wait_until(lambda: not _pod_ips(cluster, namespace), timeout=60, what="pods gone")
-
-
-def _v2_client(client: str, target: str, rows: Any) -> dict[str, Any]:
-    """tests/serving/v2_clients.py in a process of its own (see why there)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "x.npy"
-        np.save(path, np.asarray(rows, dtype=np.float32))
-        r = subprocess.run(
-            [sys.executable, "-m", "tests.serving.v2_clients", client, target, NAME, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-            check=False,
-        )
-    assert r.returncode == 0, r.stderr
-    out: dict[str, Any] = json.loads(r.stdout)
-    return out
 
 
 def _httproute(namespace: str, rules: list[dict[str, Any]]) -> dict[str, Any]:

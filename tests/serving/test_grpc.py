@@ -9,10 +9,8 @@ that gRPC traffic lands in the same metrics as REST (one DataPlane under both tr
 
 from __future__ import annotations
 
-import json
 import re
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +20,14 @@ import numpy as np
 import pytest
 from canarium_serving.proto import inference_pb2 as pb
 
+from . import v2_clients
 from .conftest import CLIENT_PYTHON, Models, Server, grpc_call, iris_env, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_client(
-    client: str, target: str, x: np.ndarray[Any, Any], tmp_path: Path, *flags: str
-) -> dict[str, Any]:
-    path = tmp_path / "x.npy"
-    np.save(path, x)
-    r = subprocess.run(
-        [
-            CLIENT_PYTHON,
-            "-m",
-            "tests.serving.v2_clients",
-            client,
-            target,
-            "iris",
-            str(path),
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-    out: dict[str, Any] = json.loads(r.stdout)
-    return out
+def _run_client(client: str, target: str, x: np.ndarray[Any, Any], *flags: str) -> dict[str, Any]:
+    return v2_clients.run(client, target, "iris", x, *flags, python=CLIENT_PYTHON)
 
 
 def _assert_estimators(out: dict[str, Any], models: Models, x: np.ndarray[Any, Any]) -> None:
@@ -82,7 +58,7 @@ def _assert_estimators(out: dict[str, Any], models: Models, x: np.ndarray[Any, A
     ],
 )
 def test_real_clients_get_the_estimators_predictions(
-    iris_server: Server, models: Models, tmp_path: Path, client: str, flags: tuple[str, ...]
+    iris_server: Server, models: Models, client: str, flags: tuple[str, ...]
 ) -> None:
     x = models.iris_x[::7]
     target = (
@@ -90,7 +66,7 @@ def test_real_clients_get_the_estimators_predictions(
         if client == "kserve-rest"
         else iris_server.grpc_target
     )
-    out = _run_client(client, target, x, tmp_path, *flags)
+    out = _run_client(client, target, x, *flags)
     assert (out["live"], out["ready"], out["model_ready"]) == (True, True, True)
     _assert_estimators(out, models, x)
     assert out["id"] in ("triton-1", "kserve-1", "kserve-2")
@@ -109,10 +85,10 @@ def test_real_clients_get_the_estimators_predictions(
 
 @pytest.mark.parametrize("client", ["triton-grpc", "kserve-grpc"])
 def test_real_clients_read_a_client_mistake_as_invalid_argument(
-    iris_server: Server, models: Models, tmp_path: Path, client: str
+    iris_server: Server, models: Models, client: str
 ) -> None:
     x = models.iris_x[:2, :3]  # three features where the model takes four
-    out = _run_client(client, iris_server.grpc_target, x, tmp_path)
+    out = _run_client(client, iris_server.grpc_target, x)
     assert "INVALID_ARGUMENT" in out["error"]["code"]
     assert "shape [2, 3] does not match the model's [-1, 4]" in out["error"]["message"]
 

@@ -1,6 +1,7 @@
 """The V2 clients people use, unchanged, against a server: run as a process by test_grpc.py.
 
     python -m tests.serving.v2_clients CLIENT TARGET MODEL INPUT.npy [--contents]
+    run(CLIENT, TARGET, MODEL, rows, ...)   # the same, from a test
 
 CLIENT is triton-grpc (tritonclient.grpc), kserve-grpc (kserve.InferenceGRPCClient) or
 kserve-rest (kserve.InferenceRESTClient, V2). Prints one JSON object: what the client read of
@@ -17,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,6 +120,33 @@ async def _kserve_rest(
         return out
     finally:
         await client.close()
+
+
+def run(
+    client: str,
+    target: str,
+    model: str,
+    rows: Any,
+    *flags: str,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """This module as a process of `python` (see why above): what CLIENT read of TARGET and
+    answered for `rows` (FP32), as the JSON object it printed."""
+    repo = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, np.asarray(rows, dtype=np.float32))
+        r = subprocess.run(
+            [python, "-m", "tests.serving.v2_clients", client, target, model, str(path), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=repo,
+            check=False,
+        )
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
 
 
 def main() -> int:
