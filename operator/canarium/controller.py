@@ -428,10 +428,12 @@ class Controller:
         self.own_writes.forget(("child", *key))
         self.own_writes.forget(("ModelDeployment", *key))
         self.providers.analysis_ended(*key)
-        task = self._analysis_tasks.pop(key, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._analysis_tasks, self._monitoring_tasks):
+            task = tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
         self._analysis_runs.pop(key, None)
+        self._monitoring_runs.pop(key, None)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -986,3 +986,75 @@ def test_a_write_the_watch_never_echoes_hides_events_for_a_while_only() -> None:
     now[0] = 61.0
     assert writes.delivered(ref, "MODIFIED", _child("iris", "31"))
     assert writes.delivered(ref, "MODIFIED", _child("iris", "32")), "nothing waits any more"
+
+
+# --- monitoring of the stable revision (spec.monitoring) ---------------------------------------
+MONITORED = {"interval": "1m", "dataDrift": {"maxPSI": 0.2}}
+
+
+def _monitored(status: dict[str, Any] | None = None) -> tuple[Controller, FakeKube]:
+    controller, kube = _controller(clock=lambda: NOW)
+    body = _body(monitoring=MONITORED)
+    body["status"] = status or {
+        "phase": "Healthy",
+        "stable": {"name": _desired(), "weight": 100, "readyReplicas": 3},
+    }
+    controller.on_mdep("ADDED", body)
+    return controller, kube
+
+
+def test_a_monitored_stable_revision_gets_its_first_window_measured_in_a_task(
+    provider: FakeProvider,
+) -> None:
+    controller, _ = _monitored()
+
+    async def scenario() -> None:
+        inp = controller.build_input(KEY)
+        assert inp is not None
+        assert controller.with_monitoring(KEY, inp) is inp  # nothing measured yet
+        task = controller._monitoring_tasks[KEY]
+        await task
+        (call,) = [c for c in provider.calls if c[0] == "baseline"]
+        target = call[1]
+        assert (target.canary_revision_name, target.stable_revision_name) == (_desired(), None)
+        assert target.interval_seconds == 60.0
+        assert KEY in controller._queued  # the finished window queues its ModelDeployment
+        window = controller._monitoring_runs[KEY]
+        assert (window.revision, window.metrics) == (_desired(), None)
+        # the next reconcile input carries it, once
+        inp = controller.build_input(KEY)
+        assert inp is not None
+        assert controller.with_monitoring(KEY, inp).monitoring_window == window
+        assert KEY not in controller._monitoring_runs
+
+    asyncio.run(scenario())
+
+
+def test_no_monitoring_window_while_a_rollout_runs_or_without_spec_monitoring(
+    provider: FakeProvider,
+) -> None:
+    rolling, _ = _monitored(_rolling())
+    inp = rolling.build_input(KEY)
+    assert inp is not None
+    rolling.with_monitoring(KEY, inp)
+    assert KEY not in rolling._monitoring_tasks
+    plain, _ = _controller(clock=lambda: NOW)
+    body = _body()
+    body["status"] = {"phase": "Healthy", "stable": {"name": _desired(), "weight": 100}}
+    plain.on_mdep("ADDED", body)
+    inp = plain.build_input(KEY)
+    assert inp is not None
+    plain.with_monitoring(KEY, inp)
+    assert KEY not in plain._monitoring_tasks
+
+
+def test_a_monitored_model_keeps_its_baselines_and_deleting_it_drops_them(
+    provider: FakeProvider,
+) -> None:
+    controller, _ = _monitored()
+    asyncio.run(controller.reconcile_key(KEY))
+    assert ("forget", KEY) not in provider.calls  # the window's baseline must survive
+    controller._monitoring_runs[KEY] = object()  # type: ignore[assignment]
+    controller.on_mdep("DELETED", _body())
+    assert ("forget", KEY) in provider.calls
+    assert KEY not in controller._monitoring_runs
