@@ -5,7 +5,7 @@
 # operator/ and serving_image/. So the run happens in a staging copy of the tree (.mutation/,
 # git-ignored) whose src/ holds both packages; the unit tests there import the mutated copies.
 # Prints one line per module: killed, survived, no tests, timeouts, score.
-#   hack/mutation.sh                          # all eleven modules
+#   hack/mutation.sh                          # all thirteen modules
 #   hack/mutation.sh rollout.py               # one module (a file name under src/)
 #   hack/mutation.sh replicas.py judge.py     # several
 set -euo pipefail
@@ -20,12 +20,14 @@ modules=(
   src/canarium/reconcile.py
   src/canarium/render.py
   src/canarium/analysis/judge.py
+  src/canarium/analysis/monitoring.py
   src/canarium/analysis/stats.py
   src/canarium/analysis/sequential.py
   src/canarium/routers/base.py
   src/canarium/routers/replicas.py
   src/canarium/routers/gatewayapi.py
   src/canarium_serving/protocol.py
+  src/canarium_serving/grpc_protocol.py
   src/canarium_serving/metrics_contract.py
 )
 if (($#)); then

@@ -46,18 +46,6 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}; last: {last!r}")
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it is still running after `grace` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 @dataclass
 class Cluster:
     kubeconfig: Path

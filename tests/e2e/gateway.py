@@ -6,7 +6,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.e2e.cluster import Cluster, stop_process, wait_until
+from tests import process
+from tests.e2e.cluster import Cluster, wait_until
 from tests.e2e.operator import free_port
 
 
@@ -98,7 +99,7 @@ class Gateway:
             raise AssertionError(f"{e}\ntraefik's log:\n{self.log()[-5000:]}") from e
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        process.stop(self.proc, grace=20)
         self.cluster.kubectl(
             "delete", "gatewayclass", self.class_name, "--ignore-not-found", "--wait=false",
             check=False,

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.cluster import REPO, Cluster, stop_process
+from tests import process
+from tests.e2e.cluster import REPO, Cluster
 
 CANARIUM = Path(sys.executable).parent / "canarium"
 
@@ -74,7 +75,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        stop_process(self.proc, grace=15)
+        process.stop(self.proc, grace=15)
 
     def restart(self) -> None:
         self.kill()

@@ -29,7 +29,7 @@ from canarium_serving.protocol import (
 )
 from google.protobuf import descriptor_pb2
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "serving_image" / "canarium_serving" / "proto"
+PROTO_DIR = Path(pb.__file__).resolve().parent  # inference.proto sits beside its generated code
 # protoc comes with grpcio-tools, a dev tool: the dev venv's, also when hack/min-versions.sh
 # runs the tests at the dependency floors.
 DEV_PYTHON = os.environ.get("CANARIUM_DEV_PYTHON", sys.executable)

@@ -77,12 +77,12 @@ class Judgement:
     evidence: list[Evidence] = field(default_factory=list)
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     return f"{value:.4g}"
 
 
 def _pct(events: float, requests: float) -> str:
-    return f"{_num(100.0 * events / requests)}% ({_num(events)}/{_num(requests)})"
+    return f"{num(100.0 * events / requests)}% ({num(events)}/{num(requests)})"
 
 
 def _round(value: float | None) -> float | None:
@@ -211,14 +211,14 @@ def _hold(
     )
     if shown.log_lr_worse > 0 or shown.slope > 0 or over_guard:
         return (
-            f"leaning worse than {_num(tolerance)}x stable"
+            f"leaning worse than {num(tolerance)}x stable"
             + (" or over the guard" if over_guard else "")
             + ", not shown yet: holding for more evidence"
         )
     events = evidence.canary_events + evidence.stable_events
     if events > 0 and shown.log_lr_double > -math.log(CLEAR_ODDS):
         return (
-            f"not yet {CLEAR_ODDS:g} times likelier within {_num(tolerance)}x stable than at "
+            f"not yet {CLEAR_ODDS:g} times likelier within {num(tolerance)}x stable than at "
             "twice that: holding for more evidence"
         )
     return ""
@@ -248,10 +248,10 @@ def _compare(
             f"canary {_pct(evidence.canary_events, evidence.canary_requests)}, "
             f"stable {_pct(evidence.stable_events, evidence.stable_requests)}"
         )
-        low = "0" if shown.lower is None else _num(shown.lower)
-        high = "inf" if shown.upper is None else _num(shown.upper)
-        estimate = "?" if evidence.ratio is None else _num(evidence.ratio)
-        seen.append(f"ratio {estimate}, {_num(100 * (1 - alpha))}% interval [{low}, {high}]")
+        low = "0" if shown.lower is None else num(shown.lower)
+        high = "inf" if shown.upper is None else num(shown.upper)
+        estimate = "?" if evidence.ratio is None else num(evidence.ratio)
+        seen.append(f"ratio {estimate}, {num(100 * (1 - alpha))}% interval [{low}, {high}]")
     if evidence.unpaired_requests > 0:
         seen.append(
             f"without stable traffic {_pct(evidence.unpaired_events, evidence.unpaired_requests)}"
@@ -263,16 +263,16 @@ def _compare(
     if evidence.decision != FAILED:
         if shown.log_e_harm >= bound:
             evidence.decision = "Failed"
-            why = f"shown worse than {_num(tolerance)}x stable"
+            why = f"shown worse than {num(tolerance)}x stable"
         elif guard_shown and guard is not None:
             evidence.decision = "Failed"
-            why = f"shown above the guard {_num(guard[0])}"
+            why = f"shown above the guard {num(guard[0])}"
         elif shown.log_e_within >= bound:
             evidence.decision = "Passed"
-            why = f"shown within {_num(tolerance)}x stable"
+            why = f"shown within {num(tolerance)}x stable"
         else:
             evidence.decision = None
-            why = f"not shown worse than {_num(tolerance)}x stable"
+            why = f"not shown worse than {num(tolerance)}x stable"
     else:
         why = "shown worse earlier in this rollout"
     hold = _hold(evidence, shown, tolerance, guard)
@@ -322,8 +322,8 @@ def check_error_rate(
         stable=(stable.requests, stable.errors),
         guard=(canary.requests, canary.errors) if limit is not None else None,
     )
-    threshold = f"ratio <= {_num(tolerance)} vs stable" + (
-        f", rate <= {_num(limit)}" if limit is not None else ""
+    threshold = f"ratio <= {num(tolerance)} vs stable" + (
+        f", rate <= {num(limit)}" if limit is not None else ""
     )
     return _comparison(
         "errorRate",
@@ -401,8 +401,8 @@ def check_latency(
         if guard_bound is not None:
             guard = _above(canary.latency_buckets, guard_bound)
     counts = _Counts(canary=canary_slow, stable=stable_slow or (0.0, 0.0), guard=guard)
-    threshold = f"slow ratio <= {_num(tolerance)} vs stable" + (
-        f", p99 <= {_num(limit_ms)} ms" if limit_ms is not None else ""
+    threshold = f"slow ratio <= {num(tolerance)} vs stable" + (
+        f", p99 <= {num(limit_ms)} ms" if limit_ms is not None else ""
     )
     result, threshold = _comparison(
         "latencyP99",
@@ -419,7 +419,7 @@ def check_latency(
         observed = canary.latency_buckets.get(math.inf, 0.0) > 0
         chosen = evidence.slow_seconds
         reason = (
-            f"stable's p99 bound {_num(chosen * 1000)} ms taken: slow requests are compared "
+            f"stable's p99 bound {num(chosen * 1000)} ms taken: slow requests are compared "
             "from the next interval on"
             if chosen is not None
             else f"no stable p99 yet (stable needs {MIN_STABLE_FOR_SLOW} requests in a window)"
@@ -431,7 +431,7 @@ def check_latency(
         result = _Result(
             result.verdict,
             result.value,
-            f"slow: over {_num(bound * 1000)} ms; {result.reason}",
+            f"slow: over {num(bound * 1000)} ms; {result.reason}",
             evidence,
         )
     return result, threshold
@@ -445,11 +445,11 @@ def check_latency(
 MIN_PER_BIN = 20
 
 
-def _too_few(what: str, count: float, bins: int) -> str | None:
+def too_few(what: str, count: float, bins: int) -> str | None:
     need = MIN_PER_BIN * max(bins, 1)
     if count < need:
         return (
-            f"{_num(count)} {what} < {need} for a reliable PSI over {bins} bins "
+            f"{num(count)} {what} < {need} for a reliable PSI over {bins} bins "
             f"({MIN_PER_BIN} per bin)"
         )
     return None
@@ -490,9 +490,9 @@ def _class_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> list[_Psi] |
             who = "canary" if sum(actual) <= 0 else "stable"
             return f"no predictions of output {output!r} from {who}"
         for who, counts in (("canary", actual), ("stable", expected)):
-            too_few = _too_few(f"{who} predictions of {output!r}", sum(counts), len(classes))
-            if too_few:
-                return too_few
+            short = too_few(f"{who} predictions of {output!r}", sum(counts), len(classes))
+            if short:
+                return short
         n_eff = _effective(sum(actual), sum(expected))
         found.append(_Psi(psi(expected, actual), output, n_eff, len(classes)))
     return found
@@ -512,9 +512,9 @@ def _value_psi(canary: RevisionMetrics, stable: RevisionMetrics) -> list[_Psi] |
             return f"the versions' histograms of output {output!r} do not overlap"
         bins = len(aligned[0])
         for who, hist in (("canary", c_hist), ("stable", s_hist)):
-            too_few = _too_few(f"{who} predictions of {output!r}", hist[math.inf], bins)
-            if too_few:
-                return too_few
+            short = too_few(f"{who} predictions of {output!r}", hist[math.inf], bins)
+            if short:
+                return short
         n_eff = _effective(c_hist[math.inf], s_hist[math.inf])
         found.append(_Psi(psi(*aligned), output, n_eff, bins))
     return found
@@ -540,8 +540,8 @@ def _drift_verdict(
     assert worst is not None  # callers pass at least one
     excess, item, allowed = worst
     text = (
-        f"{what} {item.name!r} PSI {_num(item.value)}, at most {_num(allowed)} allowed for "
-        f"maxPSI {_num(limit)} with {_num(item.n_eff)} observations (look {evidence.looks})"
+        f"{what} {item.name!r} PSI {num(item.value)}, at most {num(allowed)} allowed for "
+        f"maxPSI {num(limit)} with {num(item.n_eff)} observations (look {evidence.looks})"
     )
     if excess > 0 or evidence.decision == FAILED:
         evidence.decision = "Failed"
@@ -611,7 +611,7 @@ def check_prediction_drift(
         return _inconclusive("no stable metrics to compare with")
     if stable.requests < min_samples:
         return _inconclusive(
-            f"stable has {_num(stable.requests)} requests < minSamples {min_samples}"
+            f"stable has {num(stable.requests)} requests < minSamples {min_samples}"
         )
     evidence = _drift_evidence("predictionDrift", previous)
     for who, side in (("canary", canary), ("stable", stable)):
@@ -671,7 +671,7 @@ def check_data_drift(
     )
     inputs = pooled_metrics(evidence.pooled_canary).input_feature_buckets
     found: list[_Psi] = []
-    too_few: str | None = None
+    too_few_reason: str | None = None
     for feature in sorted(canary.reference_input_ratios):
         live = inputs.get(feature, {})
         if live.get(math.inf, 0.0) <= 0:
@@ -684,22 +684,22 @@ def check_data_drift(
                 f"feature {feature!r}: live and reference buckets differ",
                 evidence,
             )
-        short = _too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
+        short = too_few(f"live values of {feature!r}", live[math.inf], len(aligned[0]))
         if short:
-            too_few = short
+            too_few_reason = short
             continue
         found.append(_Psi(psi(*aligned), feature, live[math.inf], len(aligned[0])))
     if not found:
-        return _Result(INCONCLUSIVE, None, too_few or "no live input observations", evidence)
+        return _Result(INCONCLUSIVE, None, too_few_reason or "no live input observations", evidence)
     return _drift_verdict(evidence, found, limit, alpha, "vs reference, feature")
 
 
 def _custom_threshold(check: CustomCheck) -> str:
     parts = []
     if check.min is not None:
-        parts.append(f">= {_num(check.min)}")
+        parts.append(f">= {num(check.min)}")
     if check.max is not None:
-        parts.append(f"<= {_num(check.max)}")
+        parts.append(f"<= {num(check.max)}")
     return " and ".join(parts)
 
 
@@ -707,10 +707,10 @@ def check_custom(check: CustomCheck, value: float | None, no_value_reason: str) 
     if value is None or math.isnan(value):
         return _inconclusive(no_value_reason)
     if check.min is not None and value < check.min:
-        return _Result(FAILED, value, f"{_num(value)} < min {_num(check.min)}")
+        return _Result(FAILED, value, f"{num(value)} < min {num(check.min)}")
     if check.max is not None and value > check.max:
-        return _Result(FAILED, value, f"{_num(value)} > max {_num(check.max)}")
-    return _Result(PASSED, value, f"{_num(value)} within {_custom_threshold(check)}")
+        return _Result(FAILED, value, f"{num(value)} > max {num(check.max)}")
+    return _Result(PASSED, value, f"{num(value)} within {_custom_threshold(check)}")
 
 
 # --- the judgement ---------------------------------------------------------------------------
@@ -736,11 +736,9 @@ def check_samples(
     if canary is None or canary.empty:
         return no_data, _inconclusive(no_data)
     if canary.requests < min_samples:
-        hold = f"{_num(canary.requests)} requests < minSamples {min_samples}"
+        hold = f"{num(canary.requests)} requests < minSamples {min_samples}"
         return hold, _inconclusive(hold, canary.requests)
-    return "", _Result(
-        PASSED, canary.requests, f"{_num(canary.requests)} requests >= {min_samples}"
-    )
+    return "", _Result(PASSED, canary.requests, f"{num(canary.requests)} requests >= {min_samples}")
 
 
 def _statistical(
@@ -772,11 +770,11 @@ def _statistical(
         result = check_prediction_drift(
             window, stable, limit, min_samples, alpha, previous.get("predictionDrift")
         )
-        results.append(("predictionDrift", f"PSI <= {_num(limit)}", result))
+        results.append(("predictionDrift", f"PSI <= {num(limit)}", result))
     if checks.data_drift is not None:
         limit = checks.data_drift.max_psi
         result = check_data_drift(window, limit, alpha, previous.get("dataDrift"))
-        results.append(("dataDrift", f"PSI <= {_num(limit)}", result))
+        results.append(("dataDrift", f"PSI <= {num(limit)}", result))
     return results
 
 

@@ -26,7 +26,7 @@ from typing import Literal
 from canarium_serving.metrics_contract import psi
 
 from canarium.analysis import sequential
-from canarium.analysis.judge import MIN_PER_BIN
+from canarium.analysis.judge import num, too_few
 from canarium.analysis.samples import Buckets, RevisionMetrics
 from canarium.analysis.stats import align
 from canarium.api import MonitoringSpec
@@ -70,10 +70,6 @@ class WindowDrift:
     findings: list[DriftFinding] = field(default_factory=list)
 
 
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _inputs(window: RevisionMetrics, skipped: list[str]) -> list[_Tested]:
     found = []
     for feature in sorted(window.reference_input_ratios):
@@ -87,8 +83,9 @@ def _inputs(window: RevisionMetrics, skipped: list[str]) -> list[_Tested]:
             skipped.append(f"feature {feature!r}: live and reference buckets differ")
             continue
         bins = len(aligned[0])
-        if n < MIN_PER_BIN * bins:
-            skipped.append(f"{_num(n)} live values of {feature!r} < {MIN_PER_BIN * bins}")
+        short = too_few(f"live values of {feature!r}", n, bins)
+        if short:
+            skipped.append(short)
             continue
         found.append(_Tested("input", feature, psi(*aligned), n, bins))
     return found
@@ -105,8 +102,9 @@ def _class_outputs(window: RevisionMetrics, skipped: list[str]) -> list[_Tested]
         expected = [reference.get((output, c), 0.0) for c in classes]
         actual = [window.prediction_classes.get((output, c), 0.0) for c in classes]
         n = sum(actual)
-        if n < MIN_PER_BIN * len(classes):
-            skipped.append(f"{_num(n)} predictions of {output!r} < {MIN_PER_BIN * len(classes)}")
+        short = too_few(f"predictions of {output!r}", n, len(classes))
+        if short:
+            skipped.append(short)
             continue
         found.append(_Tested("output", output, psi(expected, actual), n, len(classes)))
     return found
@@ -122,8 +120,9 @@ def _value_outputs(window: RevisionMetrics, skipped: list[str]) -> list[_Tested]
             skipped.append(f"no comparable predictions of {output!r}")
             continue
         bins = len(aligned[0])
-        if n < MIN_PER_BIN * bins:
-            skipped.append(f"{_num(n)} predictions of {output!r} < {MIN_PER_BIN * bins}")
+        short = too_few(f"predictions of {output!r}", n, bins)
+        if short:
+            skipped.append(short)
             continue
         found.append(_Tested("output", output, psi(*aligned), n, bins))
     return found
@@ -164,16 +163,16 @@ def judge_window(spec: MonitoringSpec, window: RevisionMetrics) -> WindowDrift:
     drifted = [f for f in findings if f.psi > f.allowed]
     if drifted:
         named = ", ".join(
-            f"{f.kind} {f.name!r} PSI {_num(f.psi)} > {_num(f.allowed)}" for f in drifted[:4]
+            f"{f.kind} {f.name!r} PSI {num(f.psi)} > {num(f.allowed)}" for f in drifted[:4]
         )
         more = f" and {len(drifted) - 4} more" if len(drifted) > 4 else ""
-        message = f"drift shown at alpha {_num(spec.alpha)}: {named}{more}"
+        message = f"drift shown at alpha {num(spec.alpha)}: {named}{more}"
         return WindowDrift(DRIFTED, message, findings[:MAX_DRIFT_FINDINGS])
     worst = findings[0]
     message = (
         f"no drift in {len(findings)} tested: worst {worst.kind} {worst.name!r} PSI "
-        f"{_num(worst.psi)} (at most {_num(worst.allowed)} allowed with "
-        f"{_num(worst.observations)} observations)"
+        f"{num(worst.psi)} (at most {num(worst.allowed)} allowed with "
+        f"{num(worst.observations)} observations)"
     )
     return WindowDrift(NO_DRIFT, message, findings[:MAX_DRIFT_FINDINGS])
 
