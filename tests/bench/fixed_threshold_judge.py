@@ -29,11 +29,11 @@ from canarium.analysis.judge import (
     PASSED,
     Judgement,
     _inconclusive,
-    _num,
     _Result,
     check_custom,
     check_samples,
     measurement,
+    num,
 )
 from canarium.analysis.samples import RevisionMetrics
 from canarium.analysis.stats import align, histogram_quantile
@@ -50,8 +50,8 @@ MIN_PER_BIN = 20
 
 def _at_most(value: float, limit: float, what: str) -> _Result:
     if value <= limit:
-        return _Result(PASSED, value, f"{what} {_num(value)} <= {_num(limit)}")
-    return _Result(FAILED, value, f"{what} {_num(value)} > {_num(limit)}")
+        return _Result(PASSED, value, f"{what} {num(value)} <= {num(limit)}")
+    return _Result(FAILED, value, f"{what} {num(value)} > {num(limit)}")
 
 
 def check_error_rate(canary: RevisionMetrics, limit: float) -> _Result:
@@ -59,7 +59,7 @@ def check_error_rate(canary: RevisionMetrics, limit: float) -> _Result:
         return _inconclusive("no canary requests")
     rate = canary.errors / canary.requests
     return _at_most(
-        rate, limit, f"{_num(canary.errors)} non-2xx of {_num(canary.requests)} requests:"
+        rate, limit, f"{num(canary.errors)} non-2xx of {num(canary.requests)} requests:"
     )
 
 
@@ -74,10 +74,10 @@ def check_latency(canary: RevisionMetrics, limit_ms: float) -> _Result:
         # The p99 lies above the highest bucket: only a lower bound is known.
         top_ms = max(finite) * 1000.0
         if top_ms >= limit_ms:
-            return _Result(FAILED, top_ms, f"p99 > {_num(top_ms)} ms (the highest bucket)")
+            return _Result(FAILED, top_ms, f"p99 > {num(top_ms)} ms (the highest bucket)")
         return _inconclusive(
-            f"p99 above the highest bucket ({_num(top_ms)} ms), cannot compare with "
-            f"{_num(limit_ms)} ms",
+            f"p99 above the highest bucket ({num(top_ms)} ms), cannot compare with "
+            f"{num(limit_ms)} ms",
             top_ms,
         )
     return _at_most(p99 * 1000.0, limit_ms, "p99 ms")
@@ -86,7 +86,7 @@ def check_latency(canary: RevisionMetrics, limit_ms: float) -> _Result:
 def _too_few(what: str, count: float, bins: int) -> str | None:
     need = MIN_PER_BIN * max(bins, 1)
     if count < need:
-        return f"{_num(count)} {what} < {need} for a reliable PSI over {bins} bins"
+        return f"{num(count)} {what} < {need} for a reliable PSI over {bins} bins"
     return None
 
 
@@ -146,7 +146,7 @@ def check_prediction_drift(
         return _inconclusive("no stable metrics to compare with")
     if stable.requests < min_samples:
         return _inconclusive(
-            f"stable has {_num(stable.requests)} requests < minSamples {min_samples}"
+            f"stable has {num(stable.requests)} requests < minSamples {min_samples}"
         )
     worst: tuple[float, str] | None = None
     for result in (_class_psi(canary, stable), _value_psi(canary, stable)):
@@ -187,9 +187,9 @@ def check_data_drift(canary: RevisionMetrics, limit: float) -> _Result:
 def _custom_threshold(check: CustomCheck) -> str:
     parts = []
     if check.min is not None:
-        parts.append(f">= {_num(check.min)}")
+        parts.append(f">= {num(check.min)}")
     if check.max is not None:
-        parts.append(f"<= {_num(check.max)}")
+        parts.append(f"<= {num(check.max)}")
     return " and ".join(parts)
 
 
@@ -224,21 +224,21 @@ def fixed_threshold_judge(
     if checks.error_rate is not None:
         limit = checks.error_rate.max
         limit = DEFAULT_MAX_ERROR_RATE if limit is None else limit
-        run("errorRate", f"<= {_num(limit)}", check_error_rate(data, limit))
+        run("errorRate", f"<= {num(limit)}", check_error_rate(data, limit))
     if checks.latency_p99 is not None:
         limit_ms = checks.latency_p99.max_ms
         limit_ms = DEFAULT_MAX_MS if limit_ms is None else limit_ms
-        run("latencyP99", f"<= {_num(limit_ms)} ms", check_latency(data, limit_ms))
+        run("latencyP99", f"<= {num(limit_ms)} ms", check_latency(data, limit_ms))
     if checks.prediction_drift is not None:
         limit = checks.prediction_drift.max_psi
         run(
             "predictionDrift",
-            f"<= {_num(limit)}",
+            f"<= {num(limit)}",
             check_prediction_drift(data, stable, limit, min_samples),
         )
     if checks.data_drift is not None:
         limit = checks.data_drift.max_psi
-        run("dataDrift", f"<= {_num(limit)}", check_data_drift(data, limit))
+        run("dataDrift", f"<= {num(limit)}", check_data_drift(data, limit))
     no_value = (
         CUSTOM_CHECKS_NOT_RUN if custom_values is None else "no data (the query returned nothing)"
     )
