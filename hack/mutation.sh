@@ -58,6 +58,7 @@ pytest_add_cli_args_test_selection = [
   "tests/unit",
   "--ignore=tests/unit/test_dockerfiles.py",
   "--ignore=tests/unit/test_serving_dockerfile.py",
+  "--ignore=tests/unit/test_training_dockerfile.py",
 ]
 also_copy = [${copy%,}]
 
