@@ -18,6 +18,7 @@ stage=${MUTATION_STAGE:-$repo/.mutation}
 modules=(
   src/canarium/rollout.py
   src/canarium/reconcile.py
+  src/canarium/retraining.py
   src/canarium/render.py
   src/canarium/analysis/judge.py
   src/canarium/analysis/monitoring.py

@@ -217,18 +217,42 @@ def _client_command(
     return wrapper
 
 
-async def _get_mdep(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+async def _get_object(kube: Any, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    """A Canarium object (`kind`: ModelDeployment, ModelRetraining); a 404 is a CliError."""
     from canarium.kube import KubeError, resource_path
 
     try:
         obj: dict[str, Any] = await kube.request(
-            "GET", resource_path(MDEP_API, "ModelDeployment", namespace, name)
+            "GET", resource_path(MDEP_API, kind, namespace, name)
         )
     except KubeError as exc:
         if exc.status == 404:
-            raise CliError(
-                not_found_message(exc.body, "modeldeployment", name, namespace)
-            ) from None
+            raise CliError(not_found_message(exc.body, kind.lower(), name, namespace)) from None
+        raise
+    return obj
+
+
+async def _get_mdep(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    return await _get_object(kube, "ModelDeployment", namespace, name)
+
+
+async def _patch_annotations(
+    kube: Any, kind: str, namespace: str, name: str, annotations: dict[str, str | None]
+) -> dict[str, Any]:
+    """A JSON merge patch of the object's metadata.annotations alone (None deletes one): the
+    operator's API for a person's commands; the spec is never touched. Returns the object."""
+    from canarium.kube import KubeError, resource_path
+
+    try:
+        obj: dict[str, Any] = await kube.request(
+            "PATCH",
+            resource_path(MDEP_API, kind, namespace, name),
+            body={"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json",
+        )
+    except KubeError as exc:
+        if exc.status == 404:
+            raise CliError(not_found_message(exc.body, kind.lower(), name, namespace)) from None
         raise
     return obj
 
@@ -244,40 +268,87 @@ def dump(document: Any, output: str) -> str:
     return str(yaml.safe_dump(document, default_flow_style=False, sort_keys=False)).rstrip("\n")
 
 
-@_client_command
-def _status(args: argparse.Namespace) -> int:
+# `status KIND/NAME`: the kinds it shows, by every name kubectl knows them by (case-insensitive).
+STATUS_KINDS: dict[str, str] = {
+    alias: kind
+    for kind, plural, short in (
+        ("ModelDeployment", "modeldeployments", "mdep"),
+        ("ModelRetraining", "modelretrainings", "mretrain"),
+    )
+    for name in (kind.lower(), plural)
+    for alias in (name, f"{name}.canarium.dev", short)
+}
+
+
+def status_target(word: str) -> tuple[str, str]:
+    """The kind and name `status` shows: NAME is a ModelDeployment's; KIND/NAME (kubectl's
+    form: mdep/NAME, mretrain/NAME, modelretraining/NAME, ...) names the kind. Raises
+    ValueError for an unknown kind or an empty name."""
+    kind_word, slash, name = word.rpartition("/")
+    kind = STATUS_KINDS.get(kind_word.lower()) if slash else "ModelDeployment"
+    if kind is None:
+        raise ValueError(
+            f'unknown kind "{kind_word}" in "{word}": status shows modeldeployments (NAME, '
+            "mdep/NAME) and modelretrainings (mretrain/NAME)"
+        )
+    if not name:
+        raise ValueError(f'"{word}" names no object')
+    return kind, name
+
+
+async def _deployment_view(kube: Any, namespace: str, name: str) -> str:
+    """`status NAME`: the ModelDeployment, its policy's steps and, while it serves a retrained
+    candidate, that candidate's sha256 from its ModelRetraining."""
     from pydantic import ValidationError
 
     from canarium.api import ModelDeployment, RolloutPolicySpec
-    from canarium.kube import ObjectRef
+    from canarium.kube import KubeError, ObjectRef
     from canarium.statusview import render_status
 
+    obj = await _get_mdep(kube, namespace, name)
+    mdep = ModelDeployment.model_validate(obj)
+    policy = None
+    rollout = mdep.spec.rollout
+    if rollout and rollout.policy:
+        policy = rollout.policy
+    elif rollout and rollout.policy_ref:
+        ref = ObjectRef(MDEP_API, "RolloutPolicy", namespace, rollout.policy_ref.name)
+        body = await kube.get(ref)
+        if body:
+            try:
+                policy = RolloutPolicySpec.model_validate(body.get("spec") or {})
+            except ValidationError:
+                policy = None
+    retraining = None
+    retrained = mdep.status.retrained
+    if retrained is not None:
+        ref = ObjectRef(MDEP_API, "ModelRetraining", namespace, retrained.retraining)
+        try:  # only for the candidate's sha256: not worth failing the view over
+            retraining = await kube.get(ref)
+        except KubeError:
+            retraining = None
+    return render_status(obj, policy, retraining)
+
+
+async def _retraining_view(kube: Any, namespace: str, name: str) -> str:
+    """`status mretrain/NAME`: the ModelRetraining."""
+    from canarium.statusview import render_retraining
+
+    return render_retraining(await _get_object(kube, "ModelRetraining", namespace, name))
+
+
+@_client_command
+def _status(args: argparse.Namespace) -> int:
     kube, namespace = _connect(args)
+    kind: str = getattr(args, "kind", "ModelDeployment")
     if args.output:
-        obj = asyncio.run(_get_mdep(kube, namespace, args.name))
+        obj = asyncio.run(_get_object(kube, kind, namespace, args.name))
         print(dump(obj.get("status") or {}, args.output))
         return EXIT_OK
-
-    async def view() -> str:
-        obj = await _get_mdep(kube, namespace, args.name)
-        mdep = ModelDeployment.model_validate(obj)
-        policy = None
-        rollout = mdep.spec.rollout
-        if rollout and rollout.policy:
-            policy = rollout.policy
-        elif rollout and rollout.policy_ref:
-            ref = ObjectRef(MDEP_API, "RolloutPolicy", namespace, rollout.policy_ref.name)
-            body = await kube.get(ref)
-            if body:
-                try:
-                    policy = RolloutPolicySpec.model_validate(body.get("spec") or {})
-                except ValidationError:
-                    policy = None
-        return render_status(obj, policy)
-
+    view = _retraining_view if kind == "ModelRetraining" else _deployment_view
     try:
         while True:
-            text = asyncio.run(view())
+            text = asyncio.run(view(kube, namespace, args.name))
             if not args.watch:
                 print(text)
                 return EXIT_OK
@@ -339,7 +410,6 @@ def _list(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> int:
     """promote, abort, retry: a one-shot command the operator carries out once; pause and
     resume: the canarium.dev/paused annotation. The spec is never touched."""
-    from canarium.kube import KubeError, resource_path
     from canarium.rollout import ANNOTATION_COMMAND, ANNOTATION_PAUSED
 
     kube, namespace = _connect(args)
@@ -353,23 +423,74 @@ def _command(args: argparse.Namespace) -> int:
         annotations = {ANNOTATION_PAUSED: None}
     else:
         annotations = {ANNOTATION_COMMAND: f"{verb}@{time.time_ns()}"}
-    path = resource_path(MDEP_API, "ModelDeployment", namespace, args.name)
-    try:
-        asyncio.run(
-            kube.request(
-                "PATCH",
-                path,
-                body={"metadata": {"annotations": annotations}},
-                content_type="application/merge-patch+json",
-            )
-        )
-    except KubeError as exc:
-        if exc.status == 404:
-            raise CliError(
-                not_found_message(exc.body, "modeldeployment", args.name, namespace)
-            ) from None
-        raise
+    asyncio.run(_patch_annotations(kube, "ModelDeployment", namespace, args.name, annotations))
     print(f"modeldeployment.canarium.dev/{args.name} {verb} requested")
+    return EXIT_OK
+
+
+def retrain_target(obj: dict[str, Any], verb: str, run: str) -> tuple[str, str]:
+    """The run (and its model's version) whose candidate `retrain --approve/--discard` names:
+    `run`, else the current candidate's. Raises CliError when the ModelRetraining has no such
+    candidate: none, already approved (approve), or the candidate of another run; the
+    operator would ignore the annotation."""
+    from canarium.api.modelretraining import ModelRetrainingStatus
+
+    name = (obj.get("metadata") or {}).get("name", "")
+    status = ModelRetrainingStatus.model_validate(obj.get("status") or {})
+    candidate = status.candidate
+    phase = f"phase {status.phase or 'Pending'}"
+    if candidate is None:
+        wanted = "awaiting approval" if verb == "approve" else "to discard"
+        raise CliError(f'modelretraining "{name}" has no candidate {wanted} ({phase})')
+    if verb == "approve" and candidate.approved:
+        raise CliError(
+            f'modelretraining "{name}" has no candidate awaiting approval: candidate '
+            f"{candidate.model.version} of run {candidate.run} is approved already"
+        )
+    if run and run != candidate.run:
+        raise CliError(
+            f'run "{run}" is not the candidate of modelretraining "{name}": the candidate is '
+            f"{candidate.model.version} of run {candidate.run}"
+        )
+    return candidate.run, candidate.model.version
+
+
+@_client_command
+def _retrain(args: argparse.Namespace) -> int:
+    """A ModelRetraining's annotations: canarium.dev/retrain-requested-at (a new value starts a
+    run), canarium.dev/approve-run or canarium.dev/discard-run (a run's candidate). The spec
+    is never touched."""
+    from datetime import UTC, datetime
+
+    from canarium.api.modelretraining import (
+        ANNOTATION_APPROVE,
+        ANNOTATION_DISCARD,
+        ANNOTATION_RETRAIN,
+    )
+
+    kube, namespace = _connect(args)
+    name: str = args.name
+    if args.approve is None and args.discard is None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj = asyncio.run(
+            _patch_annotations(kube, "ModelRetraining", namespace, name, {ANNOTATION_RETRAIN: now})
+        )
+        note = ""
+        if (obj.get("spec") or {}).get("suspend"):
+            note = " (it is suspended: the run starts once spec.suspend is false)"
+        print(f"modelretraining.canarium.dev/{name} retrain requested at {now}{note}")
+        return EXIT_OK
+    verb, annotation, given = (
+        ("approve", ANNOTATION_APPROVE, args.approve)
+        if args.approve is not None
+        else ("discard", ANNOTATION_DISCARD, args.discard)
+    )
+    current = asyncio.run(_get_object(kube, "ModelRetraining", namespace, name))
+    run, version = retrain_target(current, verb, given)
+    asyncio.run(_patch_annotations(kube, "ModelRetraining", namespace, name, {annotation: run}))
+    print(
+        f"modelretraining.canarium.dev/{name} {verb} of run {run} (candidate {version}) requested"
+    )
     return EXIT_OK
 
 
@@ -567,6 +688,31 @@ def _model_parser(commands: Any) -> None:
     build.set_defaults(func=_model_build)
 
 
+def _retrain_parser(client: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    retrain = client(
+        "retrain",
+        "start a ModelRetraining's run now, or approve or discard its candidate",
+    )
+    retrain.add_argument("name", help="the ModelRetraining")
+    choice = retrain.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--approve",
+        nargs="?",
+        const="",
+        metavar="RUN",
+        help="approve the candidate awaiting approval (spec.approval Manual): RUN's, by "
+        "default the current candidate's",
+    )
+    choice.add_argument(
+        "--discard",
+        nargs="?",
+        const="",
+        metavar="RUN",
+        help="discard the candidate, back to spec.model: RUN's, by default the current candidate's",
+    )
+    retrain.set_defaults(func=_retrain)
+
+
 def cluster_options(default: Any) -> argparse.ArgumentParser:
     """-n/--namespace, --kubeconfig and --context, accepted before the command (top level:
     `default` None) and after it (`default` SUPPRESS: a subcommand that was not given one keeps
@@ -679,8 +825,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.set_defaults(func=_list)
 
-    status = client("status", "show a ModelDeployment's rollout")
-    status.add_argument("name", help="the ModelDeployment")
+    status = client(
+        "status",
+        "show a ModelDeployment's rollout (NAME), or a ModelRetraining's runs (mretrain/NAME)",
+    )
+    status.add_argument(
+        "name",
+        metavar="[KIND/]NAME",
+        help="a ModelDeployment (NAME or mdep/NAME), or a ModelRetraining (mretrain/NAME, "
+        "modelretraining/NAME)",
+    )
     status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
     status.add_argument("--interval", type=float, default=2.0, help="refresh period (seconds)")
     status.add_argument(
@@ -720,6 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "promote":
             sub.add_argument("--full", action="store_true", help="promote to the end at once")
         sub.set_defaults(func=_command, verb=verb)
+    _retrain_parser(client)
     return parser
 
 
@@ -728,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "watch", False) and getattr(args, "output", None):
         parser.error("status --watch shows the text view; -o json|yaml prints once")
+    if args.command == "status":
+        try:
+            args.kind, args.name = status_target(args.name)
+        except ValueError as exc:
+            parser.error(str(exc))
     result: int = args.func(args)
     return result
 
@@ -791,6 +951,11 @@ def _option_values(
     return lookup(kinds[action.dest], given) if action.dest in kinds else []
 
 
+# What a command's NAME is (the others' are ModelDeployments), and the kinds `lookup` lists.
+NAME_KINDS = {"retrain": "modelretrainings"}
+LOOKUP_KINDS = {"ModelDeployment": "modeldeployments", "ModelRetraining": "modelretrainings"}
+
+
 def completions(
     parser: argparse.ArgumentParser,
     words: Sequence[str],
@@ -798,8 +963,9 @@ def completions(
     lookup: Callable[[str, dict[str, str]], list[str]],
 ) -> tuple[list[str], str]:
     """What may come next after `words` (the line so far) for the word `partial`: commands,
-    options, option values, ModelDeployment names. `lookup(kind, options)` asks the cluster
-    for "modeldeployments", "namespaces" or "contexts" with the cluster options given so far.
+    options, option values, ModelDeployment names (ModelRetraining names for `retrain` and
+    `status mretrain/...`). `lookup(kind, options)` asks the cluster for "modeldeployments",
+    "modelretrainings", "namespaces" or "contexts" with the cluster options given so far.
     Returns the candidates and cobra's directive line (no file names but for --kubeconfig)."""
     line = _read_line(parser, words)
     candidates: list[str] = []
@@ -812,7 +978,13 @@ def completions(
     elif line.verb is None:
         candidates = list(_subcommands(parser))
     elif line.positionals == 0 and any(a.dest == "name" for a in line.parser._actions):
-        candidates = lookup("modeldeployments", line.given)
+        kind_word, slash, _ = partial.rpartition("/")
+        if line.verb == "status" and slash:  # KIND/NAME: that kind's names
+            plural = LOOKUP_KINDS.get(STATUS_KINDS.get(kind_word.lower(), ""))
+            names = lookup(plural, line.given) if plural else []
+            candidates = [f"{kind_word}/{name}" for name in names]
+        else:
+            candidates = lookup(NAME_KINDS.get(line.verb, "modeldeployments"), line.given)
     return [c for c in candidates if c.startswith(partial)], COMPLETE_NO_FILES
 
 
@@ -831,7 +1003,8 @@ def _lookup(kind: str, given: dict[str, str]) -> list[str]:
         else:
             from canarium.kube import resource_path
 
-            path = resource_path(MDEP_API, "ModelDeployment", namespace)
+            kinds = {plural: kind for kind, plural in LOOKUP_KINDS.items()}
+            path = resource_path(MDEP_API, kinds[kind], namespace)
         listed = asyncio.run(kube.request("GET", path, timeout=5))
         return sorted(str(o["metadata"]["name"]) for o in listed.get("items", []))
     except Exception:  # no cluster, no kubeconfig, no CRDs: no candidates

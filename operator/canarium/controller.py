@@ -37,7 +37,13 @@ from canarium.analysis.recording import (
     recording_name,
     window_to_record,
 )
-from canarium.api import AnalysisSpec, MetricsProvider, ModelDeployment, RolloutPolicySpec
+from canarium.api import (
+    AnalysisSpec,
+    MetricsProvider,
+    ModelDeployment,
+    RetrainedStatus,
+    RolloutPolicySpec,
+)
 from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
 from canarium.pods import pod_failure
 from canarium.reconcile import (
@@ -59,6 +65,8 @@ from canarium.render import (
     object_metadata,
 )
 from canarium.resources import CORE_CHILDREN
+from canarium.retraining import with_model
+from canarium.retraining_controller import RetrainingController
 from canarium.rollout import Event, analysis_due
 from canarium.routers import ROUTER_RESOURCES
 from canarium.settings import Settings
@@ -275,6 +283,9 @@ class Controller:
         # events arrive on kopf's handler threads, so they are started through the loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._policy_writes: dict[Key, asyncio.Task[None]] = {}
+        # ModelRetrainings: their own queue; they read the ModelDeployment cache, and a
+        # ModelDeployment reads its candidate from theirs.
+        self.retraining = RetrainingController(kube, self.mdeps, self.enqueue, clock)
 
     # --- watch events ------------------------------------------------------------------------
     def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -283,11 +294,13 @@ class Controller:
             self.mdeps.pop(key, None)
             self._forget(key)
             metrics.forget(key)
+            self.retraining.on_mdep(key)
             return
         if not self.own_writes.delivered(("ModelDeployment", *key), event_type, body):
             return  # an event older than what this operator itself wrote
         self.mdeps[key] = _slim(body)
         self.enqueue(key)
+        self.retraining.on_mdep(key)
 
     def on_child(
         self, event_type: str | None, body: dict[str, Any], *, own_write: bool = False
@@ -479,10 +492,12 @@ class Controller:
             asyncio.create_task(self._worker(), name=f"canarium-worker-{i}")
             for i in range(self.worker_count)
         ]
+        await self.retraining.start(scopes)
         self._started.set()
         log.info("controller started with %d workers", self.worker_count)
 
     async def stop(self) -> None:
+        await self.retraining.stop()
         tasks = [*self._tasks, *self._analysis_tasks.values(), *self._policy_writes.values()]
         for task in tasks:
             task.cancel()
@@ -549,6 +564,20 @@ class Controller:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         mdep = ModelDeployment.model_validate(body)
+        retrained = None
+        candidate = self.retraining.candidate(mdep)
+        if candidate is not None:
+            # Served in place of spec.model: the rollout treats it as a change of the spec.
+            model, owner = candidate
+            mdep = mdep.model_copy(update={"spec": with_model(mdep.spec, model)})
+            assert owner.status.candidate is not None
+            retrained = RetrainedStatus(
+                retraining=owner.metadata.name,
+                run=owner.status.candidate.run,
+                model_version=model.version,
+                model_uri=model.uri,
+                replaces_version=owner.status.candidate.replaces.version,
+            )
         policy, policy_error = self._policy_for(mdep)
         revisions = {
             name: observe_deployment(
@@ -572,6 +601,7 @@ class Controller:
             settings=self.settings,
             policy=policy,
             policy_error=policy_error,
+            retrained=retrained,
         )
 
     def due_analysis(self, key: Key, inp: ReconcileInput) -> DueAnalysis | None:
@@ -854,6 +884,7 @@ class Controller:
             raise
         if self.own_writes.wrote(("ModelDeployment", *key), updated):
             self.mdeps[key] = _slim(updated)
+        self.retraining.on_mdep(key)  # its retraining reads the status (drift, outcomes)
         return True
 
     async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:

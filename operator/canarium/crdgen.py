@@ -32,6 +32,11 @@ from pydantic_core import core_schema
 
 from canarium.api.common import GROUP, VERSION
 from canarium.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from canarium.api.modelretraining import (
+    ModelRetraining,
+    ModelRetrainingSpec,
+    ModelRetrainingStatus,
+)
 from canarium.api.rolloutpolicy import RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus
 from canarium.api.status import ModelDeploymentStatus
 
@@ -142,6 +147,29 @@ CRDS: tuple[CrdInfo, ...] = (
             ),
             PrinterColumn(
                 "Endpoint", "string", ".status.endpoint", "Inference endpoint.", priority=1
+            ),
+            AGE,
+        ),
+    ),
+    CrdInfo(
+        kind=ModelRetraining.KIND,
+        plural=ModelRetraining.PLURAL,
+        short_names=("mretrain",),
+        root=ModelRetraining,
+        spec=ModelRetrainingSpec,
+        status=ModelRetrainingStatus,
+        printer_columns=(
+            PrinterColumn(
+                "Deployment", "string", ".spec.deploymentRef.name", "The ModelDeployment."
+            ),
+            PrinterColumn("Phase", "string", ".status.phase", "Where it stands."),
+            PrinterColumn("Last-Run", "string", ".status.runs[0].name", "The latest run."),
+            PrinterColumn("Run-Phase", "string", ".status.runs[0].phase", "What became of it."),
+            PrinterColumn(
+                "Candidate",
+                "string",
+                ".status.candidate.model.version",
+                "The retrained model served in place of spec.model.",
             ),
             AGE,
         ),
@@ -322,6 +350,7 @@ def _complete_structural(out: Schema, path: str) -> Schema:
         out.get("type") == "object"
         and "properties" not in out
         and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
     ):
         out["properties"] = {}
     if "required" in out:

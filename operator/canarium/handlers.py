@@ -41,7 +41,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     # Only the children the operator made are watched (server-side label selectors).
-    for _group, _version, plural in (*CHILDREN, POD):
+    for _group, _version, plural in (*CHILDREN, POD, JOB):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
     controller = Controller(
@@ -74,6 +74,20 @@ async def modeldeployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any)
 @kopf.on.event(GROUP, VERSION, "rolloutpolicies")
 async def rolloutpolicy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).on_policy(event["type"], dict(event["object"]))
+
+
+@kopf.on.event(GROUP, VERSION, "modelretrainings")
+async def modelretraining_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).retraining.on_retraining(event["type"], dict(event["object"]))
+
+
+# Retraining runs: the Jobs the operator makes for ModelRetrainings.
+JOB = ("batch", "v1", "jobs")
+
+
+@kopf.on.event(*JOB, labels=MANAGED, id="jobs-event")
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).retraining.on_job(event["type"], dict(event["object"]))
 
 
 # The children the operator makes: every event of one goes to its ModelDeployment.

@@ -23,7 +23,9 @@ from canarium.resources import (
     CONFIG_MAP,
     CORE_CHILDREN,
     EVENT,
+    JOB,
     MODEL_DEPLOYMENT,
+    MODEL_RETRAINING,
     POD,
     ROLLOUT_POLICY,
 )
@@ -40,6 +42,8 @@ PLURALS: dict[tuple[str, str], str] = {
         CONFIG_MAP,
         MODEL_DEPLOYMENT,
         ROLLOUT_POLICY,
+        MODEL_RETRAINING,
+        JOB,
     )
 }
 

@@ -26,6 +26,7 @@ from canarium.api import (
     ModelDeployment,
     ModelDeploymentStatus,
     Reason,
+    RetrainedStatus,
     RolloutPolicySpec,
     RolloutPolicyStatus,
 )
@@ -119,6 +120,9 @@ class ReconcileInput:
     analysis_run: AnalysisRun | None = None  # a judged interval (tests hand one in)
     analysis_window: MeasuredWindow | None = None  # a measured interval, judged here
     monitoring_window: MonitoringWindow | None = None  # the stable's window, judged here
+    # A ModelRetraining's candidate, served in place of spec.model (mdep.spec already carries
+    # it: the controller swapped it in), and whence it came.
+    retrained: RetrainedStatus | None = None
 
 
 def judge_window(
@@ -245,6 +249,7 @@ def reconcile(inp: ReconcileInput) -> Plan:
         reason = Reason.POLICY_NOT_FOUND if missing else Reason.POLICY_INVALID
     _set_conditions(status, mdep.metadata.generation, inp.now, reason)
     _monitor(inp, status, plan)
+    status.retrained = inp.retrained
     if old.phase != status.phase:
         plan.events.append(
             Event(

@@ -28,6 +28,8 @@ EVENT = Resource("v1", "Event", "events")
 CONFIG_MAP = Resource("v1", "ConfigMap", "configmaps")  # analysis recordings
 MODEL_DEPLOYMENT = Resource("canarium.dev/v1alpha1", "ModelDeployment", "modeldeployments")
 ROLLOUT_POLICY = Resource("canarium.dev/v1alpha1", "RolloutPolicy", "rolloutpolicies")
+MODEL_RETRAINING = Resource("canarium.dev/v1alpha1", "ModelRetraining", "modelretrainings")
+JOB = Resource("batch/v1", "Job", "jobs")  # retraining runs
 
 # The children every ModelDeployment has, whatever its router: revisions, autoscalers, Services.
 CORE_CHILDREN = (DEPLOYMENT, SERVICE, HPA)

@@ -1,12 +1,15 @@
-"""`kubectl canarium status` and `list`: ModelDeployments as text. Pure: objects in, text out."""
+"""`kubectl canarium status` and `list`: ModelDeployments (and `status mretrain/NAME`: a
+ModelRetraining) as text. Pure: objects in, text out."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from canarium.api import ModelDeployment, RolloutPolicySpec
+from canarium.api.modelretraining import METRICS_LOWER_IS_BETTER, ModelRetraining, RetrainingRun
+from canarium.retraining import MAX_BACKOFF_DOUBLINGS
 
 
 def _revision(label: str, rev: dict[str, Any] | None) -> str:
@@ -130,8 +133,41 @@ def _monitoring(status: dict[str, Any], mdep: ModelDeployment) -> list[str]:
     return lines
 
 
-def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
-    """The readable view of one ModelDeployment (and its policy, when it has one)."""
+def _retrained(mdep: ModelDeployment, retraining: dict[str, Any] | None) -> list[str]:
+    """status.retrained: the model is a ModelRetraining's candidate, not spec.model; how to
+    keep it (pin it in Git) or go back. `retraining` (that ModelRetraining, when it could be
+    read) gives the candidate's sha256."""
+    retrained = mdep.status.retrained
+    if retrained is None:
+        return []
+    candidate = ((retraining or {}).get("status") or {}).get("candidate") or {}
+    sha256 = None
+    if candidate.get("run") == retrained.run:
+        sha256 = (candidate.get("model") or {}).get("sha256")
+    name = retrained.retraining
+    pin = f"set spec.model in Git to uri {retrained.model_uri}, version {retrained.model_version}"
+    pin += (
+        f", sha256 {sha256}"
+        if sha256
+        else f" and its sha256 (kubectl canarium status mretrain/{name})"
+    )
+    return [
+        f"{'Retrained:':<12}the model is {retrained.model_version}, a retrained candidate (run "
+        f"{retrained.run} of modelretraining {name}), in place of spec.model "
+        f"{retrained.replaces_version} from Git",
+        f"  pin it:   {pin}",
+        f"  revert:   kubectl canarium retrain {name} --discard (back to "
+        f"{retrained.replaces_version})",
+    ]
+
+
+def render_status(
+    obj: dict[str, Any],
+    policy: RolloutPolicySpec | None,
+    retraining: dict[str, Any] | None = None,
+) -> str:
+    """The readable view of one ModelDeployment (and its policy, when it has one; and the
+    ModelRetraining whose candidate it serves, when it serves one and that could be read)."""
     mdep = ModelDeployment.model_validate(obj)
     status: dict[str, Any] = obj.get("status") or {}
     meta = mdep.metadata
@@ -139,6 +175,7 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
     out = [
         f"{'Name:':<12}{meta.name} (namespace {meta.namespace})",
         f"{'Model:':<12}{mdep.spec.model.version}  {mdep.spec.model.uri}",
+        *_retrained(mdep, retraining),
         f"{'Phase:':<12}{phase}" + (f"  {status['message']}" if status.get("message") else ""),
     ]
     if status.get("pauseReason"):
@@ -174,6 +211,128 @@ def render_status(obj: dict[str, Any], policy: RolloutPolicySpec | None) -> str:
         out.append(f"{'Endpoint:':<12}{status['endpoint']}")
     if status.get("grpcEndpoint"):
         out.append(f"{'gRPC:':<12}{status['grpcEndpoint']}")
+    return "\n".join(out)
+
+
+# --- `kubectl canarium status mretrain/NAME`: a ModelRetraining ------------------------------
+
+
+def _time(when: datetime | None) -> str:
+    """A time as the API server writes it (RFC 3339, UTC, seconds)."""
+    if when is None:
+        return "-"
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _triggers(retraining: ModelRetraining) -> str:
+    spec, status = retraining.spec, retraining.status
+    triggers = []
+    if spec.triggers.on_drift:
+        triggers.append("onDrift")
+    if spec.triggers.schedule is not None:
+        times = [f"next {_time(status.next_schedule_time)}"]
+        if status.last_schedule_time is not None:
+            times.append(f"last {_time(status.last_schedule_time)}")
+        triggers.append(f"schedule {spec.triggers.schedule!r} (UTC; {', '.join(times)})")
+    triggers.append(f"on request (kubectl canarium retrain {retraining.metadata.name})")
+    return ", ".join(triggers)
+
+
+def _cooldown(retraining: ModelRetraining) -> str:
+    """The cooldown between a run and the next drift run, doubled by failures in a row."""
+    spec, status = retraining.spec, retraining.status
+    text = f"{spec.cooldown} after a run, before the next drift run"
+    failures = status.consecutive_failures
+    if failures:
+        factor = 2 ** min(failures, MAX_BACKOFF_DOUBLINGS)  # as the operator backs off
+        text += f" (x{factor}: {failures} failed run(s) in a row)"
+    if status.cooldown_until is not None:
+        text += f"; cooldown until {_time(status.cooldown_until)}"
+    return text
+
+
+def _validation(retraining: ModelRetraining) -> str:
+    """What a candidate must score on its held-out data."""
+    v = retraining.spec.validation
+    wants = []
+    if v.minimum is not None:
+        bound = "at most" if v.metric in METRICS_LOWER_IS_BETTER else "at least"
+        wants.append(f"{bound} {v.minimum:g}")
+    if v.not_worse_than_base:
+        wants.append(f"not worse than the model it replaces (tolerance {v.tolerance:g})")
+    return f"held-out {v.metric} " + (", ".join(wants) or "reported (no bound)")
+
+
+def _candidate(retraining: ModelRetraining) -> list[str]:
+    candidate = retraining.status.candidate
+    if candidate is None:
+        return [f"{'Candidate:':<12}none"]
+    name = retraining.metadata.name
+    if candidate.approved:
+        state = f"approved (revert: kubectl canarium retrain {name} --discard)"
+    else:
+        state = f"awaiting approval (kubectl canarium retrain {name} --approve, or --discard)"
+    model, replaces = candidate.model, candidate.replaces
+    return [
+        f"{'Candidate:':<12}{model.version} of run {candidate.run}, {state}",
+        f"  model     {model.uri}" + (f"  sha256 {model.sha256}" if model.sha256 else ""),
+        f"  replaces  spec.model {replaces.version}  {replaces.uri}",
+        f"  accepted  {_time(candidate.accepted_time)}",
+    ]
+
+
+def _run_row(run: RetrainingRun, metric: str) -> list[str]:
+    value, base = run.metrics.get(metric), run.base_metrics.get(metric)
+    score = "-" if value is None and base is None else f"{_number(value)} ({_number(base)})"
+    return [
+        run.name,
+        run.trigger,
+        run.phase,
+        _time(run.start_time),
+        run.model.version if run.model else "-",
+        score,
+        " ".join((run.message or "-").split()),
+    ]
+
+
+def render_retraining(obj: dict[str, Any]) -> str:
+    """The readable view of one ModelRetraining: where it stands, its triggers and cooldown,
+    its candidate and its runs, newest first, with the validation metric held out against the
+    base model's on the same rows."""
+    retraining = ModelRetraining.model_validate(obj)
+    meta, spec, status = retraining.metadata, retraining.spec, retraining.status
+    out = [
+        f"{'Name:':<12}{meta.name} (namespace {meta.namespace})",
+        f"{'Deployment:':<12}{spec.deployment_ref.name}",
+        f"{'Phase:':<12}{status.phase or 'Pending'}"
+        + (f"  {status.message}" if status.message else ""),
+    ]
+    if spec.suspend:
+        out.append(f"{'Suspended:':<12}no new runs (spec.suspend); runs under way finish")
+    out += [
+        f"{'Triggers:':<12}{_triggers(retraining)}",
+        f"{'Cooldown:':<12}{_cooldown(retraining)}",
+        f"{'Validation:':<12}{_validation(retraining)}",
+        f"{'Approval:':<12}{spec.approval}",
+        *_candidate(retraining),
+    ]
+    runs = sorted(status.runs, key=lambda r: r.start_time, reverse=True)
+    if runs:
+        metric = spec.validation.metric
+        score = f"{metric.upper()} (BASE)"  # held-out: the run's model (the base model's)
+        header = ("NAME", "TRIGGER", "PHASE", "STARTED", "MODEL", score, "MESSAGE")
+        out.append("Runs:")
+        rows = table(header, (_run_row(run, metric) for run in runs))
+        out.extend(f"  {line}" for line in rows.splitlines())
+    else:
+        out.append(f"{'Runs:':<12}none yet")
+    if status.conditions:
+        out.append(
+            f"{'Conditions:':<12}"
+            + "  ".join(f"{c.type}={c.status} ({c.reason})" for c in status.conditions)
+        )
     return "\n".join(out)
 
 

@@ -90,6 +90,10 @@ TRAINING_ENV_BASE_MODEL_VERSION: Final = "CANARIUM_BASE_MODEL_VERSION"
 # A JSON object: the drift that triggered the run (unset when a person did).
 TRAINING_ENV_DRIFT_REPORT: Final = "CANARIUM_DRIFT_REPORT"
 TRAINING_ENV_TRIGGER: Final = "CANARIUM_TRAINING_TRIGGER"  # one of TRAINING_TRIGGERS
-TRAINING_TRIGGERS: Final = ("drift", "manual")  # sustained drift, or a person's command
+TRAINING_TRIGGERS: Final = ("drift", "schedule", "manual")  # sustained drift, cron, a person
+# The file the training container ends by writing its result to (manifest.TrainingResult, JSON):
+# the container's terminationMessagePath, where the kubelet reads it for the operator.
+TRAINING_ENV_RESULT_FILE: Final = "CANARIUM_RESULT_FILE"
+DEFAULT_RESULT_FILE: Final = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
 TRAINING_SCRIPT: Final = "/train/train.py"  # what the training image runs by default
 DEFAULT_TRAINING_WORK_DIR: Final = "/tmp/canarium-train"  # where a script builds (an emptyDir)

@@ -222,3 +222,49 @@ def valid_version(value: str) -> bool:
 def valid_name(value: str) -> bool:
     """Whether `value` may be a manifest's model name."""
     return len(value) <= 253 and re.fullmatch(NAME_PATTERN, value) is not None
+
+
+# --- The training result: what a retraining Job tells the operator ---------------------------
+# A retraining Job's training container ends by writing this JSON to its termination message
+# file (TRAINING_ENV_RESULT_FILE, the pod's terminationMessagePath): the kubelet puts it in the
+# pod's status, where the operator reads it, so the operator needs no access to the object
+# store. Kubernetes keeps 4096 bytes of it; a result is a few hundred.
+RESULT_FORMAT: Final = "canarium.dev/training-result/v1"
+MAX_RESULT_BYTES: Final = 4096
+
+
+class TrainingResult(_Part):
+    """The model a retraining run made (`packaging.report_result` writes it)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    format: Literal["canarium.dev/training-result/v1"] = RESULT_FORMAT
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    version: str = Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)
+    model_uri: str = Field(alias="modelUri", min_length=8, max_length=2048)
+    sha256: str = Field(pattern=_SHA256)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """The model's held-out metrics (the manifest's holdout.metrics)."""
+    base_metrics: dict[str, float] = Field(alias="baseMetrics", default_factory=dict)
+    """The base model's metrics on the same held-out rows, when the run scored it."""
+    holdout_sha256: str | None = Field(None, alias="holdoutSha256", pattern=_SHA256)
+
+    def dump(self) -> str:
+        """The JSON text, compact (it must fit in a termination message)."""
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
+        )
+
+
+def parse_training_result(text: str | bytes, where: str = "training result") -> TrainingResult:
+    """Parse and validate a training result's JSON text; ManifestError says what is wrong."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+        raise ManifestError(f"{where}: not a Canarium training result (format {RESULT_FORMAT})")
+    try:
+        return TrainingResult.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{where}: invalid training result: {_first_problem(exc)}") from None

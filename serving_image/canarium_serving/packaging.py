@@ -55,6 +55,7 @@ from .contract import (
     TRAINING_ENV_BASE_MODEL_VERSION,
     TRAINING_ENV_DRIFT_REPORT,
     TRAINING_ENV_OUTPUT_URI,
+    TRAINING_ENV_RESULT_FILE,
     TRAINING_ENV_TRIGGER,
 )
 from .fetch import (
@@ -68,8 +69,10 @@ from .fetch import (
 )
 from .manifest import (
     MANIFEST_FORMAT,
+    MAX_RESULT_BYTES,
     ManifestError,
     ModelManifest,
+    TrainingResult,
     parse_manifest,
     read_manifest,
     valid_name,
@@ -538,6 +541,8 @@ class TrainingContext:
     trigger: str | None
     deployment: str | None
     namespace: str | None
+    result_file: str | None
+    """Where `report_result` writes the run's result (the termination message file)."""
     work_dir: Path
 
     @classmethod
@@ -562,6 +567,7 @@ class TrainingContext:
             trigger=env.get(TRAINING_ENV_TRIGGER) or None,
             deployment=env.get(ENV_DEPLOYMENT) or None,
             namespace=env.get(ENV_NAMESPACE) or None,
+            result_file=env.get(TRAINING_ENV_RESULT_FILE) or None,
             work_dir=Path(DEFAULT_TRAINING_WORK_DIR),
         )
 
@@ -575,6 +581,30 @@ class TrainingContext:
             sha256=self.base_model_sha256,
             cache_dir=cache_dir or self.work_dir / "base-model",
         )
+
+    def report_result(
+        self, uploaded: UploadedModel, base_metrics: Mapping[str, float] | None = None
+    ) -> TrainingResult:
+        """Tell the operator which model this run made: the uploaded model, its held-out
+        metrics and, when the run scored the base model on the same rows, the base's. Written
+        to `result_file` (the container's termination message, which the operator reads);
+        nothing is written when the run has none (a run by hand). Call it last."""
+        manifest = uploaded.manifest
+        result = TrainingResult(
+            name=manifest.name,
+            version=manifest.version,
+            model_uri=uploaded.model_uri,
+            sha256=uploaded.sha256,
+            metrics=dict(manifest.holdout.metrics) if manifest.holdout else {},
+            base_metrics=dict(base_metrics or {}),
+            holdout_sha256=manifest.holdout.sha256 if manifest.holdout else None,
+        )
+        text = result.dump()
+        if len(text.encode()) > MAX_RESULT_BYTES:  # the kubelet would cut it: say so here
+            raise UploadError(f"the training result is {len(text)} bytes, over {MAX_RESULT_BYTES}")
+        if self.result_file:
+            Path(self.result_file).write_text(text)
+        return result
 
 
 def _join(uri: str, name: str) -> str:

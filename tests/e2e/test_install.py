@@ -295,6 +295,8 @@ def _can_i(cluster: Cluster, verb: str, resource: str, namespace: str = "", user
         ("patch", "modeldeployments.canarium.dev"),
         ("delete", "modeldeployments.canarium.dev"),
         ("patch", "rolloutpolicies.canarium.dev"),
+        ("patch", "modelretrainings.canarium.dev"),
+        ("update", "jobs.batch"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
         ("update", "deployments.apps"),
@@ -324,6 +326,11 @@ def test_operator_can_what_it_needs(cluster: Cluster) -> None:
         ("create", "events"),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
         ("watch", "pods"),
+        ("watch", "modelretrainings.canarium.dev"),
+        ("patch", "modelretrainings.canarium.dev/status"),
+        ("create", "jobs.batch"),
+        ("delete", "jobs.batch"),
+        ("watch", "jobs.batch"),
     ]
     missing = [(v, r) for v, r in needed if not _can_i(cluster, v, r)]
     assert not missing, missing
@@ -349,6 +356,8 @@ def test_namespace_roles_grant_canarium_through_aggregation(
     dev, viewer = "dev@example.com", "viewer@example.com"
     assert _can_i(cluster, "patch", mdeps, namespace, dev)  # kubectl canarium promote
     assert _can_i(cluster, "delete", rpols, namespace, dev)
+    assert _can_i(cluster, "patch", "modelretrainings.canarium.dev", namespace, dev)  # retrain
+    assert _can_i(cluster, "get", "modelretrainings.canarium.dev", namespace, viewer)
     assert not _can_i(cluster, "patch", f"{mdeps}/status", namespace, dev)
     assert not _can_i(cluster, "create", mdeps, "default", dev)
     assert _can_i(cluster, "list", mdeps, namespace, viewer)

@@ -105,6 +105,7 @@ def test_defaults_render_the_install_objects_and_no_more() -> None:
     crds = [d for d in template(crds=True) if d["kind"] == "CustomResourceDefinition"]
     assert sorted(d["metadata"]["name"] for d in crds) == [
         "modeldeployments.canarium.dev",
+        "modelretrainings.canarium.dev",
         "rolloutpolicies.canarium.dev",
     ]
 

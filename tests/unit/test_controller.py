@@ -649,6 +649,10 @@ def test_start_primes_the_caches_skips_unserved_kinds_and_stops_cleanly() -> Non
         "HorizontalPodAutoscaler",
         "HTTPRoute",
         "Pod",
+        # the retraining side: its ModelRetrainings, their Jobs, and the ModelDeployments
+        "ModelRetraining",
+        "Job",
+        "ModelDeployment",
     }
     assert all(ns == "ml" for _, ns, _ in listed)
 

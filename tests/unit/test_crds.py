@@ -93,6 +93,7 @@ def test_generation_is_deterministic() -> None:
     committed = {p.name: p.read_bytes() for p in CRD_DIR.glob("*.canarium.dev.yaml")}
     assert sorted(committed) == [
         "modeldeployments.canarium.dev.yaml",
+        "modelretrainings.canarium.dev.yaml",
         "rolloutpolicies.canarium.dev.yaml",
     ]
     for seed in ("1", "4242"):
@@ -121,7 +122,7 @@ def test_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_stdout_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert crdgen.main(["--stdout"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert [d["kind"] for d in docs] == ["CustomResourceDefinition"] * 2
+    assert [d["kind"] for d in docs] == ["CustomResourceDefinition"] * 3
 
 
 # --- the CRD envelope ---------------------------------------------------------------------

@@ -18,6 +18,8 @@ from canarium_serving.grpc_protocol import (
     CONTENTS_FIELD,
     build_infer_response,
     decode,
+    model_metadata_response,
+    server_metadata_response,
     to_inference_request,
 )
 from canarium_serving.proto import inference_pb2 as pb
@@ -79,7 +81,8 @@ def test_typed_contents_of_every_datatype(datatype: str) -> None:
     values = SAMPLES[datatype]
     spec = TensorSpec("x", datatype, (-1, 2))
     given = [v.encode() for v in values] if datatype == "BYTES" else values
-    arr = _parse(_request(datatype, [2, 2], **{CONTENTS_FIELD[datatype]: given}), spec)["x"]
+    contents: dict[str, Any] = {CONTENTS_FIELD[datatype]: given}
+    arr = _parse(_request(datatype, [2, 2], **contents), spec)["x"]
     assert arr.shape == (2, 2)
     assert arr.dtype == DATATYPE_TO_NUMPY[datatype]
     assert arr.reshape(-1).tolist() == (
@@ -112,7 +115,7 @@ def test_raw_contents_of_every_datatype_round_trip(datatype: str) -> None:
 
 
 def test_typed_response_puts_each_datatype_in_its_field() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray[Any, Any]] = {
         "label": np.asarray([1, 0], np.int64),
         "proba": np.asarray([[0.25, 0.75], [1.0, 0.0]], np.float32),
         "name": np.asarray(["cat", "dog"], dtype=np.object_),
@@ -134,15 +137,77 @@ def test_typed_response_puts_each_datatype_in_its_field() -> None:
     assert (got["small"][0], list(got["small"][2].uint_contents)) == ("UINT8", [3, 4])
 
 
+def test_the_response_keeps_the_request_id_in_either_form() -> None:
+    outputs = {"y": np.asarray([1.5, 2.5], np.float64)}
+    for raw in (True, False):
+        response = pb.ModelInferResponse.FromString(
+            build_infer_response(InferenceResponse("m", "3", outputs, "req-42"), raw=raw)
+        )
+        assert (response.model_name, response.model_version, response.id) == ("m", "3", "req-42")
+        assert [(t.name, t.datatype, list(t.shape)) for t in response.outputs] == [
+            ("y", "FP64", [2])
+        ]
+
+
+def test_typed_bytes_output_sends_every_element_as_bytes_row_major() -> None:
+    """Bytes go as they are, text as UTF-8 and anything else as its text, over all the
+    tensor's dimensions."""
+    text = np.empty((2, 2), dtype=np.object_)
+    text[0, 0], text[0, 1], text[1, 0], text[1, 1] = "é", b"\xff\x00", 7, "d"
+    response = pb.ModelInferResponse.FromString(
+        build_infer_response(InferenceResponse("m", "1", {"text": text}, None), raw=False)
+    )
+    (tensor,) = response.outputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("text", "BYTES", [2, 2])
+    assert list(tensor.contents.bytes_contents) == [b"\xc3\xa9", b"\xff\x00", b"7", b"d"]
+
+
+def test_model_metadata_carries_every_field() -> None:
+    metadata = {
+        "name": "iris",
+        "versions": ["1.2.0"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ],
+    }
+    message = pb.ModelMetadataResponse.FromString(model_metadata_response(metadata))
+    assert (message.name, list(message.versions), message.platform) == (
+        "iris",
+        ["1.2.0"],
+        "onnxruntime_onnx",
+    )
+    assert [(t.name, t.datatype, list(t.shape)) for t in message.inputs] == [
+        ("features", "FP32", [-1, 4])
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in message.outputs] == [
+        ("label", "INT64", [-1]),
+        ("probabilities", "FP32", [-1, 3]),
+    ]
+
+
+def test_server_metadata_carries_every_field() -> None:
+    metadata = {"name": "canarium", "version": "0.4.0", "extensions": ["binary_tensor_data"]}
+    message = pb.ServerMetadataResponse.FromString(server_metadata_response(metadata))
+    assert (message.name, message.version, list(message.extensions)) == (
+        "canarium",
+        "0.4.0",
+        ["binary_tensor_data"],
+    )
+
+
 def test_request_fields_reach_the_inference_request() -> None:
     request = _request("FP32", [1, 2], fp32_contents=[1.0, 2.0])
     request.id = "abc"
     request.outputs.add(name="proba")
     request.parameters["priority"].int64_param = 3
     request.parameters["tag"].string_param = "t"
+    request.parameters.get_or_create("unset")  # a parameter without a value
     parsed = to_inference_request(request, [TensorSpec("x", "FP32", (-1, 2))])
     assert (parsed.id, parsed.outputs) == ("abc", ["proba"])
-    assert parsed.parameters == {"priority": 3, "tag": "t"}
+    assert parsed.parameters == {"priority": 3, "tag": "t", "unset": None}
     bare = to_inference_request(
         _request("FP32", [1, 2], fp32_contents=[1.0, 2.0]), [TensorSpec("x", "FP32", (-1, 2))]
     )
@@ -157,46 +222,57 @@ FP32x2 = TensorSpec("x", "FP32", (-1, 2))
     [
         (
             _request("FP32", [1, 2], int_contents=[1, 2]),
-            "FP32 elements go in contents.fp32_contents, got contents.int_contents",
+            "input 'x': FP32 elements go in contents.fp32_contents, got contents.int_contents",
         ),
         (
             _request("FP32", [2, 2], fp32_contents=[1.0, 2.0]),
-            "shape [2, 2] needs 4 elements, contents.fp32_contents holds 2",
+            "input 'x': shape [2, 2] needs 4 elements, contents.fp32_contents holds 2",
         ),
-        (_request("FP32", [1, 2]), "shape [1, 2] needs 2 elements, contents.fp32_contents holds 0"),
+        (
+            _request("FP32", [1, 2]),
+            "input 'x': shape [1, 2] needs 2 elements, contents.fp32_contents holds 0",
+        ),
+        # too few in the right field: the count is what is wrong, whatever else is there
+        (
+            _request("FP32", [1, 2], fp32_contents=[1.0], int_contents=[1, 2]),
+            "input 'x': shape [1, 2] needs 2 elements, contents.fp32_contents holds 1",
+        ),
         (
             _request("FP64", [1, 2], fp64_contents=[1.0, 2.0]),
-            "datatype is FP64 but the model expects FP32",
+            "input 'x': datatype is FP64 but the model expects FP32",
         ),
-        (_request("FP16", [1, 2]), "unknown datatype 'FP16'"),
+        (
+            _request("FP16", [1, 2]),
+            f"input 'x': unknown datatype 'FP16'; known: {sorted(DATATYPE_TO_NUMPY)}",
+        ),
         (
             _request("FP32", [1, 3], fp32_contents=[1.0, 2.0, 3.0]),
-            "shape [1, 3] does not match the model's [-1, 2]",
+            "input 'x': shape [1, 3] does not match the model's [-1, 2]",
         ),
         (
             _request("FP32", [2], fp32_contents=[1.0, 2.0]),
-            "has 1 dimension(s), the model expects 2",
+            "input 'x': shape [2] has 1 dimension(s), the model expects 2 like [-1, 2]",
         ),
         (
             _request("FP32", [-1, 2], fp32_contents=[1.0, 2.0]),
-            "must contain non-negative integers only",
+            "input 'x': shape [-1, 2] must contain non-negative integers only",
         ),
-        (_request("FP32", [0, 2]), "has no elements"),
+        (_request("FP32", [0, 2]), "input 'x': shape [0, 2] has no elements"),
         (
             _request("FP32", [1, 2], name="y", fp32_contents=[1.0, 2.0]),
             "input 'y' is not an input of this model; expected ['x']",
         ),
         (
             _request("FP32", [1, 2], raw=b"\0" * 4),
-            "raw_input_contents[0] is 4 bytes but shape [1, 2] of FP32 needs 8",
+            "input 'x': raw_input_contents[0] is 4 bytes but shape [1, 2] of FP32 needs 8",
         ),
         (
             _request("FP32", [1, 2], raw=b"\0" * 12),
-            "raw_input_contents[0] is 12 bytes but shape [1, 2] of FP32 needs 8",
+            "input 'x': raw_input_contents[0] is 12 bytes but shape [1, 2] of FP32 needs 8",
         ),
         (
             _request("FP32", [1, 2], raw=b"\0" * 8, fp32_contents=[1.0, 2.0]),
-            "'contents' must be empty when the request carries raw_input_contents",
+            "input 'x': 'contents' must be empty when the request carries raw_input_contents",
         ),
         (pb.ModelInferRequest(model_name="m"), "'inputs' must hold at least one tensor"),
     ],
@@ -204,7 +280,7 @@ FP32x2 = TensorSpec("x", "FP32", (-1, 2))
 def test_client_mistakes_are_400_with_what_is_wrong(
     request_: pb.ModelInferRequest, message: str
 ) -> None:
-    assert message in _error(request_, FP32x2)
+    assert _error(request_, FP32x2) == message
 
 
 def test_small_integers_out_of_range_are_refused_not_wrapped() -> None:
@@ -235,17 +311,20 @@ def test_several_inputs_raw_or_not_all_of_them() -> None:
     request.inputs.add(name="a", datatype="FP32", shape=[2])
     request.inputs.add(name="b", datatype="INT64", shape=[2])
     request.raw_input_contents.append(np.asarray([1, 2], "<f4").tobytes())
-    assert "raw_input_contents holds 1 entries for 2 inputs" in _error(request, *specs)
+    assert _error(request, *specs) == (
+        "raw_input_contents holds 1 entries for 2 inputs: either every input is in "
+        "raw_input_contents, in input order, or none is"
+    )
     request.raw_input_contents.append(np.asarray([3, 4], "<i8").tobytes())
     arrays = _parse(request, *specs)
     assert arrays["a"].tolist() == [1.0, 2.0]
     assert arrays["b"].tolist() == [3, 4]
     # missing, duplicated, disagreeing batch sizes
     one = _request("FP32", [2], name="a", fp32_contents=[1.0, 2.0])
-    assert "missing model input(s): ['b']" in _error(one, *specs)
+    assert _error(one, *specs) == "missing model input(s): ['b']"
     twice = _request("FP32", [2], name="a", fp32_contents=[1.0, 2.0])
     twice.inputs.add().CopyFrom(twice.inputs[0])
-    assert "input 'a' is given more than once" in _error(twice, *specs)
+    assert _error(twice, *specs) == "input 'a' is given more than once"
     disagree = _request("FP32", [2], name="a", fp32_contents=[1.0, 2.0])
     disagree.inputs.add(name="b", datatype="INT64", shape=[3]).contents.int64_contents.extend(
         [1, 2, 3]

@@ -18,9 +18,11 @@ from canarium.api.common import LABEL_VALUE_PATTERN
 from canarium_serving import contract
 from canarium_serving.manifest import (
     MANIFEST_FORMAT,
+    MAX_RESULT_BYTES,
     VERSION_PATTERN,
     ManifestError,
     parse_manifest,
+    parse_training_result,
     read_manifest,
 )
 from canarium_serving.model import ModelLoadError
@@ -493,4 +495,46 @@ def test_every_contract_variable_has_its_own_name() -> None:
         "TRAINING_ENV_BASE_MODEL_VERSION",
         "TRAINING_ENV_DRIFT_REPORT",
         "TRAINING_ENV_TRIGGER",
+        "TRAINING_ENV_RESULT_FILE",
     }
+
+
+def test_the_result_reported_to_the_operator_is_what_it_parses(
+    iris: dict[str, Any], tmp_path: Path
+) -> None:
+    uploaded = upload_model(iris["out"], str(tmp_path / "out"), env={})
+    result_file = tmp_path / "termination-log"
+    ctx = TrainingContext.from_env({contract.TRAINING_ENV_RESULT_FILE: str(result_file)})
+    assert ctx.result_file == str(result_file)
+    reported = ctx.report_result(uploaded, {"accuracy": 0.9})
+    text = result_file.read_text()
+    assert len(text.encode()) <= MAX_RESULT_BYTES
+    parsed = parse_training_result(text)
+    assert parsed == reported
+    assert parsed.model_uri == str(tmp_path / "out") + "/model.onnx"
+    assert parsed.sha256 == iris["packaged"].sha256
+    assert parsed.version == uploaded.manifest.version
+    assert uploaded.manifest.holdout is not None
+    assert parsed.metrics == uploaded.manifest.holdout.metrics
+    assert parsed.holdout_sha256 == uploaded.manifest.holdout.sha256
+    assert parsed.base_metrics == {"accuracy": 0.9}
+    assert json.loads(text)["format"] == "canarium.dev/training-result/v1"
+    assert "modelUri" in json.loads(text)  # camelCase on the wire, as the API's
+    # A run by hand has no result file: nothing is written, the result is still returned.
+    assert TrainingContext.from_env({}).report_result(uploaded).base_metrics == {}
+
+
+def test_a_training_result_that_is_not_one_says_why() -> None:
+    with pytest.raises(ManifestError, match="not JSON"):
+        parse_training_result("{", "run r")
+    with pytest.raises(ManifestError, match="run r: not a Canarium training result"):
+        parse_training_result('{"format": "canarium.dev/model-manifest/v1"}', "run r")
+    bad = {
+        "format": "canarium.dev/training-result/v1",
+        "name": "iris",
+        "version": "not a label!",
+        "modelUri": "s3://b/k/model.onnx",
+        "sha256": "0" * 64,
+    }
+    with pytest.raises(ManifestError, match="invalid training result: version"):
+        parse_training_result(json.dumps(bad))

@@ -327,3 +327,197 @@ def test_monitoring_shows_the_drifted_condition_the_window_and_each_psi() -> Non
     assert "    output label                PSI 0.02 (at most 0.13, 1200 observations)" in text
     # without spec.monitoring: nothing about it
     assert "Monitoring" not in render_status(obj({"phase": "Healthy"}), None)
+
+
+# --- a ModelDeployment serving a retrained candidate; `status mretrain/NAME` -------------------
+
+SHA = "ab" * 32
+
+
+def retraining(**status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "canarium.dev/v1alpha1",
+        "kind": "ModelRetraining",
+        "metadata": {"name": "iris-retrain", "namespace": "ml"},
+        "spec": {
+            "deploymentRef": {"name": "iris"},
+            "jobTemplate": {
+                "spec": {"template": {"spec": {"containers": [{"name": "t", "image": "t"}]}}}
+            },
+            "output": {"uri": "s3://models/iris/retrain"},
+            "triggers": {"schedule": "0 3 * * 0"},
+            "cooldown": "30m",
+            "approval": "Manual",
+            "validation": {"metric": "accuracy", "minimum": 0.9, "tolerance": 0.01},
+        },
+        "status": status,
+    }
+
+
+def candidate(run: str, version: str, *, approved: bool) -> dict[str, Any]:
+    return {
+        "run": run,
+        "approved": approved,
+        "acceptedTime": "2026-12-03T11:20:00Z",
+        "model": {
+            "uri": f"s3://models/iris/retrain/{run}/model.onnx",
+            "version": version,
+            "sha256": SHA,
+        },
+        "replaces": {"uri": "https://m.example.org/iris.onnx", "version": "2.0.0"},
+    }
+
+
+RETRAINED = {
+    "retraining": "iris-retrain",
+    "run": "iris-retrain-4",
+    "modelVersion": "2.0.0-rt4",
+    "modelUri": "s3://models/iris/retrain/iris-retrain-4/model.onnx",
+    "replacesVersion": "2.0.0",
+}
+
+
+def test_a_retrained_candidate_says_so_and_how_to_pin_it_or_revert() -> None:
+    body = obj({"phase": "Healthy", "retrained": RETRAINED})
+    owner = retraining(candidate=candidate("iris-retrain-4", "2.0.0-rt4", approved=True))
+    assert render_status(body, None, owner).splitlines()[:6] == [
+        "Name:       iris (namespace ml)",
+        "Model:      2.0.0  https://m.example.org/iris.onnx",
+        "Retrained:  the model is 2.0.0-rt4, a retrained candidate (run iris-retrain-4 of "
+        "modelretraining iris-retrain), in place of spec.model 2.0.0 from Git",
+        "  pin it:   set spec.model in Git to uri "
+        f"s3://models/iris/retrain/iris-retrain-4/model.onnx, version 2.0.0-rt4, sha256 {SHA}",
+        "  revert:   kubectl canarium retrain iris-retrain --discard (back to 2.0.0)",
+        "Phase:      Healthy",
+    ]
+    # The ModelRetraining unread, or its candidate another run's: no sha256 to show, but where.
+    other = retraining(candidate=candidate("iris-retrain-5", "2.0.0-rt5", approved=False))
+    for text in (render_status(body, None), render_status(body, None, other)):
+        assert text.splitlines()[3] == (
+            "  pin it:   set spec.model in Git to uri "
+            "s3://models/iris/retrain/iris-retrain-4/model.onnx, version 2.0.0-rt4 and its "
+            "sha256 (kubectl canarium status mretrain/iris-retrain)"
+        )
+        assert SHA not in text
+    # Not retrained: not a word of it.
+    assert "etrain" not in render_status(obj({"phase": "Healthy"}), None, owner)
+
+
+RUNS = [  # as the operator keeps them (newest first), but shuffled: the view sorts them
+    {"name": "iris-retrain-2", "trigger": "drift", "phase": "Rejected",
+     "startTime": "2026-12-02T09:00:00Z",
+     "model": {"uri": "s3://models/iris/retrain/iris-retrain-2/m.onnx", "version": "2.0.0-rt2"},
+     "metrics": {"accuracy": 0.88}, "baseMetrics": {"accuracy": 0.93},
+     "message": "candidate 2.0.0-rt2 rejected: held-out accuracy 0.88, the policy wants at "
+                "least 0.9"},
+    {"name": "iris-retrain-4", "trigger": "manual", "phase": "AwaitingApproval",
+     "startTime": "2026-12-03T11:00:00+01:00", "reason": "requested at 2026-12-03T10:00:00Z",
+     "model": {"uri": "s3://models/iris/retrain/iris-retrain-4/m.onnx", "version": "2.0.0-rt4"},
+     "metrics": {"accuracy": 0.97, "f1_macro": 0.5}, "baseMetrics": {"accuracy": 0.93},
+     "message": "candidate 2.0.0-rt4 waits\nfor approval"},
+    {"name": "iris-retrain-3", "trigger": "schedule", "phase": "Failed",
+     "startTime": "2026-12-02T10:00:00Z", "message": "its Job failed: BackoffLimitExceeded"},
+    {"name": "iris-retrain-1", "trigger": "drift", "phase": "Promoted",
+     "startTime": "2026-12-01T09:00:00Z", "completionTime": "2026-12-01T09:30:00Z",
+     "model": {"uri": "s3://models/iris/retrain/iris-retrain-1/m.onnx", "version": "2.0.0-rt1"},
+     "metrics": {"accuracy": 0.95}},
+    {"name": "iris-retrain-5", "trigger": "drift", "phase": "Running",
+     "startTime": "2026-12-03T11:30:00Z", "message": "Job iris-retrain-5 trains 2.0.0-rt5"},
+]  # fmt: skip
+
+
+def test_a_retraining_shows_triggers_cooldown_candidate_and_runs_newest_first() -> None:
+    from canarium.statusview import render_retraining
+
+    text = render_retraining(
+        retraining(
+            phase="Training",
+            message="run iris-retrain-5: Job iris-retrain-5 trains 2.0.0-rt5",
+            runsStarted=5,
+            consecutiveFailures=2,
+            cooldownUntil="2026-12-03T13:00:00Z",
+            lastScheduleTime="2026-11-29T03:00:00Z",
+            nextScheduleTime="2026-12-06T03:00:00Z",
+            candidate=candidate("iris-retrain-4", "2.0.0-rt4", approved=False),
+            runs=RUNS,
+            conditions=[
+                {"type": "Ready", "status": "True", "reason": "Training", "message": "",
+                 "lastTransitionTime": "2026-12-03T11:30:00Z"},
+                {"type": "Reconciling", "status": "True", "reason": "Training", "message": "",
+                 "lastTransitionTime": "2026-12-03T11:30:00Z"},
+            ],
+        )
+    )  # fmt: skip
+    assert text.splitlines() == [
+        "Name:       iris-retrain (namespace ml)",
+        "Deployment: iris",
+        "Phase:      Training  run iris-retrain-5: Job iris-retrain-5 trains 2.0.0-rt5",
+        "Triggers:   onDrift, schedule '0 3 * * 0' (UTC; next 2026-12-06T03:00:00Z, last "
+        "2026-11-29T03:00:00Z), on request (kubectl canarium retrain iris-retrain)",
+        # two failures in a row: the cooldown doubled twice
+        "Cooldown:   30m after a run, before the next drift run (x4: 2 failed run(s) in a row); "
+        "cooldown until 2026-12-03T13:00:00Z",
+        "Validation: held-out accuracy at least 0.9, not worse than the model it replaces "
+        "(tolerance 0.01)",
+        "Approval:   Manual",
+        "Candidate:  2.0.0-rt4 of run iris-retrain-4, awaiting approval "
+        "(kubectl canarium retrain iris-retrain --approve, or --discard)",
+        f"  model     s3://models/iris/retrain/iris-retrain-4/model.onnx  sha256 {SHA}",
+        "  replaces  spec.model 2.0.0  https://m.example.org/iris.onnx",
+        "  accepted  2026-12-03T11:20:00Z",
+        "Runs:",
+        "  NAME             TRIGGER    PHASE              STARTED                MODEL       "
+        "ACCURACY (BASE)   MESSAGE",
+        "  iris-retrain-5   drift      Running            2026-12-03T11:30:00Z   -           "
+        "-                 Job iris-retrain-5 trains 2.0.0-rt5",
+        # started 11:00 at +01:00: 10:00 UTC
+        "  iris-retrain-4   manual     AwaitingApproval   2026-12-03T10:00:00Z   2.0.0-rt4   "
+        "0.97 (0.93)       candidate 2.0.0-rt4 waits for approval",
+        "  iris-retrain-3   schedule   Failed             2026-12-02T10:00:00Z   -           "
+        "-                 its Job failed: BackoffLimitExceeded",
+        "  iris-retrain-2   drift      Rejected           2026-12-02T09:00:00Z   2.0.0-rt2   "
+        "0.88 (0.93)       candidate 2.0.0-rt2 rejected: held-out accuracy 0.88, the policy "
+        "wants at least 0.9",
+        "  iris-retrain-1   drift      Promoted           2026-12-01T09:00:00Z   2.0.0-rt1   "
+        "0.95 (-)          -",
+        "Conditions: Ready=True (Training)  Reconciling=True (Training)",
+    ]
+
+
+def test_a_retraining_without_runs_or_candidate_and_its_other_settings() -> None:
+    from canarium.statusview import render_retraining
+
+    body = retraining()
+    body["spec"].update(
+        triggers={"onDrift": False},
+        suspend=True,
+        approval="Automatic",
+        validation={"metric": "mae", "minimum": 0.5, "notWorseThanBase": False},
+    )
+    assert render_retraining(body).splitlines() == [
+        "Name:       iris-retrain (namespace ml)",
+        "Deployment: iris",
+        "Phase:      Pending",  # no status yet
+        "Suspended:  no new runs (spec.suspend); runs under way finish",
+        "Triggers:   on request (kubectl canarium retrain iris-retrain)",
+        "Cooldown:   30m after a run, before the next drift run",
+        "Validation: held-out mae at most 0.5",  # lower mae is better
+        "Approval:   Automatic",
+        "Candidate:  none",
+        "Runs:       none yet",
+    ]
+    body["spec"]["validation"] = {"metric": "r2", "notWorseThanBase": False}
+    body["status"] = {
+        "phase": "Canarying",
+        "consecutiveFailures": 9,
+        "candidate": candidate("iris-retrain-1", "2.0.0-rt1", approved=True),
+    }
+    lines = render_retraining(body).splitlines()
+    assert lines[5:9] == [
+        # the backoff stops doubling after 4 failures: x16 at most
+        "Cooldown:   30m after a run, before the next drift run (x16: 9 failed run(s) in a row)",
+        "Validation: held-out r2 reported (no bound)",
+        "Approval:   Automatic",
+        "Candidate:  2.0.0-rt1 of run iris-retrain-1, approved "
+        "(revert: kubectl canarium retrain iris-retrain --discard)",
+    ]

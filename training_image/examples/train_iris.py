@@ -11,10 +11,13 @@ by hand too:
     CANARIUM_DRIFT_REPORT      why the run was triggered (JSON), printed
 
     python train_iris.py [--data iris.csv --target species] [--out DIR] [--model forest]
+                         [--label-noise 0.5]
 
 It trains on 80% of the data (a stratified split, seed 0), packages the model with its
 held-out scores on the other 20% (model.onnx, model.reference.json, model.manifest.json) and
-uploads the folder when CANARIUM_OUTPUT_URI is set. The last line it prints is a JSON summary.
+uploads the folder when CANARIUM_OUTPUT_URI is set, then reports the model to the operator
+(TrainingContext.report_result: the termination message). The last line it prints is a JSON
+summary.
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to build (default: a work folder)")
     parser.add_argument("--name", help="default: CANARIUM_MODEL_NAME, else iris")
     parser.add_argument("--version", help="default: CANARIUM_MODEL_VERSION, else dev")
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="replace this fraction of the training labels with random ones (seed 0): a worse "
+        "model on purpose, to see a candidate rejected or rolled back",
+    )
     args = parser.parse_args(argv)
 
     ctx = TrainingContext.from_env()
@@ -82,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "logistic"
         else RandomForestClassifier(n_estimators=50, random_state=0)
     )
+    if args.label_noise > 0:
+        rng = np.random.default_rng(0)
+        noisy = rng.random(len(y_train)) < args.label_noise
+        y_train = y_train.copy()
+        y_train[noisy] = rng.choice(np.unique(y), size=int(noisy.sum()))
+        print(f"{int(noisy.sum())} of {len(y_train)} training labels replaced at random")
     estimator.fit(x_train, y_train)
 
     out = args.out or ctx.work_dir / name / version
@@ -111,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     base = ctx.fetch_base_model()
+    base_metrics: dict[str, float] | None = None
     if base is not None:  # the stable model, on the same held-out rows
-        summary["base_metrics"] = score(base.path, "classification", x_test, y_test)
-        print(f"the base model ({ctx.base_model_version}) scores {summary['base_metrics']}")
+        base_metrics = score(base.path, "classification", x_test, y_test)
+        summary["base_metrics"] = base_metrics
+        print(f"the base model ({ctx.base_model_version}) scores {base_metrics}")
 
     if ctx.output_uri:
         uploaded = upload_model(out, ctx.output_uri)
         summary["model_uri"] = uploaded.model_uri
         print(f"uploaded to {uploaded.uri}")
+        # Last: tells the operator (through the termination message) which model this run made.
+        ctx.report_result(uploaded, base_metrics)
     print(json.dumps(summary))
     return 0
 

@@ -63,6 +63,7 @@ from canarium.api.status import (
     Outcome,
     Phase,
     Reason,
+    RetrainedStatus,
     RevisionStatus,
     Verdict,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "PrometheusProvider",
     "Reason",
     "ResourceRequirements",
+    "RetrainedStatus",
     "RevisionStatus",
     "RolloutPolicy",
     "RolloutPolicySpec",

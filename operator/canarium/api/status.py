@@ -287,6 +287,18 @@ class AbortStatus(StatusModel):
     time: datetime = Field(description="When it happened.")
 
 
+class RetrainedStatus(StatusModel):
+    """The model served instead of spec.model: a ModelRetraining's candidate."""
+
+    retraining: str = Field(max_length=253, description="The ModelRetraining.")
+    run: str = Field(max_length=63, description="Its run (and Job) that made the model.")
+    model_version: str = Field(max_length=63, description="The candidate's version.")
+    model_uri: str = Field(max_length=2048, description="The candidate's model file.")
+    replaces_version: str = Field(
+        max_length=63, description="spec.model.version, which it stands in for."
+    )
+
+
 class ModelDeploymentStatus(StatusModel):
     """Observed state of a ModelDeployment, written by the operator."""
 
@@ -358,6 +370,11 @@ class ModelDeploymentStatus(StatusModel):
     )
     monitoring: MonitoringStatus | None = Field(
         None, description="Monitoring of the stable revision for drift (spec.monitoring)."
+    )
+    retrained: RetrainedStatus | None = Field(
+        None,
+        description="Set while a ModelRetraining's candidate is served (or rolled out) in "
+        "place of spec.model; a change of spec.model in Git ends it.",
     )
     endpoint: str | None = Field(
         None,
