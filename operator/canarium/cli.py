@@ -693,7 +693,12 @@ def _retrain_parser(client: Callable[[str, str], argparse.ArgumentParser]) -> No
         "retrain",
         "start a ModelRetraining's run now, or approve or discard its candidate",
     )
-    retrain.add_argument("name", help="the ModelRetraining")
+    # NAME first: `--approve NAME` would take NAME for the run.
+    retrain.usage = (
+        "%(prog)s NAME [--approve [RUN] | --discard [RUN]] [-n NAMESPACE] [--kubeconfig PATH] "
+        "[--context NAME]"
+    )
+    retrain.add_argument("name", metavar="NAME", help="the ModelRetraining")
     choice = retrain.add_mutually_exclusive_group()
     choice.add_argument(
         "--approve",
@@ -887,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args.kind, args.name = status_target(args.name)
         except ValueError as exc:
-            parser.error(str(exc))
+            _subcommands(parser)["status"].error(str(exc))
     result: int = args.func(args)
     return result
 

@@ -308,8 +308,16 @@ class _Planner:
             self.finish(run, "Failed", "its ModelDeployment is gone")
             return
         old = self.status.candidate
+        fallback: tuple[str, ModelRef] | None = None
         if old is not None:
-            self.end_candidate(old, "Superseded", f"a newer candidate came from run {run.name}")
+            old_run = self.runs.get(old.run)
+            if old_run is not None and old_run.phase == "Promoted":
+                # It serves until the new one is promoted, and again if the new one fails.
+                fallback = (old.run, old.model)
+            elif old.fallback_run is not None and old.fallback_model is not None:
+                fallback = (old.fallback_run, old.fallback_model)
+            if old_run is not None and old_run.phase in ACTIVE_PHASES:
+                self.finish(old_run, "Superseded", f"a newer candidate came from run {run.name}")
         approved = self.spec.approval == "Automatic"
         replaces = old.replaces if old is not None else model_ref(mdep.spec.model)
         self.status.candidate = CandidateStatus(
@@ -318,6 +326,8 @@ class _Planner:
             replaces=replaces,
             approved=approved,
             accepted_time=self.now,
+            fallback_run=fallback[0] if fallback else None,
+            fallback_model=fallback[1] if fallback else None,
         )
         self.plan.candidate_changed = True
         revision = candidate_revision(mdep, model)
@@ -348,11 +358,23 @@ class _Planner:
             )
 
     # --- the candidate -------------------------------------------------------------------
-    def end_candidate(self, candidate: CandidateStatus, phase: RunPhase, message: str) -> None:
+    def end_candidate(
+        self, candidate: CandidateStatus, phase: RunPhase, message: str, *, fall_back: bool = True
+    ) -> None:
+        """The candidate is over: the promoted candidate it followed serves again (unless Git
+        moved: `fall_back` False), else spec.model."""
         run = self.runs.get(candidate.run)
         if run is not None and run.phase in ACTIVE_PHASES | {"Promoted"}:
             self.finish(run, phase, message)
         self.status.candidate = None
+        if fall_back and candidate.fallback_run and candidate.fallback_model:
+            self.status.candidate = CandidateStatus(
+                run=candidate.fallback_run,
+                model=candidate.fallback_model,
+                replaces=candidate.replaces,
+                approved=True,
+                accepted_time=self.now,
+            )
         self.plan.candidate_changed = True
 
     def follow_candidate(self) -> None:
@@ -367,7 +389,7 @@ class _Planner:
                 f"spec.model changed in Git (to {mdep.spec.model.version}): Git wins over "
                 f"candidate {candidate.model.version}"
             )
-            self.end_candidate(candidate, "Superseded", message)
+            self.end_candidate(candidate, "Superseded", message, fall_back=False)
             self.event("Normal", "CandidateSuperseded", message)
             return
         if annotations.get(ANNOTATION_DISCARD) == candidate.run:
@@ -407,6 +429,12 @@ class _Planner:
             message = f"candidate {candidate.model.version} promoted: it serves all traffic"
             self.finish(run, "Promoted", message)
             self.event("Normal", "CandidatePromoted", f"run {run.name}: {message}")
+            before = self.runs.get(candidate.fallback_run or "")
+            if before is not None and before.phase == "Promoted":
+                self.set_run(before, phase="Superseded", message=f"replaced by run {run.name}")
+            self.status.candidate = candidate.model_copy(
+                update={"fallback_run": None, "fallback_model": None}
+            )
 
     # --- new runs ------------------------------------------------------------------------
     def busy(self) -> str | None:
@@ -530,7 +558,7 @@ class _Planner:
     def prune_jobs(self) -> None:
         finished = [
             run.name
-            for run in sorted(self.runs.values(), key=lambda r: r.start_time, reverse=True)
+            for run in sorted(self.runs.values(), key=_newest, reverse=True)
             if run.phase != "Running" and run.name in self.inp.jobs
         ]
         self.plan.delete.extend(finished[self.spec.history_limit :])
@@ -540,7 +568,7 @@ class _Planner:
         self.follow_candidate()
         self.start_runs()
         self.prune_jobs()
-        runs = sorted(self.runs.values(), key=lambda r: r.start_time, reverse=True)
+        runs = sorted(self.runs.values(), key=_newest, reverse=True)
         self.status.runs = runs[:MAX_RUNS]
         self.phase()
         self.status.observed_generation = self.retraining.metadata.generation
@@ -620,6 +648,12 @@ class _Planner:
                 )
             )
         status.conditions = conditions
+
+
+def _newest(run: RetrainingRun) -> tuple[datetime, int]:
+    """Runs in the order they started (the run number breaks ties within a second)."""
+    number = run.name.rpartition("-")[2]
+    return run.start_time, int(number) if number.isdigit() else 0
 
 
 def _outcome(mdep: ModelDeployment, revision: str, since: datetime) -> str | None:

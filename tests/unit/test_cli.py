@@ -406,7 +406,7 @@ def lookup(kind: str, given: dict[str, str]) -> list[str]:
     ("line", "expected"),
     [
         ([""], ["run", "crds", "list", "status", "recording", "policy", "model", "promote",
-                "abort", "retry", "pause", "resume"]),
+                "abort", "retry", "pause", "resume", "retrain"]),
         (["st"], ["status"]),
         (["-n", "ml", "p"], ["policy", "promote", "pause"]),
         (["status", ""], ["other"]),

@@ -724,3 +724,111 @@ def test_the_deployment_canaries_the_candidate_and_returns_to_git_when_it_is_wit
     assert back.status["phase"] == "Healthy"
     assert "canary" not in back.status
     assert back.status["stable"]["name"] == stable.name
+
+
+# --- a second candidate after a promoted one -------------------------------------------------
+
+
+def promoted_then_second() -> tuple[ModelRetraining, str]:
+    """Run 1 promoted (serving), run 2's candidate accepted; and run 1's revision."""
+    obj = canarying()
+    first_revision = obj.status.runs[0].revision
+    assert first_revision is not None
+    serving = drifted_mdep(stable={"name": first_revision, "modelVersion": "1.0.0-rt1"})
+    obj = after(obj, plan(obj, serving))
+    asked = with_annotations(obj, **{"canarium.dev/retrain-requested-at": "now"})
+    obj = after(asked, plan(asked, serving))
+    assert obj.status.runs[0].name == "iris-retrain-2"
+    text = result(run="iris-retrain-2").replace("1.0.0-rt1", "1.0.0-rt2")
+    job = JobObservation("iris-retrain-2", "Succeeded", result=text)
+    obj = after(obj, plan(obj, serving, {"iris-retrain-2": job}))
+    return obj, first_revision
+
+
+def test_a_second_candidate_remembers_the_promoted_one_it_follows() -> None:
+    obj, _ = promoted_then_second()
+    candidate = obj.status.candidate
+    assert candidate is not None
+    assert candidate.run == "iris-retrain-2"
+    assert candidate.fallback_run == "iris-retrain-1"
+    assert candidate.fallback_model is not None
+    assert candidate.fallback_model.version == "1.0.0-rt1"
+    phases = {r.name: r.phase for r in obj.status.runs}
+    assert phases == {"iris-retrain-2": "Canarying", "iris-retrain-1": "Promoted"}
+
+
+def test_a_rolled_back_second_candidate_falls_back_to_the_promoted_one_not_to_git() -> None:
+    obj, first_revision = promoted_then_second()
+    second_revision = obj.status.runs[0].revision
+    dep = drifted_mdep(
+        stable={"name": first_revision, "modelVersion": "1.0.0-rt1"},
+        history=[
+            {
+                "revision": second_revision,
+                "outcome": "RolledBack",
+                "time": "2026-11-23T12:00:00Z",
+                "reason": "predictionDrift PSI 0.9 > 0.25",
+            }
+        ],
+    )
+    p = plan(obj, dep)
+    obj = after(obj, p)
+    phases = {r.name: r.phase for r in obj.status.runs}
+    assert phases == {"iris-retrain-2": "RolledBack", "iris-retrain-1": "Promoted"}
+    candidate = obj.status.candidate
+    assert candidate is not None
+    assert candidate.run == "iris-retrain-1"
+    assert candidate.model.version == "1.0.0-rt1"
+    assert candidate.replaces.version == "1.0.0"  # still tied to Git's model
+    assert candidate.fallback_run is None
+    model = candidate_for(dep, obj)
+    assert model is not None
+    assert model.version == "1.0.0-rt1"
+    assert obj.status.consecutive_failures == 1
+
+
+def test_promoting_the_second_candidate_retires_the_first() -> None:
+    obj, _ = promoted_then_second()
+    second_revision = obj.status.runs[0].revision
+    dep = drifted_mdep(stable={"name": second_revision, "modelVersion": "1.0.0-rt2"})
+    obj = after(obj, plan(obj, dep))
+    runs = {r.name: r for r in obj.status.runs}
+    assert runs["iris-retrain-2"].phase == "Promoted"
+    assert runs["iris-retrain-1"].phase == "Superseded"
+    assert runs["iris-retrain-1"].message == "replaced by run iris-retrain-2"
+    assert obj.status.candidate is not None
+    assert obj.status.candidate.fallback_run is None
+
+
+def test_git_moving_drops_the_fallback_too() -> None:
+    obj, _ = promoted_then_second()
+    moved = mdep("2.0.0", status=drifted_mdep().status.to_dict())
+    obj = after(obj, plan(obj, moved))
+    assert obj.status.candidate is None
+
+
+def test_after_a_rolled_back_candidate_the_deployment_is_healthy_on_what_served() -> None:
+    """The rollback holds the ModelDeployment Degraded while its desired revision is the rolled
+    back one; once the candidate is withdrawn, the desired revision is the stable one again."""
+    policy = {"rollout": {"policy": POLICY}}
+    base = mdep("1.0.0", **policy)
+    stable = observed(base)
+    model = ModelSpec(uri=f"{OUTPUT}/iris-retrain-1/model.onnx", version="1.0.0-rt1", sha256=SHA_B)
+    swapped = base.model_copy(update={"spec": with_model(base.spec, model)})
+    held = reconcile(inp(base, stable)).status
+    held["aborted"] = {
+        "revision": name_of(swapped),
+        "cause": "AnalysisFailed",
+        "message": "predictionDrift",
+        "time": "2026-11-23T12:00:00Z",
+    }
+    held["phase"] = "Degraded"
+    back = reconcile(inp(mdep("1.0.0", status=held, **policy), stable))
+    assert back.status["phase"] == "Healthy"
+    assert back.status["stable"]["name"] == stable.name
+    conditions = {c["type"]: c["status"] for c in back.status["conditions"]}
+    assert (conditions["Ready"], conditions["Degraded"], conditions["Stalled"]) == (
+        "True",
+        "False",
+        "False",
+    )

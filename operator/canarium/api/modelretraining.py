@@ -267,6 +267,13 @@ class CandidateStatus(StatusModel):
     replaces: ModelRef = Field(description="The ModelDeployment's spec.model it stands in for.")
     approved: bool = Field(True, description="False while it waits for a person.")
     accepted_time: datetime = Field(description="When it was validated.")
+    fallback_run: str | None = Field(
+        None,
+        max_length=63,
+        description="The promoted candidate it follows, if any: served again should this one "
+        "be rolled back, rejected by a person or discarded.",
+    )
+    fallback_model: ModelRef | None = Field(None, description="That candidate's model.")
 
 
 class ModelRetrainingStatus(StatusModel):
