@@ -92,7 +92,8 @@ mutation: setup ## mutation testing of the pure core (mutmut); per-module scores
 test-deep: setup ## longer model-based tests
 	CANARIUM_DEEP=1 $(BIN)/pytest tests/unit/test_rollout_stateful.py
 
-demo: setup control-plane images ## local cluster with a real node, the operator from its image, the iris story
+demo: setup control-plane images ## local cluster with a real node, the operator from its image, the iris story and the closed loop
+	@hack/versitygw.sh >/dev/null
 	$(BIN)/python hack/demo.py
 
 clean: cluster-down ## stop the cluster and remove the venv (the control-plane cache stays)

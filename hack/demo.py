@@ -1,7 +1,10 @@
 """make demo: the local cluster with its real node, the images, the operator installed from its
 image (`kubectl apply -k manifests/install`), and the iris story on real containers: 1.0.0
 served through its Service's ClusterIP, a good 2.0.0 canaried and promoted, a broken 3.0.0
-rolled back, with live traffic all along.
+rolled back, with live traffic all along. Then the closed loop: live inputs drift, Drifted is
+raised, the retraining Job trains with the training image and uploads to an S3 server (versitygw
+on this machine), the retrained model is canaried, judged and promoted; a retrained model that
+predicts worse is rolled back, and the cooldown keeps the loop from spinning.
 
 The cluster and the operator keep running afterwards; `make cluster-down` stops everything.
 """
@@ -16,6 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "hack" / "cluster.sh"
@@ -75,6 +80,7 @@ def main() -> int:
         stored[model.name] = in_configmap(cluster, NAMESPACE, model)
         print(f"  {model.name:<8} -> {stored[model.name].uri}")
     story(kubectl, kubeconfig, cluster, models, stored)
+    closed_loop(kubectl, kubeconfig, cluster, models)
     print(
         f"\nThe cluster and the operator keep running:\n"
         f"  export KUBECONFIG={kubeconfig}\n"
@@ -178,6 +184,187 @@ def story(
           "reverts it)")  # fmt: skip
     if failed:
         raise SystemExit(f"{len(failed)} requests failed: {failed[:5]}")
+
+
+def closed_loop(kubectl: Kubectl, kubeconfig: str, cluster: Any, models: Any) -> None:
+    """Drift → Drifted → retraining Job → the retrained model canaried and promoted; a worse one
+    rolled back; no spin."""
+    from canarium import __version__
+
+    from tests.s3server import REGION, start_s3_server
+
+    name, retraining = "iris-loop", "iris-retrain"
+    say("The closed loop: an S3 bucket (versitygw on this machine) with iris 1.0.0 in it")
+    keys = {"access-key": "canarium-demo", "secret-key": "demo-secret-key-0123456789"}
+    s3 = start_s3_server(
+        REPO / "build" / "demo-s3",
+        host=cluster.host_address(),
+        access_key=keys["access-key"],
+        secret_key=keys["secret-key"],
+    )
+    try:
+        (s3.root / "models").mkdir()
+        s3.put("models", "iris/1.0.0/model.onnx", models.good_v1.path.read_bytes())
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-keys"},
+            "stringData": keys,
+        }
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(secret), show=False)
+        env = [
+            {"name": "AWS_ENDPOINT_URL", "value": s3.endpoint},
+            {"name": "AWS_REGION", "value": REGION},
+            {"name": "AWS_ACCESS_KEY_ID",
+             "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "access-key"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "secret-key"}}},
+        ]  # fmt: skip
+        loop(kubectl, kubeconfig, cluster, models, env, __version__, name, retraining)
+    finally:
+        s3.stop()
+    print(f"(the S3 server is stopped: {name}'s pods keep the model they loaded)")
+
+
+def loop(
+    kubectl: Kubectl,
+    kubeconfig: str,
+    cluster: Any,
+    models: Any,
+    env: list[dict[str, Any]],
+    version: str,
+    name: str,
+    retraining: str,
+) -> None:
+    from tests.e2e.load import LoadGenerator
+    from tests.e2e.models import FEATURES
+
+    deployment = {
+        "apiVersion": "canarium.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "s3://models/iris/1.0.0/model.onnx", "version": "1.0.0",
+                      "sha256": models.good_v1.sha256},
+            "serving": {"replicas": 2, "env": env},
+            "monitoring": {"interval": "10s", "dataDrift": {"maxPSI": 0.1}, "windows": 2},
+            "rollout": {"policy": {
+                "steps": [{"setWeight": 50}, {"pause": {"duration": "15s"}}],
+                "analysis": {"interval": "5s", "minSamples": 20, "checks": {
+                    "errorRate": {"max": 0.02},
+                    "latencyP99": {"maxMs": 500},
+                    "predictionDrift": {"maxPSI": 0.25},
+                }},
+            }},
+        },
+    }  # fmt: skip
+    container = {
+        "name": "train",
+        "image": f"ghcr.io/canarium-dev/canarium-training:{version}",
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["/opt/canarium/examples/train_iris.py"],
+        "env": env,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }  # fmt: skip
+    mretrain = {
+        "apiVersion": "canarium.dev/v1alpha1",
+        "kind": "ModelRetraining",
+        "metadata": {"name": retraining},
+        "spec": {
+            "deploymentRef": {"name": name},
+            "triggers": {"onDrift": True},
+            "output": {"uri": "s3://models/iris/retrained"},
+            "cooldown": "30m",
+            "validation": {"metric": "accuracy", "notWorseThanBase": True, "tolerance": 0.05},
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "automountServiceAccountToken": False,
+                "securityContext": {"runAsNonRoot": True,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [container],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            }}}},
+        },
+    }  # fmt: skip
+
+    def canarium(*args: str) -> None:
+        print(f"$ kubectl canarium {' '.join(args)}", flush=True)
+        subprocess.run([str(VENV_BIN / "kubectl-canarium"), *args, "-n", NAMESPACE],
+                       env={**os.environ, "KUBECONFIG": kubeconfig}, check=True)  # fmt: skip
+
+    def get(kind: str, obj: str) -> dict[str, Any]:
+        out = kubectl("get", kind, obj, "-n", NAMESPACE, "-o", "json", show=False)
+        return dict(json.loads(out).get("status") or {})
+
+    def newest_run() -> dict[str, Any]:
+        runs = get("mretrain", retraining).get("runs") or []
+        return dict(runs[0]) if runs else {}
+
+    def wait_for(what: str, check: Any, timeout: float = 420) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}; {get('mretrain', retraining)}")
+            time.sleep(2)
+
+    say(f"{name} 1.0.0 from S3, monitored for drift, and the ModelRetraining a user writes")
+    kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(deployment))
+    print(yaml.safe_dump(mretrain, sort_keys=False), end="", flush=True)
+    kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(mretrain))
+    kubectl("wait", "--for=condition=Ready", f"mdep/{name}", "-n", NAMESPACE, "--timeout=180s")
+
+    say("Live inputs shift (petal_length + 2 cm): Drifted, and the retraining Job runs")
+    shifted = models.x.copy()
+    shifted[:, FEATURES.index("petal_length")] += 2.0
+    load = LoadGenerator(cluster, NAMESPACE, name, shifted, rate=40, max_rows=4, duration=1500)
+    load.start()
+    try:
+        wait_for("a run", lambda: newest_run().get("phase") is not None)
+        kubectl("get", "mdep", name, "-n", NAMESPACE, "-o",
+                "jsonpath={.status.conditions[?(@.type=='Drifted')].message}{'\\n'}")  # fmt: skip
+        kubectl("get", "jobs", "-n", NAMESPACE)
+        wait_for("the candidate's canary", lambda: newest_run().get("phase") != "Running")
+        canarium("status", name)
+        wait_for("the outcome", lambda: newest_run().get("phase") not in ("Running", "Canarying"))
+        canarium("status", name)
+        canarium("status", f"mretrain/{retraining}")
+
+        worse_candidate(kubectl, mretrain, retraining, name, canarium, newest_run, wait_for)
+        say("The traffic still drifts: the cooldown holds the next run (no retry storm)")
+        time.sleep(25)
+        kubectl("get", "mretrain,jobs", "-n", NAMESPACE)
+        kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
+                f"involvedObject.kind=ModelRetraining,involvedObject.name={retraining}",
+                "--sort-by=.eventTime")  # fmt: skip
+    finally:
+        load.stop()
+
+
+def worse_candidate(
+    kubectl: Kubectl,
+    mretrain: dict[str, Any],
+    retraining: str,
+    name: str,
+    canarium: Any,
+    newest_run: Any,
+    wait_for: Any,
+) -> None:
+    say("A retrained model that predicts worse (noisy labels), not checked against the base:"
+        " the canary's prediction drift rolls it back")  # fmt: skip
+    worse = json.loads(json.dumps(mretrain))
+    worse["spec"]["validation"]["notWorseThanBase"] = False
+    worse["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] = [
+        "/opt/canarium/examples/train_iris.py", "--label-noise", "0.9"
+    ]  # fmt: skip
+    kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(worse))
+    before = newest_run().get("name")
+    canarium("retrain", retraining)
+    wait_for("the second run", lambda: newest_run().get("name") != before)
+    wait_for("its outcome",
+             lambda: newest_run().get("phase") not in ("Running", "Canarying"))  # fmt: skip
+    canarium("status", f"mretrain/{retraining}")
+    canarium("status", name)
 
 
 if __name__ == "__main__":
