@@ -118,5 +118,5 @@ proto: setup ## regenerate the model server's gRPC messages (serving_image/canar
 	cd serving_image/canarium_serving/proto && $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. inference.proto
 
 .PHONY: argocd-cm
-argocd-cm: setup ## regenerate manifests/argocd/argocd-cm-actions.yaml from the Argo CD actions' Lua
+argocd-cm: setup ## regenerate manifests/argocd/argocd-cm-actions*.yaml from the Argo CD actions' Lua
 	$(BIN)/python -m tests.argocd_lua

@@ -249,7 +249,7 @@ def loop(
             "serving": {"replicas": 2, "env": env},
             "monitoring": {"interval": "10s", "dataDrift": {"maxPSI": 0.1}, "windows": 2},
             "rollout": {"policy": {
-                "steps": [{"setWeight": 50}, {"pause": {"duration": "15s"}}],
+                "steps": [{"setWeight": 50}, {"pause": {"duration": "20s"}}],
                 "analysis": {"interval": "5s", "minSamples": 20, "checks": {
                     "errorRate": {"max": 0.02},
                     "latencyP99": {"maxMs": 500},
@@ -329,11 +329,15 @@ def loop(
         wait_for("the outcome", lambda: newest_run().get("phase") not in ("Running", "Canarying"))
         canarium("status", name)
         canarium("status", f"mretrain/{retraining}")
+        if newest_run().get("phase") != "Promoted":
+            raise SystemExit(f"the retrained model was not promoted: {newest_run()}")
 
         worse_candidate(kubectl, mretrain, retraining, name, canarium, newest_run, wait_for)
         say("The traffic still drifts: the cooldown holds the next run (no retry storm)")
         time.sleep(25)
         kubectl("get", "mretrain,jobs", "-n", NAMESPACE)
+        if len(get("mretrain", retraining).get("runs") or []) != 2:
+            raise SystemExit("the loop ran again during its cooldown")
         kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
                 f"involvedObject.kind=ModelRetraining,involvedObject.name={retraining}",
                 "--sort-by=.eventTime")  # fmt: skip
@@ -350,12 +354,12 @@ def worse_candidate(
     newest_run: Any,
     wait_for: Any,
 ) -> None:
-    say("A retrained model that predicts worse (noisy labels), not checked against the base:"
-        " the canary's prediction drift rolls it back")  # fmt: skip
+    say("A retraining whose labels were scrambled (a broken data pipeline), its score not checked"
+        " against the base: the canary's prediction drift rolls it back")  # fmt: skip
     worse = json.loads(json.dumps(mretrain))
     worse["spec"]["validation"]["notWorseThanBase"] = False
     worse["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] = [
-        "/opt/canarium/examples/train_iris.py", "--label-noise", "0.9"
+        "/opt/canarium/examples/train_iris.py", "--label-noise", "1.0"
     ]  # fmt: skip
     kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(worse))
     before = newest_run().get("name")
@@ -365,6 +369,8 @@ def worse_candidate(
              lambda: newest_run().get("phase") not in ("Running", "Canarying"))  # fmt: skip
     canarium("status", f"mretrain/{retraining}")
     canarium("status", name)
+    if newest_run().get("phase") != "RolledBack":
+        raise SystemExit(f"the scrambled model was not rolled back: {newest_run()}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ case; `open_libs=True` gives every library, as Argo CD's built-in health checks 
 `apply_patch` and `merge_patch` are what Argo CD's API server does with an action's result:
 a JSON merge patch from the live object to the result, status apart.
 
-`python -m tests.argocd_lua` writes manifests/argocd/argocd-cm-actions.yaml (the actions as
-argocd-cm wants them) from the Lua files.
+Each kind has its folder, canarium.dev/<kind>/ (health.lua, actions/); the functions taking an
+object pick the scripts of its `kind` (ModelDeployment when it has none).
+
+`python -m tests.argocd_lua` writes manifests/argocd/argocd-cm-actions.yaml (ModelDeployment) and
+argocd-cm-actions-modelretraining.yaml (ModelRetraining), the actions as argocd-cm wants them,
+from the Lua files.
 """
 
 from __future__ import annotations
@@ -25,12 +29,44 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ARGOCD = REPO / "manifests" / "argocd"
-SCRIPTS = ARGOCD / "canarium.dev" / "ModelDeployment"
+DEFAULT_KIND = "ModelDeployment"
+SCRIPTS = ARGOCD / "canarium.dev" / DEFAULT_KIND
 HEALTH_LUA = SCRIPTS / "health.lua"
 DISCOVERY_LUA = SCRIPTS / "actions" / "discovery.lua"
 CM_ACTIONS = ARGOCD / "argocd-cm-actions.yaml"
 # The actions Argo CD offers, each the CLI verb of the same name (`kubectl canarium VERB`).
 ACTIONS = ("promote", "promote-full", "abort", "retry", "pause", "resume")
+# ModelRetraining's: `kubectl canarium retrain NAME` [--approve | --discard].
+RETRAINING_ACTIONS = ("retrain", "approve", "discard")
+# Per kind: its actions, in the order argocd-cm lists them, and the file argocd-cm gets them from.
+KIND_ACTIONS: dict[str, tuple[str, ...]] = {
+    DEFAULT_KIND: ACTIONS,
+    "ModelRetraining": RETRAINING_ACTIONS,
+}
+KIND_CM_ACTIONS: dict[str, Path] = {
+    DEFAULT_KIND: CM_ACTIONS,
+    "ModelRetraining": ARGOCD / "argocd-cm-actions-modelretraining.yaml",
+}
+
+
+def scripts(kind: str = DEFAULT_KIND) -> Path:
+    """The folder of a kind's health check and actions (canarium.dev/<kind>)."""
+    if kind not in KIND_ACTIONS:
+        raise ValueError(f"no Argo CD scripts for kind {kind!r}: one of {', '.join(KIND_ACTIONS)}")
+    return ARGOCD / "canarium.dev" / kind
+
+
+def health_lua(kind: str = DEFAULT_KIND) -> Path:
+    return scripts(kind) / "health.lua"
+
+
+def discovery_lua(kind: str = DEFAULT_KIND) -> Path:
+    return scripts(kind) / "actions" / "discovery.lua"
+
+
+def kind_of(obj: dict[str, Any]) -> str:
+    kind: str = obj.get("kind") or DEFAULT_KIND
+    return kind
 
 
 class LuaError(RuntimeError):
@@ -65,27 +101,30 @@ def run(mode: str, script: Path, obj: dict[str, Any], *, open_libs: bool = False
 
 
 def health(obj: dict[str, Any], *, open_libs: bool = False) -> dict[str, Any]:
-    """Argo CD's health of a ModelDeployment: {"status": ..., "message": ...} (message absent
-    when empty, as Argo CD's HealthStatus omits it)."""
-    result: dict[str, Any] = run("health", HEALTH_LUA, obj, open_libs=open_libs)
+    """Argo CD's health of a ModelDeployment or ModelRetraining: {"status": ..., "message": ...}
+    (message absent when empty, as Argo CD's HealthStatus omits it)."""
+    script = health_lua(kind_of(obj))
+    result: dict[str, Any] = run("health", script, obj, open_libs=open_libs)
     return result
 
 
 def discover_actions(obj: dict[str, Any], *, open_libs: bool = False) -> dict[str, dict[str, Any]]:
     """The actions Argo CD offers on `obj`: name -> {"name", "disabled", ...}."""
-    result: dict[str, dict[str, Any]] = run("discovery", DISCOVERY_LUA, obj, open_libs=open_libs)
+    script = discovery_lua(kind_of(obj))
+    result: dict[str, dict[str, Any]] = run("discovery", script, obj, open_libs=open_libs)
     return result
 
 
-def action_script(action: str) -> Path:
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
-    return SCRIPTS / "actions" / action / "action.lua"
+def action_script(action: str, kind: str = DEFAULT_KIND) -> Path:
+    actions = KIND_ACTIONS.get(kind, ())
+    if action not in actions:
+        raise ValueError(f"unknown action {action!r}: one of {', '.join(actions)}")
+    return scripts(kind) / "actions" / action / "action.lua"
 
 
 def impacted_resources(obj: dict[str, Any], action: str) -> list[dict[str, Any]]:
     """The action's result as Argo CD reads it: [{"operation": "patch"|"create", "resource"}]."""
-    result: list[dict[str, Any]] = run("action", action_script(action), obj)
+    result: list[dict[str, Any]] = run("action", action_script(action, kind_of(obj)), obj)
     return result
 
 
@@ -139,25 +178,26 @@ def _block(text: str, indent: int) -> str:
     return "".join(pad + line if line.strip() else "\n" for line in text.splitlines(True))
 
 
-def cm_actions() -> str:
-    """The value of argocd-cm's resource.customizations.actions.canarium.dev_ModelDeployment
-    (Argo CD's ResourceActions: discovery.lua and one definition per action.lua)."""
+def cm_actions(kind: str = DEFAULT_KIND) -> str:
+    """The value of argocd-cm's resource.customizations.actions.canarium.dev_<kind> (Argo CD's
+    ResourceActions: discovery.lua and one definition per action.lua)."""
     parts = [
-        "# Generated from canarium.dev/ModelDeployment/actions/ by `python -m tests.argocd_lua`\n",
+        f"# Generated from canarium.dev/{kind}/actions/ by `python -m tests.argocd_lua`\n",
         "# (make argocd-cm): edit the .lua files, not this.\n",
         "discovery.lua: |\n",
-        _block(DISCOVERY_LUA.read_text(), 2),
+        _block(discovery_lua(kind).read_text(), 2),
         "definitions:\n",
     ]
-    for action in ACTIONS:
+    for action in KIND_ACTIONS[kind]:
         parts += [f"  - name: {action}\n", "    action.lua: |\n"]
-        parts.append(_block(action_script(action).read_text(), 6))
+        parts.append(_block(action_script(action, kind).read_text(), 6))
     return "".join(parts)
 
 
 def main() -> int:
-    CM_ACTIONS.write_text(cm_actions())
-    print(f"wrote {CM_ACTIONS.relative_to(REPO)}", file=sys.stderr)
+    for kind, path in KIND_CM_ACTIONS.items():
+        path.write_text(cm_actions(kind))
+        print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)
     return 0
 
 

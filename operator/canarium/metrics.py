@@ -32,6 +32,16 @@ ANALYSIS_RUNS = Counter(
     ["namespace", "modeldeployment", "verdict"],
 )
 
+RETRAINING_RUNS = Counter(
+    "canarium_retraining_runs_total",
+    "Retraining runs by trigger and by what became of them (Failed, Rejected, Promoted, "
+    "RolledBack, Superseded, Discarded), counted when they reach it.",
+    ["namespace", "modelretraining", "trigger", "phase"],
+)
+RETRAINING_ENDS = frozenset(
+    {"Failed", "Rejected", "Promoted", "RolledBack", "Superseded", "Discarded"}
+)
+
 PHASES = ("Pending", "Progressing", "Paused", "Healthy", "Degraded")
 _phases: dict[tuple[str, str], str] = {}
 _statuses: dict[tuple[str, str], dict[str, Any]] = {}
@@ -51,6 +61,25 @@ def observe_status(key: tuple[str, str], status: dict[str, Any]) -> None:
 def forget(key: tuple[str, str]) -> None:
     _phases.pop(key, None)
     _statuses.pop(key, None)
+
+
+_retrainings: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def observe_retraining(
+    key: tuple[str, str], old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    """A ModelRetraining's status went from `old` to `new` (None: deleted): count the runs that
+    ended, keep the new status for the gauges."""
+    if new is None:
+        _retrainings.pop(key, None)
+        return
+    before = {run.get("name"): run.get("phase") for run in (old or {}).get("runs") or []}
+    for run in new.get("runs") or []:
+        phase = run.get("phase")
+        if phase in RETRAINING_ENDS and before.get(run.get("name")) != phase:
+            RETRAINING_RUNS.labels(*key, run.get("trigger", ""), phase).inc()
+    _retrainings[key] = new
 
 
 class _PhaseCollector(Collector):
@@ -126,5 +155,20 @@ class _RolloutCollector(Collector):
         yield from (phase, weight, step, measurement, drifted, drift_psi)
 
 
+class _RetrainingCollector(Collector):
+    """Per-ModelRetraining gauges from the latest statuses."""
+
+    def collect(self) -> Iterator[Metric]:
+        failures = GaugeMetricFamily(
+            "canarium_retraining_consecutive_failures",
+            "Runs in a row that failed, were rejected or rolled back (0 after a promotion).",
+            labels=["namespace", "modelretraining"],
+        )
+        for (namespace, name), status in list(_retrainings.items()):
+            failures.add_metric([namespace, name], status.get("consecutiveFailures") or 0)
+        yield failures
+
+
 REGISTRY.register(_PhaseCollector())
+REGISTRY.register(_RetrainingCollector())
 REGISTRY.register(_RolloutCollector())

@@ -110,6 +110,7 @@ class RetrainingController:
         if event_type == "DELETED":
             self.retrainings.pop(key, None)
             self.jobs.pop(key, None)
+            metrics.observe_retraining(key, None, None)
         else:
             self.retrainings[key] = body
             self._enqueue_soon(key)
@@ -310,6 +311,7 @@ class RetrainingController:
             if exc.status == 404:
                 return False
             raise
+        metrics.observe_retraining(key, body.get("status"), status)
         self.retrainings[key] = updated
         return True
 

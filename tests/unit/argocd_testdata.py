@@ -4,6 +4,7 @@ the operator's own reconcile() writes, driven through the unit tests' in-memory 
 
     .venv/bin/python -m tests.unit.argocd_testdata
 
+It writes the ModelRetraining testdata too (tests/unit/argocd_testdata_retraining.py).
 Run it again when the status changes shape; tests/unit/test_argocd_lua.py checks that every
 testdata object still validates as a ModelDeployment. The *_live* files beside them are live
 objects, captured by tests/e2e/test_argocd_actions.py with CANARIUM_ARGOCD_CAPTURE=DIR; the
@@ -244,10 +245,12 @@ def write(directory: Path, cases: dict[str, Callable[[], Sim | dict[str, Any]]])
 
 
 def main() -> int:
+    from tests.unit import argocd_testdata_retraining
+
     write(HEALTH, HEALTH_CASES)
     write(ACTIONS, ACTION_CASES)
     print(f"wrote {HEALTH} and {ACTIONS}", file=sys.stderr)
-    return 0
+    return argocd_testdata_retraining.main()
 
 
 if __name__ == "__main__":

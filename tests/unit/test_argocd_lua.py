@@ -258,15 +258,32 @@ def test_split_status_patch() -> None:
 
 
 # --- argocd-cm ----------------------------------------------------------------------------------
-def test_argocd_cm_actions_are_in_sync_with_the_lua_files() -> None:
-    assert argocd_lua.CM_ACTIONS.read_text() == argocd_lua.cm_actions(), (
-        "manifests/argocd/argocd-cm-actions.yaml is stale: run `make argocd-cm`"
+@pytest.mark.parametrize("kind", sorted(argocd_lua.KIND_CM_ACTIONS))
+def test_argocd_cm_actions_are_in_sync_with_the_lua_files(kind: str) -> None:
+    path = argocd_lua.KIND_CM_ACTIONS[kind]
+    assert path.read_text() == argocd_lua.cm_actions(kind), (
+        f"{path.relative_to(REPO)} is stale: run `make argocd-cm`"
     )
-    actions = yaml.safe_load(argocd_lua.CM_ACTIONS.read_text())
-    assert actions["discovery.lua"] == argocd_lua.DISCOVERY_LUA.read_text()
+    actions = yaml.safe_load(path.read_text())
+    assert actions["discovery.lua"] == argocd_lua.discovery_lua(kind).read_text()
     assert {d["name"]: d["action.lua"] for d in actions["definitions"]} == {
-        a: argocd_lua.action_script(a).read_text() for a in ACTIONS
+        a: argocd_lua.action_script(a, kind).read_text() for a in argocd_lua.KIND_ACTIONS[kind]
     }
+
+
+def test_every_kind_with_scripts_is_in_the_component() -> None:
+    """A canarium.dev/<kind> folder the kustomization does not list would never reach Argo CD."""
+    folders = {p.name for p in (ARGOCD / "canarium.dev").iterdir() if p.is_dir()}
+    assert folders == set(argocd_lua.KIND_ACTIONS)
+    files = yaml.safe_load((ARGOCD / "kustomization.yaml").read_text())["configMapGenerator"][0]
+    listed = dict(entry.split("=", 1) for entry in files["files"])
+    for kind in folders:
+        key = f"canarium.dev_{kind}"
+        assert listed[f"resource.customizations.health.{key}"] == (
+            f"canarium.dev/{kind}/health.lua"
+        )
+        cm_actions = argocd_lua.KIND_CM_ACTIONS[kind].relative_to(ARGOCD)
+        assert listed[f"resource.customizations.actions.{key}"] == str(cm_actions)
 
 
 def _kubectl() -> str | None:
@@ -299,6 +316,8 @@ def test_component_merges_the_files_into_argocd_cm(tmp_path: Path) -> None:
     assert (cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("argocd-cm", "argocd")
     data = cm["data"]
     assert data["url"] == "https://argocd.example.org", "merged, not replaced"
-    key = "canarium.dev_ModelDeployment"
-    assert data[f"resource.customizations.health.{key}"] == argocd_lua.HEALTH_LUA.read_text()
-    assert data[f"resource.customizations.actions.{key}"] == argocd_lua.cm_actions()
+    for kind in argocd_lua.KIND_ACTIONS:
+        key = f"canarium.dev_{kind}"
+        health = argocd_lua.health_lua(kind).read_text()
+        assert data[f"resource.customizations.health.{key}"] == health
+        assert data[f"resource.customizations.actions.{key}"] == argocd_lua.cm_actions(kind)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from canarium.api import ModelDeployment, ModelSpec
-from canarium.api.modelretraining import ModelRetraining, next_schedule_time
+from canarium.api.modelretraining import ModelRetraining, RetrainingRun, next_schedule_time
 from canarium.reconcile import reconcile
 from canarium.retraining import (
     JobObservation,
@@ -18,7 +18,11 @@ from canarium.retraining import (
     candidate_for,
     candidate_revision,
     candidate_version,
+    check_candidate,
+    drift_report,
+    output_folder,
     plan_retraining,
+    render_job,
     run_name,
     with_model,
 )
@@ -832,3 +836,1230 @@ def test_after_a_rolled_back_candidate_the_deployment_is_healthy_on_what_served(
         "False",
         "False",
     )
+
+
+# --- exact behaviour, piece by piece --------------------------------------------------------
+
+
+def calm_mdep() -> ModelDeployment:
+    """iris 1.0.0, Healthy on its stable revision, no drift."""
+    return mdep("1.0.0", status={"phase": "Healthy", "stable": {"name": name_of(mdep())}})
+
+
+def with_status(obj: ModelRetraining, **status: Any) -> ModelRetraining:
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["status"] = {**data["status"], **status}
+    return ModelRetraining.model_validate(data)
+
+
+def with_spec_model(dep: ModelDeployment, **model: Any) -> ModelDeployment:
+    """`dep` with its spec.model changed (as a change in Git would)."""
+    changed = dep.spec.model.model_copy(update=model)
+    return dep.model_copy(update={"spec": with_model(dep.spec, changed)})
+
+
+def run_of(name: str = "iris-retrain-1", **fields: Any) -> RetrainingRun:
+    return RetrainingRun.model_validate(
+        {
+            "name": name,
+            "trigger": "manual",
+            "phase": "Running",
+            "startTime": "2026-11-23T12:00:00Z",
+            **fields,
+        }
+    )
+
+
+def training_result(
+    metrics: dict[str, float],
+    base_metrics: dict[str, float] | None = None,
+    uri: str = f"{OUTPUT}/iris-retrain-1/model.onnx",
+) -> TrainingResult:
+    return TrainingResult(
+        name="iris",
+        version="1.0.0-rt1",
+        model_uri=uri,
+        sha256=SHA_B,
+        metrics=metrics,
+        base_metrics=base_metrics or {},
+    )
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """type: (status, reason, lastTransitionTime, message, observedGeneration)."""
+    return {
+        c["type"]: (
+            c["status"],
+            c["reason"],
+            c["lastTransitionTime"],
+            c["message"],
+            c["observedGeneration"],
+        )
+        for c in status["conditions"]
+    }
+
+
+def events_of(p: RetrainingPlan) -> list[tuple[str, str, str]]:
+    return [(e.type, e.reason, e.message) for e in p.events]
+
+
+def asked(obj: ModelRetraining, request: str = "r1") -> ModelRetraining:
+    return with_annotations(obj, **{"canarium.dev/retrain-requested-at": request})
+
+
+def test_candidate_for_needs_its_deployment_an_approved_candidate_and_gits_model() -> None:
+    obj = canarying()
+    dep = drifted_mdep()
+    model = ModelSpec(uri=f"{OUTPUT}/iris-retrain-1/model.onnx", version="1.0.0-rt1", sha256=SHA_B)
+    assert candidate_for(dep, obj) == model
+    assert candidate_for(dep, None) is None
+    rose = dep.model_copy(update={"metadata": dep.metadata.model_copy(update={"name": "rose"})})
+    assert candidate_for(rose, obj) is None  # another ModelDeployment's retraining
+    assert candidate_for(dep, retraining()) is None  # no candidate
+    candidate = obj.status.candidate
+    assert candidate is not None
+    waiting = with_status(obj, candidate={**candidate.to_dict(), "approved": False})
+    assert candidate_for(dep, waiting) is None
+    # Any part of spec.model changed in Git: uri, version or sha256.
+    assert candidate_for(with_spec_model(dep, sha256=SHA_A), obj) is None
+    assert candidate_for(with_spec_model(dep, uri="s3://models/iris/1.0.0.onnx"), obj) is None
+    assert candidate_for(with_spec_model(dep, version="1.0.1"), obj) is None
+
+
+def test_with_model_of_none_is_the_spec_itself() -> None:
+    dep = drifted_mdep()
+    assert with_model(dep.spec, None) is dep.spec
+
+
+def test_candidate_versions_and_run_names_are_cut_at_a_clean_character() -> None:
+    assert candidate_version("1.4.0", 3) == "1.4.0-rt3"
+    assert candidate_version("v" * 70, 10) == "v" * 58 + "-rt10"
+    # A cut that ends on separators drops them all.
+    assert candidate_version("v" * 56 + "-._" + "w" * 9, 7) == "v" * 56 + "-rt7"
+    assert candidate_version("v" * 58 + "_" + "w" * 9, 7) == "v" * 58 + "-rt7"
+    assert candidate_version("v" * 58 + "." + "w" * 9, 7) == "v" * 58 + "-rt7"
+    assert candidate_version("v" * 59, 7) == "v" * 59 + "-rt7"  # exactly 63
+    assert candidate_version("v" * 60, 7) == "v" * 59 + "-rt7"
+    assert candidate_version("1.0X", 2) == "1.0X-rt2"  # only separators are stripped
+    assert candidate_version("1.0.", 2) == "1.0-rt2"
+    assert run_name("iris-retrain", 1) == "iris-retrain-1"
+    assert run_name("a" * 70, 12) == "a" * 60 + "-12"
+    assert run_name("a" * 58 + "-." + "b" * 9, 12) == "a" * 58 + "-12"
+    assert run_name("a" * 61, 12) == "a" * 60 + "-12"
+    assert run_name("a" * 60, 12) == "a" * 60 + "-12"  # exactly 63
+    assert run_name("abX", 1) == "abX-1"
+
+
+def test_output_folder_joins_with_one_slash() -> None:
+    assert output_folder("s3://models/iris/", "run-1") == "s3://models/iris/run-1"
+    assert output_folder("s3://models/iris", "run-1") == "s3://models/iris/run-1"
+
+
+def test_check_candidate_the_runs_folder_and_a_missing_metric() -> None:
+    run = run_of()
+    good = training_result({"accuracy": 0.9})
+    assert check_candidate(retraining(), run, good) is None  # no base metric: nothing to compare
+    # The run's folder with its slash: iris-retrain-10's folder is not iris-retrain-1's.
+    elsewhere = training_result({"accuracy": 0.9}, uri=f"{OUTPUT}/iris-retrain-10/model.onnx")
+    assert check_candidate(retraining(), run, elsewhere) == (
+        f"its model {OUTPUT}/iris-retrain-10/model.onnx is not in the run's folder "
+        f"{OUTPUT}/iris-retrain-1/"
+    )
+    assert check_candidate(retraining(output={"uri": OUTPUT + "/"}), run, good) is None
+    # No metric: refused when a floor or the base comparison needs it; the others sorted.
+    assert check_candidate(retraining(), run, training_result({})) == (
+        "it reported no held-out accuracy (it reported: none)"
+    )
+    others = training_result({"r2": 0.5, "f1_macro": 0.8})
+    floor = retraining(validation={"minimum": 0.5, "notWorseThanBase": False})
+    assert check_candidate(floor, run, others) == (
+        "it reported no held-out accuracy (it reported: f1_macro, r2)"
+    )
+    lax = retraining(validation={"notWorseThanBase": False})
+    assert check_candidate(lax, run, others) is None
+
+
+def test_check_candidate_the_floor_and_the_ceiling_include_the_bound() -> None:
+    run = run_of()
+    floor = retraining(validation={"minimum": 0.9, "notWorseThanBase": False})
+    assert check_candidate(floor, run, training_result({"accuracy": 0.9})) is None
+    assert check_candidate(floor, run, training_result({"accuracy": 0.123456})) == (
+        "held-out accuracy 0.1235, the policy wants at least 0.9"
+    )
+    ceiling = retraining(validation={"metric": "mae", "minimum": 0.25})
+    assert check_candidate(ceiling, run, training_result({"mae": 0.25})) is None
+    assert check_candidate(ceiling, run, training_result({"mae": 0.125})) is None
+    assert check_candidate(ceiling, run, training_result({"mae": 0.5})) == (
+        "held-out mae 0.5, the policy wants at most 0.25"
+    )
+
+
+def test_check_candidate_against_the_base_with_its_tolerance() -> None:
+    run = run_of()
+    tolerant = retraining(validation={"tolerance": 0.25})
+    assert (
+        check_candidate(tolerant, run, training_result({"accuracy": 0.5}, {"accuracy": 0.75}))
+        is None
+    )
+    assert check_candidate(
+        tolerant, run, training_result({"accuracy": 0.25}, {"accuracy": 0.75})
+    ) == (
+        "held-out accuracy 0.25 is worse than the model it replaces (0.75 on the same rows; "
+        "tolerance 0.25)"
+    )
+    # Better than the base passes, the base's metric missing passes, the check off passes.
+    strict = retraining()
+    assert (
+        check_candidate(strict, run, training_result({"accuracy": 0.8}, {"accuracy": 0.5})) is None
+    )
+    assert check_candidate(strict, run, training_result({"accuracy": 0.5}, {"r2": 0.9})) is None
+    lax = retraining(validation={"notWorseThanBase": False})
+    assert check_candidate(lax, run, training_result({"accuracy": 0.5}, {"accuracy": 0.9})) is None
+    mae = retraining(validation={"metric": "mae", "tolerance": 0.25})
+    assert check_candidate(mae, run, training_result({"mae": 1.0}, {"mae": 0.75})) is None
+    assert check_candidate(mae, run, training_result({"mae": 0.5}, {"mae": 0.75})) is None
+    assert check_candidate(mae, run, training_result({"mae": 1.5}, {"mae": 0.75})) == (
+        "held-out mae 1.5 is worse than the model it replaces (0.75 on the same rows; "
+        "tolerance 0.25)"
+    )
+
+
+def test_drift_report_is_the_monitoring_window_or_nothing() -> None:
+    dep = drifted_mdep()
+    assert dep.status.monitoring is not None
+    assert drift_report(dep) == dep.status.monitoring.to_dict()
+    assert drift_report(calm_mdep()) == {}
+
+
+def test_the_jobs_env_is_exact_and_in_order() -> None:
+    _, first = started()
+    container = first.create[0]["spec"]["template"]["spec"]["containers"][0]
+    monitoring = drifted_mdep().status.monitoring
+    assert monitoring is not None
+    assert container["env"] == [
+        {"name": "CANARIUM_OUTPUT_URI", "value": f"{OUTPUT}/iris-retrain-1"},
+        {"name": "CANARIUM_MODEL_NAME", "value": "iris"},
+        {"name": "CANARIUM_MODEL_VERSION", "value": "1.0.0-rt1"},
+        {"name": "CANARIUM_BASE_MODEL_URI", "value": "https://models.example.org/iris/1.0.0.onnx"},
+        {"name": "CANARIUM_BASE_MODEL_VERSION", "value": "1.0.0"},
+        {"name": "CANARIUM_TRAINING_TRIGGER", "value": "drift"},
+        {"name": "CANARIUM_DEPLOYMENT", "value": "iris"},
+        {"name": "CANARIUM_NAMESPACE", "value": "ml"},
+        {"name": "CANARIUM_RESULT_FILE", "value": "/dev/termination-log"},
+        {
+            "name": "CANARIUM_DRIFT_REPORT",
+            "value": json.dumps(monitoring.to_dict(), separators=(",", ":")),
+        },
+        {"name": "EPOCHS", "value": "3"},
+    ]
+    assert first.create[0]["spec"]["template"]["metadata"] == {
+        "labels": {"canarium.dev/run": "iris-retrain-1"}
+    }
+
+
+def test_the_env_of_a_run_from_a_model_with_a_digest_in_a_namespaceless_deployment() -> None:
+    dep = with_spec_model(calm_mdep(), sha256=SHA_A)
+    dep.metadata.namespace = None
+    p = plan(asked(retraining()), dep)
+    env = env_of(p.create[0])
+    assert env["CANARIUM_BASE_MODEL_SHA256"] == SHA_A
+    assert env["CANARIUM_NAMESPACE"] == ""
+    assert env["CANARIUM_TRAINING_TRIGGER"] == "manual"
+    assert "CANARIUM_DRIFT_REPORT" not in env
+
+
+def test_render_job_keeps_what_the_template_sets_and_adds_the_rest() -> None:
+    template = {
+        "metadata": {
+            "labels": {"team": "ml", "canarium.dev/run": "mine"},
+            "annotations": {"owner": "ana", "canarium.dev/trigger": "mine"},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "template": {
+                "metadata": {"labels": {"app": "trainer"}, "annotations": {"a": "b"}},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [
+                        {"name": "train", "env": [{"name": "X", "value": "1"}]},
+                        {"name": "sidecar"},
+                    ],
+                    "initContainers": [{"name": "init"}],
+                },
+            },
+        },
+    }
+    obj = retraining(jobTemplate=template)
+    run = run_of(trigger="schedule")
+    env = {"A": "1", "X": "2"}
+    job = render_job(obj, drifted_mdep(), run, env)
+    assert job == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "iris-retrain-1",
+            "namespace": "ml",
+            "labels": {
+                "team": "ml",
+                "app.kubernetes.io/managed-by": "canarium",
+                "canarium.dev/retraining": "iris-retrain",
+                "canarium.dev/run": "iris-retrain-1",
+            },
+            "annotations": {
+                "owner": "ana",
+                "canarium.dev/trigger": "schedule",
+                "canarium.dev/deployment": "iris",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "canarium.dev/v1alpha1",
+                    "kind": "ModelRetraining",
+                    "name": "iris-retrain",
+                    "uid": "uid-r",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "template": {
+                "metadata": {
+                    "labels": {"app": "trainer", "canarium.dev/run": "iris-retrain-1"},
+                    "annotations": {"a": "b"},
+                },
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [
+                        {
+                            "name": "train",
+                            "env": [{"name": "A", "value": "1"}, {"name": "X", "value": "2"}],
+                        },
+                        {
+                            "name": "sidecar",
+                            "env": [{"name": "A", "value": "1"}, {"name": "X", "value": "2"}],
+                        },
+                    ],
+                    "initContainers": [{"name": "init"}],
+                },
+            },
+        },
+    }
+    # The template itself is not touched.
+    assert obj.spec.job_template.spec == template["spec"]
+    assert obj.spec.job_template.metadata == template["metadata"]
+
+
+def test_render_job_of_a_bare_template() -> None:
+    obj = retraining(jobTemplate={"spec": {"template": {"spec": {"containers": [{"name": "t"}]}}}})
+    job = render_job(obj, drifted_mdep(), run_of(), {})
+    assert job["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "canarium",
+        "canarium.dev/retraining": "iris-retrain",
+        "canarium.dev/run": "iris-retrain-1",
+    }
+    assert job["metadata"]["annotations"] == {
+        "canarium.dev/trigger": "manual",
+        "canarium.dev/deployment": "iris",
+    }
+    assert job["spec"] == {
+        "backoffLimit": 0,
+        "template": {
+            "metadata": {"labels": {"canarium.dev/run": "iris-retrain-1"}},
+            "spec": {"containers": [{"name": "t", "env": []}], "restartPolicy": "Never"},
+        },
+    }
+
+
+# --- following the Jobs -----------------------------------------------------------------------
+
+
+def test_a_failed_job_without_a_reason_or_an_end_time() -> None:
+    obj, _ = started()
+    failed = JobObservation("iris-retrain-1", "Failed")
+    p = plan(obj, drifted_mdep(), {"iris-retrain-1": failed}, now=NOW + timedelta(minutes=5))
+    run = after(obj, p).status.runs[0]
+    assert (run.phase, run.message) == ("Failed", "its Job failed: no reason given")
+    assert run.completion_time == NOW + timedelta(minutes=5)
+    assert events_of(p) == [
+        ("Warning", "RetrainingFailed", "run iris-retrain-1: its Job failed: no reason given")
+    ]
+
+
+def test_a_jobs_completion_time_is_the_runs() -> None:
+    obj, _ = started()
+    ended = NOW + timedelta(minutes=3)
+    later = NOW + timedelta(minutes=5)
+    failed = JobObservation("iris-retrain-1", "Failed", "OOMKilled", completion_time=ended)
+    p = plan(obj, drifted_mdep(), {"iris-retrain-1": failed}, now=later)
+    assert after(obj, p).status.runs[0].completion_time == ended
+    done = JobObservation("iris-retrain-1", "Succeeded", completion_time=ended, result=result())
+    p = plan(obj, drifted_mdep(), {"iris-retrain-1": done}, now=later)
+    assert after(obj, p).status.runs[0].completion_time == ended
+    done = JobObservation("iris-retrain-1", "Succeeded", result=result())
+    p = plan(obj, drifted_mdep(), {"iris-retrain-1": done}, now=later)
+    assert after(obj, p).status.runs[0].completion_time == later
+
+
+def test_a_job_gone_is_a_warning() -> None:
+    obj, _ = started()
+    p = plan(obj, drifted_mdep(), {})
+    assert events_of(p) == [("Warning", "RetrainingFailed", "run iris-retrain-1: its Job is gone")]
+
+
+def test_every_running_run_is_followed_whatever_comes_before_it() -> None:
+    runs = [
+        {"name": "iris-retrain-2", "trigger": "manual", "phase": "Failed",
+         "startTime": "2026-11-23T11:30:00Z"},
+        {"name": "iris-retrain-1", "trigger": "manual", "phase": "Running",
+         "startTime": "2026-11-23T11:00:00Z"},
+    ]  # fmt: skip
+    obj = retraining(status={"runs": runs, "runsStarted": 2})
+    jobs = {"iris-retrain-1": JobObservation("iris-retrain-1", "Failed", "x")}
+    phases = {r.name: r.phase for r in after(obj, plan(obj, calm_mdep(), jobs)).status.runs}
+    assert phases == {"iris-retrain-2": "Failed", "iris-retrain-1": "Failed"}
+
+
+def test_a_job_without_a_result_fails_the_run_with_the_whole_message() -> None:
+    obj, _ = started()
+    p = succeeded(obj, None)
+    message = (
+        "its Job succeeded but reported no model: the training container must end with "
+        "canarium_serving.packaging's TrainingContext.report_result (it writes "
+        "CANARIUM_RESULT_FILE, the termination message)"
+    )
+    assert after(obj, p).status.runs[0].message == message
+    assert events_of(p) == [("Warning", "RetrainingFailed", f"run iris-retrain-1: {message}")]
+
+
+def test_a_garbled_result_fails_the_run_and_names_it() -> None:
+    obj, _ = started()
+    p = succeeded(obj, "{not json")
+    message = after(obj, p).status.runs[0].message
+    assert message is not None
+    assert message.startswith("run iris-retrain-1's result: not JSON: ")
+    assert events_of(p) == [("Warning", "RetrainingFailed", message)]
+    obj = after(obj, p)
+    assert obj.status.consecutive_failures == 1
+
+
+def test_a_result_when_the_deployment_is_gone_fails_the_run() -> None:
+    obj, _ = started()
+    job = JobObservation("iris-retrain-1", "Succeeded", result=result())
+    p = plan(obj, None, {"iris-retrain-1": job})
+    obj = after(obj, p)
+    run = obj.status.runs[0]
+    assert (run.phase, run.message) == ("Failed", "its ModelDeployment is gone")
+    assert run.model is not None
+    assert obj.status.candidate is None
+    assert obj.status.consecutive_failures == 1
+    assert obj.status.cooldown_until == NOW + timedelta(hours=2)
+    assert p.events == []
+    assert not p.candidate_changed
+
+
+def test_an_accepted_candidate_the_run_and_the_event_in_full() -> None:
+    obj, _ = started()
+    dep = with_spec_model(drifted_mdep(), sha256=SHA_A)
+    job = JobObservation("iris-retrain-1", "Succeeded", completion_time=NOW, result=result())
+    p = plan(obj, dep, {"iris-retrain-1": job})
+    obj = after(obj, p)
+    run = obj.status.runs[0]
+    model = {"uri": f"{OUTPUT}/iris-retrain-1/model.onnx", "version": "1.0.0-rt1", "sha256": SHA_B}
+    assert run.model is not None
+    assert run.model.to_dict() == model
+    assert run.message == (
+        "candidate 1.0.0-rt1 (held-out accuracy 0.97, the model it replaces 0.93) is rolled out "
+        "as the canary"
+    )
+    assert run.revision == candidate_revision(dep, run.model)
+    assert events_of(p) == [
+        (
+            "Normal",
+            "CandidateAccepted",
+            "run iris-retrain-1: 1.0.0-rt1 (held-out accuracy 0.97, the model it replaces 0.93) "
+            "is the next canary of iris",
+        )
+    ]
+    assert p.status["candidate"] == {
+        "run": "iris-retrain-1",
+        "model": model,
+        "replaces": {
+            "uri": "https://models.example.org/iris/1.0.0.onnx",
+            "version": "1.0.0",
+            "sha256": SHA_A,
+        },
+        "approved": True,
+        "acceptedTime": "2026-11-23T12:00:00Z",
+    }
+    # Accepted is no end: no cooldown, no failure count.
+    assert obj.status.cooldown_until is None
+    assert obj.status.consecutive_failures == 0
+    # The digest of spec.model is part of what it replaces: it stays next time.
+    assert after(obj, plan(obj, dep)).status.candidate is not None
+
+
+def test_an_accepted_candidate_without_the_metric_nor_a_base() -> None:
+    lax = retraining(validation={"metric": "r2", "notWorseThanBase": False})
+    obj, _ = started(lax)
+    p = succeeded(obj, result())
+    assert after(obj, p).status.runs[0].message == (
+        "candidate 1.0.0-rt1 (no held-out r2) is rolled out as the canary"
+    )
+    text = TrainingResult(
+        name="iris",
+        version="1.0.0-rt1",
+        model_uri=f"{OUTPUT}/iris-retrain-1/model.onnx",
+        sha256=SHA_B,
+        metrics={"accuracy": 0.97},
+    ).dump()
+    obj, _ = started()
+    p = succeeded(obj, text)
+    assert after(obj, p).status.runs[0].message == (
+        "candidate 1.0.0-rt1 (held-out accuracy 0.97) is rolled out as the canary"
+    )
+
+
+def test_a_rejected_candidate_is_a_warning_with_the_reason() -> None:
+    obj, _ = started()
+    p = succeeded(obj, result(accuracy=0.90, base=0.93))
+    assert events_of(p) == [
+        (
+            "Warning",
+            "CandidateRejected",
+            "run iris-retrain-1: candidate 1.0.0-rt1 rejected: held-out accuracy 0.9 is worse "
+            "than the model it replaces (0.93 on the same rows; tolerance 0)",
+        )
+    ]
+    run = after(obj, p).status.runs[0]
+    assert run.model is not None  # what it made is kept, for the record
+    assert run.metrics == {"accuracy": 0.9, "f1_macro": 0.9}
+
+
+def test_a_candidate_awaiting_approval_in_full() -> None:
+    obj, _ = started(retraining(approval="Manual"))
+    p = succeeded(obj, result())
+    obj = after(obj, p)
+    run = obj.status.runs[0]
+    assert run.message == (
+        "candidate 1.0.0-rt1 (held-out accuracy 0.97, the model it replaces 0.93) waits for "
+        "`kubectl canarium retrain iris-retrain --approve`"
+    )
+    assert run.model is not None
+    assert run.revision == candidate_revision(drifted_mdep(), run.model)
+    assert events_of(p) == [
+        (
+            "Normal",
+            "CandidateAwaitingApproval",
+            "run iris-retrain-1: 1.0.0-rt1 (held-out accuracy 0.97, the model it replaces 0.93)",
+        )
+    ]
+    assert p.candidate_changed
+    assert obj.status.message == run.message
+    approved = with_annotations(obj, **{"canarium.dev/approve-run": "iris-retrain-1"})
+    p = plan(approved, drifted_mdep())
+    obj = after(approved, p)
+    assert obj.status.runs[0].message == "candidate 1.0.0-rt1 approved; rolled out as the canary"
+    assert obj.status.runs[0].revision == run.revision
+    assert obj.status.candidate is not None
+    assert obj.status.candidate.approved
+    assert events_of(p) == [("Normal", "CandidateApproved", "run iris-retrain-1 approved")]
+    # Approved: the next pass leaves it as it is.
+    again = plan(obj, drifted_mdep())
+    assert again.events == []
+    assert not again.candidate_changed
+
+
+def test_a_newer_candidate_supersedes_a_canarying_one_without_falling_back_to_it() -> None:
+    obj = canarying()
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["status"]["runs"].insert(
+        0,
+        {
+            "name": "iris-retrain-2",
+            "trigger": "manual",
+            "phase": "Running",
+            "startTime": "2026-11-23T12:00:01Z",
+        },
+    )
+    obj = ModelRetraining.model_validate(data)
+    text = result(run="iris-retrain-2").replace("1.0.0-rt1", "1.0.0-rt2")
+    job = JobObservation("iris-retrain-2", "Succeeded", result=text)
+    obj = after(obj, plan(obj, drifted_mdep(), {"iris-retrain-2": job}))
+    runs = {r.name: r for r in obj.status.runs}
+    assert runs["iris-retrain-1"].message == "a newer candidate came from run iris-retrain-2"
+    candidate = obj.status.candidate
+    assert candidate is not None
+    assert (candidate.fallback_run, candidate.fallback_model) == (None, None)
+    # A superseded run is no failure; its end starts the cooldown.
+    assert obj.status.consecutive_failures == 0
+    assert obj.status.cooldown_until == NOW + timedelta(hours=1)
+
+
+def test_a_newer_candidate_inherits_the_fallback_of_the_one_it_supersedes() -> None:
+    obj, first_revision = promoted_then_second()
+    candidate = obj.status.candidate
+    assert candidate is not None
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["status"]["runs"].insert(
+        0,
+        {
+            "name": "iris-retrain-3",
+            "trigger": "manual",
+            "phase": "Running",
+            "startTime": "2026-11-23T12:00:01Z",
+        },
+    )
+    obj = ModelRetraining.model_validate(data)
+    serving = drifted_mdep(stable={"name": first_revision, "modelVersion": "1.0.0-rt1"})
+    text = result(run="iris-retrain-3").replace("1.0.0-rt1", "1.0.0-rt3")
+    job = JobObservation("iris-retrain-3", "Succeeded", result=text)
+    obj = after(obj, plan(obj, serving, {"iris-retrain-3": job}))
+    phases = {r.name: r.phase for r in obj.status.runs}
+    assert phases == {
+        "iris-retrain-3": "Canarying",
+        "iris-retrain-2": "Superseded",
+        "iris-retrain-1": "Promoted",
+    }
+    third = obj.status.candidate
+    assert third is not None
+    assert third.run == "iris-retrain-3"
+    assert (third.fallback_run, third.fallback_model) == (
+        "iris-retrain-1",
+        candidate.fallback_model,
+    )
+
+
+def test_a_fallback_run_without_its_model_is_no_fallback() -> None:
+    obj, _ = promoted_then_second()
+    candidate = obj.status.candidate
+    assert candidate is not None
+    data = obj.model_dump(by_alias=True, mode="json")
+    del data["status"]["candidate"]["fallbackModel"]
+    data["status"]["runs"].insert(
+        0,
+        {
+            "name": "iris-retrain-3",
+            "trigger": "manual",
+            "phase": "Running",
+            "startTime": "2026-11-23T12:00:01Z",
+        },
+    )
+    obj = ModelRetraining.model_validate(data)
+    text = result(run="iris-retrain-3").replace("1.0.0-rt1", "1.0.0-rt3")
+    job = JobObservation("iris-retrain-3", "Succeeded", result=text)
+    third = after(obj, plan(obj, drifted_mdep(), {"iris-retrain-3": job})).status.candidate
+    assert third is not None
+    assert (third.fallback_run, third.fallback_model) == (None, None)
+
+
+def test_git_moving_while_the_next_run_trains_supersedes_what_it_makes() -> None:
+    """The candidate of a run that ends with Git moved in the same pass replaces what the
+    candidate before it replaced: Git wins over it at once."""
+    obj = canarying()
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["status"]["runs"].insert(
+        0,
+        {
+            "name": "iris-retrain-2",
+            "trigger": "manual",
+            "phase": "Running",
+            "startTime": "2026-11-23T12:00:01Z",
+        },
+    )
+    obj = ModelRetraining.model_validate(data)
+    moved = mdep("2.0.0", status=drifted_mdep().status.to_dict())
+    text = result(run="iris-retrain-2").replace("1.0.0-rt1", "1.0.0-rt2")
+    job = JobObservation("iris-retrain-2", "Succeeded", result=text)
+    p = plan(obj, moved, {"iris-retrain-2": job})
+    obj = after(obj, p)
+    phases = {r.name: r.phase for r in obj.status.runs}
+    assert phases == {"iris-retrain-2": "Superseded", "iris-retrain-1": "Superseded"}
+    assert obj.status.candidate is None
+
+
+# --- the candidate's life ---------------------------------------------------------------------
+
+
+def test_git_moving_supersedes_with_a_normal_event_and_keeps_the_failure_count() -> None:
+    obj = with_status(canarying(), consecutiveFailures=2)
+    moved = mdep("2.0.0", status=drifted_mdep().status.to_dict())
+    p = plan(obj, moved)
+    message = "spec.model changed in Git (to 2.0.0): Git wins over candidate 1.0.0-rt1"
+    assert events_of(p) == [("Normal", "CandidateSuperseded", message)]
+    assert p.candidate_changed
+    obj = after(obj, p)
+    assert obj.status.consecutive_failures == 2
+    assert obj.status.cooldown_until == NOW + timedelta(hours=4)
+
+
+def test_discarding_in_full_and_the_failure_count_stays() -> None:
+    obj = with_status(canarying(), consecutiveFailures=2)
+    discarded = with_annotations(obj, **{"canarium.dev/discard-run": "iris-retrain-1"})
+    p = plan(discarded, drifted_mdep())
+    message = "candidate 1.0.0-rt1 discarded by a person: back to spec.model 1.0.0"
+    assert events_of(p) == [("Normal", "CandidateDiscarded", message)]
+    assert p.candidate_changed
+    obj = after(discarded, p)
+    assert obj.status.runs[0].message == message
+    assert obj.status.consecutive_failures == 2
+    assert obj.status.cooldown_until == NOW + timedelta(hours=4)
+    # Discarding another run changes nothing.
+    other = with_annotations(canarying(), **{"canarium.dev/discard-run": "iris-retrain-9"})
+    p = plan(other, drifted_mdep())
+    assert p.events == []
+    assert after(other, p).status.runs[0].phase == "Canarying"
+
+
+def test_discarding_a_promoted_candidate_ends_its_run() -> None:
+    obj = canarying()
+    revision = obj.status.runs[0].revision
+    serving = drifted_mdep(stable={"name": revision, "modelVersion": "1.0.0-rt1"})
+    obj = after(obj, plan(obj, serving))
+    discarded = with_annotations(obj, **{"canarium.dev/discard-run": "iris-retrain-1"})
+    obj = after(discarded, plan(discarded, serving))
+    assert obj.status.runs[0].phase == "Discarded"
+    assert obj.status.candidate is None
+
+
+def test_discarding_the_second_candidate_falls_back_to_the_promoted_one() -> None:
+    obj, first_revision = promoted_then_second()
+    serving = drifted_mdep(stable={"name": first_revision, "modelVersion": "1.0.0-rt1"})
+    discarded = with_annotations(obj, **{"canarium.dev/discard-run": "iris-retrain-2"})
+    p = plan(discarded, serving, now=NOW + timedelta(minutes=1))
+    assert p.candidate_changed
+    assert p.status["candidate"] == {
+        "run": "iris-retrain-1",
+        "model": {
+            "uri": f"{OUTPUT}/iris-retrain-1/model.onnx",
+            "version": "1.0.0-rt1",
+            "sha256": SHA_B,
+        },
+        "replaces": {"uri": "https://models.example.org/iris/1.0.0.onnx", "version": "1.0.0"},
+        "approved": True,
+        "acceptedTime": "2026-11-23T12:01:00Z",
+    }
+    phases = {r["name"]: r["phase"] for r in p.status["runs"]}
+    assert phases == {"iris-retrain-2": "Discarded", "iris-retrain-1": "Promoted"}
+
+
+def test_a_candidate_whose_run_left_the_history_is_kept_or_discarded_without_it() -> None:
+    obj = canarying()
+    kept = with_status(obj, runs=[])
+    p = plan(kept, calm_mdep())
+    assert p.status["candidate"]["run"] == "iris-retrain-1"
+    assert p.events == []
+    discarded = with_annotations(kept, **{"canarium.dev/discard-run": "iris-retrain-1"})
+    p = plan(discarded, calm_mdep())
+    assert "candidate" not in p.status
+    assert p.status["runs"] == []
+    assert p.status["consecutiveFailures"] == 0
+    assert p.status.get("cooldownUntil") is None
+
+
+def test_a_candidate_stays_while_its_deployment_is_missing() -> None:
+    obj = canarying()
+    p = plan(obj, None)
+    assert p.status["candidate"] == obj.status.to_dict()["candidate"]
+    assert p.status["runs"][0]["phase"] == "Canarying"
+    assert p.events == []
+
+
+def test_a_rollback_names_the_reason_of_the_history_entry_or_its_outcome() -> None:
+    obj, first_revision = promoted_then_second()
+    second_revision = obj.status.runs[0].revision
+
+    def rolled_back(**entry: Any) -> RetrainingPlan:
+        dep = drifted_mdep(
+            stable={"name": first_revision, "modelVersion": "1.0.0-rt1"},
+            history=[{"revision": second_revision, "time": "2026-11-23T12:00:00Z", **entry}],
+        )
+        return plan(obj, dep)
+
+    p = rolled_back(outcome="RolledBack", reason="predictionDrift PSI 0.9 > 0.25")
+    message = "candidate 1.0.0-rt2 rolled back: predictionDrift PSI 0.9 > 0.25"
+    assert events_of(p) == [("Warning", "CandidateRolledBack", f"run iris-retrain-2: {message}")]
+    assert p.status["runs"][0]["message"] == message
+    p = rolled_back(outcome="Aborted")
+    assert p.status["runs"][0]["message"] == "candidate 1.0.0-rt2 rolled back: Aborted"
+    assert p.status["runs"][0]["phase"] == "RolledBack"
+    p = rolled_back(outcome="Promoted")
+    assert p.status["runs"][0]["phase"] == "Canarying"
+    assert p.events == []
+
+
+def test_an_abort_names_its_message_or_its_cause_and_only_its_revision() -> None:
+    obj = canarying()
+    revision = obj.status.runs[0].revision
+    aborted = {"revision": revision, "cause": "AnalysisFailed", "time": "2026-11-23T11:00:00Z"}
+    p = plan(obj, drifted_mdep(aborted=aborted))
+    assert p.status["runs"][0]["message"] == "candidate 1.0.0-rt1 rolled back: AnalysisFailed"
+    other = {**aborted, "revision": "iris-otherrev", "message": "not this one"}
+    p = plan(obj, drifted_mdep(aborted=other))
+    assert p.status["runs"][0]["phase"] == "Canarying"
+    assert p.events == []
+
+
+def test_a_promoted_candidate_rolled_back_in_its_bake_is_withdrawn() -> None:
+    obj = canarying()
+    revision = obj.status.runs[0].revision
+    serving = drifted_mdep(stable={"name": revision, "modelVersion": "1.0.0-rt1"})
+    obj = after(obj, plan(obj, serving))
+    assert obj.status.runs[0].phase == "Promoted"
+    baked = drifted_mdep(
+        stable={"name": name_of(mdep()), "modelVersion": "1.0.0"},
+        history=[
+            {
+                "revision": revision,
+                "outcome": "RolledBack",
+                "time": "2026-11-23T12:00:00Z",
+                "reason": "bake failed",
+            }
+        ],
+    )
+    p = plan(obj, baked)
+    obj = after(obj, p)
+    assert obj.status.runs[0].phase == "RolledBack"
+    assert obj.status.runs[0].message == "candidate 1.0.0-rt1 rolled back: bake failed"
+    assert obj.status.candidate is None
+    assert obj.status.consecutive_failures == 1
+
+
+def test_promotion_in_full_resets_the_failures() -> None:
+    obj = with_status(canarying(), consecutiveFailures=3)
+    revision = obj.status.runs[0].revision
+    serving = drifted_mdep(stable={"name": revision, "modelVersion": "1.0.0-rt1"})
+    # Still a canary beside it: not promoted yet.
+    rolling = drifted_mdep(
+        stable={"name": revision, "modelVersion": "1.0.0-rt1"},
+        canary={"name": "iris-newrev", "modelVersion": "2.0.0"},
+    )
+    assert plan(obj, rolling).status["runs"][0]["phase"] == "Canarying"
+    p = plan(obj, serving)
+    message = "candidate 1.0.0-rt1 promoted: it serves all traffic"
+    assert events_of(p) == [("Normal", "CandidatePromoted", f"run iris-retrain-1: {message}")]
+    assert not p.candidate_changed  # the model served stays the same
+    obj = after(obj, p)
+    assert obj.status.consecutive_failures == 0
+    assert obj.status.cooldown_until == NOW + timedelta(hours=1)
+    # Promoted once: the next pass changes nothing.
+    again = plan(obj, serving)
+    assert again.events == []
+    assert again.status["runs"][0]["message"] == message
+
+
+def test_promoting_the_second_candidate_drops_its_fallback_entirely() -> None:
+    obj, _ = promoted_then_second()
+    second_revision = obj.status.runs[0].revision
+    dep = drifted_mdep(stable={"name": second_revision, "modelVersion": "1.0.0-rt2"})
+    p = plan(obj, dep)
+    assert "fallbackRun" not in p.status["candidate"]
+    assert "fallbackModel" not in p.status["candidate"]
+    assert p.status["candidate"]["run"] == "iris-retrain-2"
+
+
+# --- new runs -----------------------------------------------------------------------------------
+
+
+def test_a_run_started_in_full() -> None:
+    p = plan(asked(retraining(), "2026-11-23T11:59Z"), calm_mdep())
+    assert events_of(p) == [
+        (
+            "Normal",
+            "RetrainingStarted",
+            "run iris-retrain-1 (manual: requested at 2026-11-23T11:59Z)",
+        )
+    ]
+    assert p.status["runs"] == [
+        {
+            "name": "iris-retrain-1",
+            "trigger": "manual",
+            "reason": "requested at 2026-11-23T11:59Z",
+            "phase": "Running",
+            "message": "Job iris-retrain-1 trains 1.0.0-rt1",
+            "startTime": "2026-11-23T12:00:00Z",
+            "base": {"uri": "https://models.example.org/iris/1.0.0.onnx", "version": "1.0.0"},
+            "metrics": {},
+            "baseMetrics": {},
+        }
+    ]
+    assert p.status["handledRequest"] == "2026-11-23T11:59Z"
+    assert p.status["runsStarted"] == 1
+    assert p.requeue_after is None  # nothing to wait for: the Job's end wakes it
+
+
+def test_a_long_drift_message_is_cut_for_the_run_and_the_event() -> None:
+    long = "x" * 2000
+    dep = drifted_mdep(
+        conditions=[
+            {
+                "type": "Drifted",
+                "status": "True",
+                "reason": "Drifted",
+                "message": long,
+                "lastTransitionTime": "2026-11-23T11:50:00Z",
+            }
+        ]
+    )
+    p = plan(retraining(), dep)
+    assert p.status["runs"][0]["reason"] == "x" * 1024
+    assert events_of(p) == [
+        ("Normal", "RetrainingStarted", ("run iris-retrain-1 (drift: " + long)[:1024])
+    ]
+
+
+def test_drift_counts_only_when_its_condition_is_true_and_watched_on_the_stable() -> None:
+    def drifted(**status: Any) -> list[dict[str, Any]]:
+        return plan(retraining(), drifted_mdep(**status)).create
+
+    assert [j["metadata"]["name"] for j in drifted()] == ["iris-retrain-1"]
+    false = {"type": "Drifted", "status": "False", "reason": "NoDrift", "message": "",
+             "lastTransitionTime": "2026-11-23T11:50:00Z"}  # fmt: skip
+    assert drifted(conditions=[false]) == []
+    assert drifted(conditions=[]) == []
+    assert drifted(monitoring=None) == []
+    assert drifted(stable=None) == []
+
+
+def test_busy_says_why_when_the_schedule_fires() -> None:
+    nightly = {"onDrift": False, "schedule": "0 3 * * *"}
+    at = datetime.fromisoformat("2026-11-24T03:00:00+00:00")
+
+    def skipped(obj: ModelRetraining, dep: ModelDeployment, **jobs: str) -> RetrainingPlan:
+        observed_jobs = {n: JobObservation(n, "Active") for n in jobs}
+        p = plan(obj, dep, observed_jobs, now=at)
+        assert p.create == []
+        assert [(e.type, e.reason) for e in p.events] == [("Normal", "ScheduleSkipped")]
+        return p
+
+    running = [
+        {"name": f"iris-retrain-{i}", "trigger": "manual", "phase": "Running",
+         "startTime": "2026-11-23T11:00:00Z"}
+        for i in (1, 2)
+    ]  # fmt: skip
+    two = retraining(status={"runs": running, "runsStarted": 2}, triggers=nightly, maxConcurrent=2)
+    p = skipped(two, calm_mdep(), **{"iris-retrain-1": "", "iris-retrain-2": ""})
+    assert p.events[0].message == "the schedule fired while 2 run(s) under way (maxConcurrent 2)"
+    obj = canarying()
+    obj = with_annotations(obj)
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["spec"]["triggers"] = nightly
+    obj = ModelRetraining.model_validate(data)
+    p = skipped(obj, drifted_mdep())
+    assert p.events[0].message == (
+        "the schedule fired while candidate 1.0.0-rt1 of run iris-retrain-1 is Canarying"
+    )
+    rolling = drifted_mdep(canary={"name": "iris-newrev", "modelVersion": "2.0.0"})
+    p = skipped(retraining(triggers=nightly), rolling)
+    assert p.events[0].message == "the schedule fired while iris is rolling out"
+
+
+def test_the_schedule_wins_over_drift_and_a_request_over_both() -> None:
+    nightly = {"schedule": "0 3 * * *"}
+    at = datetime.fromisoformat("2026-11-24T03:00:00+00:00")
+    p = plan(retraining(triggers=nightly), drifted_mdep(), now=at)
+    assert p.status["runs"][0]["trigger"] == "schedule"
+    assert p.status["runs"][0]["reason"] == "schedule 0 3 * * *"
+    p = plan(asked(retraining(triggers=nightly), "x"), drifted_mdep(), now=at)
+    assert p.status["runs"][0]["trigger"] == "manual"
+    assert p.status["lastScheduleTime"] == "2026-11-24T03:00:00Z"  # consumed all the same
+    # An empty request is none.
+    assert plan(asked(retraining(), ""), calm_mdep()).create == []
+
+
+def test_the_schedule_counts_from_its_last_time_or_from_now_without_a_creation_time() -> None:
+    nightly = {"onDrift": False, "schedule": "0 3 * * *"}
+    last = retraining(status={"lastScheduleTime": "2026-11-24T03:00:00Z"}, triggers=nightly)
+    p = plan(last, calm_mdep(), now=datetime.fromisoformat("2026-11-24T12:00:00+00:00"))
+    assert p.create == []
+    assert p.status["nextScheduleTime"] == "2026-11-25T03:00:00Z"
+    assert p.status["lastScheduleTime"] == "2026-11-24T03:00:00Z"
+    assert p.requeue_after == 15 * 3600 + 0.5
+    fresh = retraining(triggers=nightly)
+    fresh.metadata.creation_timestamp = None
+    at = datetime.fromisoformat("2026-11-24T03:00:00+00:00")
+    p = plan(fresh, calm_mdep(), now=at)
+    assert p.create == []  # strictly after now
+    assert p.status["nextScheduleTime"] == "2026-11-25T03:00:00Z"
+    assert "lastScheduleTime" not in p.status
+
+
+def test_the_schedule_keeps_its_times_when_nothing_may_start_and_forgets_them_when_removed() -> (
+    None
+):
+    nightly = {"onDrift": False, "schedule": "0 3 * * *"}
+    at = datetime.fromisoformat("2026-11-24T03:00:00+00:00")
+    for p in (
+        plan(retraining(triggers=nightly), None, now=at),
+        plan(retraining(triggers=nightly, suspend=True), calm_mdep(), now=at),
+        plan(retraining(triggers=nightly), calm_mdep(), now=at, claimed_by="older"),
+    ):
+        assert p.create == []
+        assert p.events == []
+        assert p.status["lastScheduleTime"] == "2026-11-24T03:00:00Z"
+        assert p.status["nextScheduleTime"] == "2026-11-25T03:00:00Z"
+    removed = retraining(
+        status={
+            "lastScheduleTime": "2026-11-24T03:00:00Z",
+            "nextScheduleTime": "2026-11-25T03:00:00Z",
+        }
+    )
+    p = plan(removed, calm_mdep(), now=at)
+    assert "lastScheduleTime" not in p.status
+    assert "nextScheduleTime" not in p.status
+
+
+def test_requeue_waits_for_the_cooldown_only_when_drift_waits_for_it() -> None:
+    cooling = retraining(status={"cooldownUntil": "2026-11-23T13:00:00Z"})
+    assert plan(cooling, drifted_mdep()).requeue_after == 3600.5
+    assert plan(cooling, calm_mdep()).requeue_after is None
+    soon = retraining(status={"cooldownUntil": "2026-11-23T12:00:00.250000Z"})
+    assert plan(soon, drifted_mdep()).requeue_after == 0.75
+
+
+def test_a_cooldown_ending_now_lets_drift_start_a_run() -> None:
+    ending = retraining(status={"cooldownUntil": "2026-11-23T12:00:00Z"})
+    assert [j["metadata"]["name"] for j in plan(ending, drifted_mdep()).create] == [
+        "iris-retrain-1"
+    ]
+
+
+def test_backoff_doubles_per_failure_up_to_sixteen_times() -> None:
+    for failures, hours in ((0, 2), (1, 4), (2, 8), (3, 16), (4, 16)):
+        obj = retraining(status={"consecutiveFailures": failures})
+        obj, _ = started(obj)
+        failed = {"iris-retrain-1": JobObservation("iris-retrain-1", "Failed", "x")}
+        obj = after(obj, plan(obj, drifted_mdep(), failed))
+        assert obj.status.consecutive_failures == failures + 1
+        assert obj.status.cooldown_until == NOW + timedelta(hours=hours), failures
+    short = retraining(cooldown="30m")
+    short, _ = started(short)
+    failed = {"iris-retrain-1": JobObservation("iris-retrain-1", "Failed", "x")}
+    assert after(short, plan(short, drifted_mdep(), failed)).status.cooldown_until == (
+        NOW + timedelta(hours=1)
+    )
+
+
+# --- the history ---------------------------------------------------------------------------------
+
+
+def test_pruning_deletes_the_oldest_finished_jobs_first_and_never_a_running_one() -> None:
+    runs = [
+        {
+            "name": f"iris-retrain-{i}",
+            "trigger": "manual",
+            "phase": "Running" if i == 1 else "Failed",
+            "startTime": f"2026-11-23T0{i}:00:00Z",
+        }
+        for i in range(1, 6)
+    ]
+    obj = retraining(status={"runs": runs, "runsStarted": 5}, historyLimit=1, maxConcurrent=2)
+    jobs = {
+        r["name"]: JobObservation(r["name"], "Active" if r["phase"] == "Running" else "Failed", "x")
+        for r in runs
+        if r["name"] != "iris-retrain-3"  # already gone
+    }
+    p = plan(obj, calm_mdep(), jobs)
+    assert p.delete == ["iris-retrain-4", "iris-retrain-2"]
+    none = retraining(status={"runs": runs, "runsStarted": 5}, historyLimit=0, maxConcurrent=2)
+    assert plan(none, calm_mdep(), jobs).delete == [
+        "iris-retrain-5",
+        "iris-retrain-4",
+        "iris-retrain-2",
+    ]
+
+
+def test_runs_are_kept_newest_first_ten_at_most_the_number_breaking_ties() -> None:
+    runs = [
+        {"name": f"iris-retrain-{i}", "trigger": "manual", "phase": "Failed",
+         "startTime": "2026-11-23T10:00:00Z"}
+        for i in range(1, 11)
+    ]  # fmt: skip
+    obj = retraining(status={"runs": runs, "runsStarted": 10})
+    p = plan(obj, calm_mdep())
+    assert [r["name"] for r in p.status["runs"]] == [f"iris-retrain-{i}" for i in range(10, 0, -1)]
+    p = plan(asked(obj), calm_mdep())  # the eleventh: the oldest goes
+    names = [r["name"] for r in p.status["runs"]]
+    assert names == ["iris-retrain-11"] + [f"iris-retrain-{i}" for i in range(10, 1, -1)]
+    odd = [
+        {"name": "manual-run", "trigger": "manual", "phase": "Failed",
+         "startTime": "2026-11-23T10:00:00Z"},
+        {"name": "iris-retrain-1", "trigger": "manual", "phase": "Failed",
+         "startTime": "2026-11-23T10:00:00Z"},
+    ]  # fmt: skip
+    p = plan(retraining(status={"runs": odd, "runsStarted": 1}), calm_mdep())
+    assert [r["name"] for r in p.status["runs"]] == ["iris-retrain-1", "manual-run"]
+
+
+# --- phase, message and conditions -----------------------------------------------------------
+
+
+def conditions(
+    ready: tuple[str, str], reconciling: tuple[str, str], stalled: tuple[str, str], message: str
+) -> dict[str, tuple[Any, ...]]:
+    """The three conditions as `conditions_of` gives them, all changed now, generation 1."""
+    at = "2026-11-23T12:00:00Z"
+    return {
+        "Ready": (*ready, at, message, 1),
+        "Reconciling": (*reconciling, at, message, 1),
+        "Stalled": (*stalled, at, message, 1),
+    }
+
+
+def test_idle_without_a_run() -> None:
+    p = plan(retraining(), calm_mdep())
+    assert (p.status["phase"], p.status["message"]) == ("Idle", "no run yet")
+    assert conditions_of(p.status) == conditions(
+        ("True", "Idle"), ("False", "Idle"), ("False", "AsExpected"), "no run yet"
+    )
+    assert p.status["observedGeneration"] == 1
+    assert p.requeue_after is None
+    assert (p.create, p.delete, p.events, p.candidate_changed) == ([], [], [], False)
+
+
+def test_idle_after_a_failed_run_is_not_ready() -> None:
+    obj = after(asked(retraining()), plan(asked(retraining()), calm_mdep()))
+    failed = {"iris-retrain-1": JobObservation("iris-retrain-1", "Failed", "x")}
+    p = plan(obj, calm_mdep(), failed)
+    message = "last run iris-retrain-1: Failed (its Job failed: x)"
+    assert (p.status["phase"], p.status["message"]) == ("Idle", message)
+    assert conditions_of(p.status) == conditions(
+        ("False", "RunFailed"), ("False", "Idle"), ("False", "AsExpected"), message
+    )
+
+
+def test_idle_after_a_run_without_a_message() -> None:
+    runs = [{"name": "iris-retrain-1", "trigger": "manual", "phase": "Superseded",
+             "startTime": "2026-11-23T10:00:00Z"}]  # fmt: skip
+    p = plan(retraining(status={"runs": runs, "runsStarted": 1}), calm_mdep())
+    assert p.status["message"] == "last run iris-retrain-1: Superseded"
+    assert conditions_of(p.status)["Ready"][:2] == ("True", "Idle")
+
+
+def test_a_long_message_is_cut() -> None:
+    runs = [{"name": "iris-retrain-1", "trigger": "manual", "phase": "Failed",
+             "message": "y" * 1024, "startTime": "2026-11-23T10:00:00Z"}]  # fmt: skip
+    p = plan(retraining(status={"runs": runs, "runsStarted": 1}), calm_mdep())
+    expected = ("last run iris-retrain-1: Failed (" + "y" * 1024)[:1024]
+    assert p.status["message"] == expected
+    assert conditions_of(p.status)["Ready"][3] == expected
+
+
+def test_training_conditions_and_the_newest_running_run() -> None:
+    _, first = started()
+    message = "run iris-retrain-1: Job iris-retrain-1 trains 1.0.0-rt1"
+    assert conditions_of(first.status) == conditions(
+        ("True", "Training"), ("True", "Training"), ("False", "AsExpected"), message
+    )
+    two = retraining(maxConcurrent=2, suspend=False)
+    obj = after(asked(two, "a"), plan(asked(two, "a"), calm_mdep()))
+    running = {"iris-retrain-1": JobObservation("iris-retrain-1", "Active")}
+    p = plan(asked(obj, "b"), calm_mdep(), running, now=NOW + timedelta(seconds=1))
+    assert p.status["message"] == "run iris-retrain-2: Job iris-retrain-2 trains 1.0.0-rt2"
+    # Suspended while a run is under way: it is Training still.
+    suspended = with_annotations(obj)
+    data = suspended.model_dump(by_alias=True, mode="json")
+    data["spec"]["suspend"] = True
+    suspended = ModelRetraining.model_validate(data)
+    assert plan(suspended, calm_mdep(), running).status["phase"] == "Training"
+
+
+def test_awaiting_approval_and_canarying_are_reconciling() -> None:
+    obj, _ = started(retraining(approval="Manual"))
+    p = succeeded(obj, result())
+    message = p.status["message"]
+    assert p.status["phase"] == "AwaitingApproval"
+    assert conditions_of(p.status) == conditions(
+        ("True", "AwaitingApproval"),
+        ("True", "AwaitingApproval"),
+        ("False", "AsExpected"),
+        message,
+    )
+    obj, _ = started()
+    p = succeeded(obj, result())
+    message = p.status["message"]
+    assert conditions_of(p.status) == conditions(
+        ("True", "Canarying"), ("True", "Canarying"), ("False", "AsExpected"), message
+    )
+
+
+def test_a_candidate_run_without_a_message_gives_an_empty_one() -> None:
+    obj = canarying()
+    data = obj.model_dump(by_alias=True, mode="json")
+    del data["status"]["runs"][0]["message"]
+    p = plan(ModelRetraining.model_validate(data), drifted_mdep())
+    assert (p.status["phase"], p.status["message"]) == ("Canarying", "")
+    assert conditions_of(p.status)["Ready"][3] == ""
+
+
+def test_stalled_conditions() -> None:
+    p = plan(retraining(), None)
+    message = "ModelDeployment 'iris' not found"
+    assert conditions_of(p.status) == conditions(
+        ("False", "Stalled"), ("False", "Stalled"), ("True", "DeploymentNotFound"), message
+    )
+    p = plan(retraining(), drifted_mdep(), claimed_by="older")
+    message = (
+        "ModelDeployment 'iris' is retrained by ModelRetraining 'older' (the older one); "
+        "this one does nothing"
+    )
+    assert p.status["message"] == message
+    assert conditions_of(p.status) == conditions(
+        ("False", "Stalled"), ("False", "Stalled"), ("True", "DeploymentClaimed"), message
+    )
+
+
+def test_suspended_and_cooling_down() -> None:
+    p = plan(retraining(suspend=True), calm_mdep())
+    assert (p.status["phase"], p.status["message"]) == ("Suspended", "suspended: no new runs")
+    assert conditions_of(p.status) == conditions(
+        ("True", "Suspended"), ("False", "Suspended"), ("False", "AsExpected"),
+        "suspended: no new runs",
+    )  # fmt: skip
+    cooling = retraining(status={"cooldownUntil": "2026-11-23T14:00:00Z"})
+    p = plan(cooling, drifted_mdep())
+    message = "drifted; the next run may start at 2026-11-23T14:00:00Z"
+    assert (p.status["phase"], p.status["message"]) == ("CoolingDown", message)
+    assert conditions_of(p.status) == conditions(
+        ("True", "CoolingDown"), ("False", "CoolingDown"), ("False", "AsExpected"), message
+    )
+    # Cooling without drift is idle.
+    assert plan(cooling, calm_mdep()).status["phase"] == "Idle"
+
+
+def test_a_cooldown_ending_now_is_over() -> None:
+    """Drift, the cooldown ending this very second, and the ModelDeployment busy rolling out:
+    Idle, not CoolingDown."""
+    ending = retraining(status={"cooldownUntil": "2026-11-23T12:00:00Z"})
+    rolling = drifted_mdep(canary={"name": "iris-newrev", "modelVersion": "2.0.0"})
+    p = plan(ending, rolling)
+    assert p.create == []
+    assert p.status["phase"] == "Idle"
+
+
+def test_conditions_keep_their_transition_time_while_their_status_holds() -> None:
+    before = "2026-11-23T09:00:00Z"
+    old = [
+        {"type": t, "status": v, "reason": r, "message": "", "lastTransitionTime": before}
+        for t, v, r in (
+            ("Ready", "True", "Idle"),
+            ("Reconciling", "False", "Idle"),
+            ("Stalled", "False", "AsExpected"),
+        )
+    ]
+    obj = retraining(status={"conditions": old})
+    obj.metadata.generation = 4
+    p = plan(obj, calm_mdep())
+    assert p.status["observedGeneration"] == 4
+    assert conditions_of(p.status) == {
+        "Ready": ("True", "Idle", before, "no run yet", 4),
+        "Reconciling": ("False", "Idle", before, "no run yet", 4),
+        "Stalled": ("False", "AsExpected", before, "no run yet", 4),
+    }
+    p = plan(obj, None)
+    now = "2026-11-23T12:00:00Z"
+    message = "ModelDeployment 'iris' not found"
+    assert conditions_of(p.status) == {
+        "Ready": ("False", "Stalled", now, message, 4),
+        "Reconciling": ("False", "Stalled", before, message, 4),
+        "Stalled": ("True", "DeploymentNotFound", now, message, 4),
+    }

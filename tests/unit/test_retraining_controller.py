@@ -186,3 +186,45 @@ def test_the_oldest_retraining_of_a_deployment_owns_it() -> None:
     assert owner.metadata.name == "iris-retrain"
     assert rc.owner_of(("ml", "other")) is None
     assert rc.owner_of(("elsewhere", "iris")) is None
+
+
+def test_ended_runs_are_counted_once_and_failures_in_a_row_are_a_gauge() -> None:
+    from canarium import metrics
+    from prometheus_client import REGISTRY
+
+    key = ("ml", "counted")
+
+    def runs(*phases: str) -> dict[str, Any]:
+        return {
+            "consecutiveFailures": phases.count("Failed"),
+            "runs": [
+                {"name": f"r-{i}", "trigger": "drift", "phase": p} for i, p in enumerate(phases)
+            ],
+        }
+
+    def count(phase: str) -> float:
+        labels = {"namespace": "ml", "modelretraining": "counted", "trigger": "drift"}
+        value = REGISTRY.get_sample_value(
+            "canarium_retraining_runs_total", {**labels, "phase": phase}
+        )
+        return value or 0.0
+
+    def failures() -> float | None:
+        return REGISTRY.get_sample_value(
+            "canarium_retraining_consecutive_failures",
+            {"namespace": "ml", "modelretraining": "counted"},
+        )
+
+    metrics.observe_retraining(key, None, runs("Running"))
+    assert count("Failed") == 0.0
+    assert failures() == 0.0
+    metrics.observe_retraining(key, runs("Running"), runs("Failed"))
+    metrics.observe_retraining(key, runs("Failed"), runs("Failed"))  # no change: not again
+    assert count("Failed") == 1.0
+    assert failures() == 1.0
+    metrics.observe_retraining(key, runs("Failed"), runs("Failed", "Failed"))
+    assert count("Failed") == 2.0
+    assert failures() == 2.0
+    assert count("Running") == 0.0  # not an end
+    metrics.observe_retraining(key, None, None)
+    assert failures() is None
