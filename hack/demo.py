@@ -60,6 +60,9 @@ def main() -> int:
 
     say("The operator, installed from its image: kubectl apply -k manifests/install")
     kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests/install"))
+    # The image just built under the same tag: an operator already running (an earlier demo)
+    # restarts on it, else it would keep the old one.
+    kubectl("rollout", "restart", "-n", "canarium-system", "deploy/canarium-operator")
     kubectl("rollout", "status", "-n", "canarium-system", "deploy/canarium-operator",
             "--timeout=180s")  # fmt: skip
     kubectl("get", "pods", "-n", "canarium-system", "-o", "wide")

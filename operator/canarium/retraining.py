@@ -616,9 +616,10 @@ class _Planner:
         failed = last_run is not None and last_run.phase in FAILED_PHASES
         values: dict[str, Literal["True", "False"]] = {
             CONDITION_READY: "False" if stalled or failed else "True",
-            CONDITION_RECONCILING: "True"
-            if phase in ("Training", "AwaitingApproval", "Canarying")
-            else "False",
+            # Runs are not the spec being applied: they start from data (drift, a schedule, a
+            # request) and may train for hours. Reconciling=True would hold Flux's `wait` and
+            # Argo CD's sync (kstatus InProgress) for as long; the phase says what goes on.
+            CONDITION_RECONCILING: "False",
             CONDITION_STALLED: "True" if stalled else "False",
         }
         reasons = {

@@ -4,7 +4,10 @@ V2 REST endpoints and /metrics on one port. No web framework: routing is a few s
 comparisons, bodies are read with a size limit and a read timeout, JSON is orjson, and the
 protocol operations are the DataPlane's (dataplane.py). Its errors and client mistakes get a
 4xx or 503 `{"error": ...}`; anything unexpected is logged and answered with a 500, and the
-server keeps serving.
+server keeps serving. An inference request enters the DataPlane's in-flight bound (admission.py)
+once its path and method are known, before its body is read: beyond the bound it is answered
+503 with `Retry-After` at once, its body left unread (uvicorn skips it; the connection stays
+usable). Nothing else (health, metadata, /metrics) is bounded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .admission import OverloadedError
 from .contract import (
     DEFAULT_BODY_READ_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -110,6 +114,8 @@ class RestApp:
                     return
         except ProtocolError as exc:
             status, body = exc.status, error_body(exc.message)
+            if isinstance(exc, OverloadedError):
+                extra_headers = [(b"retry-after", str(exc.retry_after_s).encode())]
         except _Disconnected:
             return
         except Exception as exc:
@@ -135,24 +141,30 @@ class RestApp:
             route = name, version
         if method != "POST":
             raise ProtocolError(f"{path} accepts POST only, not {method}", 405)
-        body, json_length = await self._read_body(scope, receive)
-        name, version = route
-        # While the model loads, its inputs are unknown: a 503 before the body is looked at.
-        model_inputs = self.dataplane.model_inputs(name, version)
-        if json_length is None:
-            request = parse_request(body, model_inputs)
-        else:
-            request = parse_binary_request(body, json_length, model_inputs)
-        response = await self.dataplane.infer(name, version, request)
-        binary = request.binary_output_names(response.outputs)
-        if binary:
-            return build_binary_response(
-                response.model_name, response.model_version, response.outputs, response.id, binary
+        # A slot from here to the response body built, or OverloadedError (503) at once.
+        with self.dataplane.inflight:
+            body, json_length = await self._read_body(scope, receive)
+            name, version = route
+            # While the model loads, its inputs are unknown: a 503 before the body is looked at.
+            model_inputs = self.dataplane.model_inputs(name, version)
+            if json_length is None:
+                request = parse_request(body, model_inputs)
+            else:
+                request = parse_binary_request(body, json_length, model_inputs)
+            response = await self.dataplane.infer(name, version, request)
+            binary = request.binary_output_names(response.outputs)
+            if binary:
+                return build_binary_response(
+                    response.model_name,
+                    response.model_version,
+                    response.outputs,
+                    response.id,
+                    binary,
+                )
+            body = build_response(
+                response.model_name, response.model_version, response.outputs, response.id
             )
-        body = build_response(
-            response.model_name, response.model_version, response.outputs, response.id
-        )
-        return body, None
+            return body, None
 
     def _route(self, path: str, method: str) -> tuple[int, bytes]:
         if method not in ("GET", "HEAD"):

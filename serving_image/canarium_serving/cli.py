@@ -75,6 +75,11 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
     ("--batch-max-wait-ms", contract.ENV_BATCH_MAX_WAIT_MS, float, 0.0,
      "dynamic batching: how long a batch waits for more requests; 0 = take only the requests "
      "already waiting (no added delay)"),
+    ("--max-inflight", contract.ENV_MAX_INFLIGHT, _positive_int, None,
+     "most inference requests (REST and gRPC ModelInfer together) in flight at once; beyond "
+     "it a request is refused at once: REST 503 with Retry-After, gRPC UNAVAILABLE (health, "
+     "metadata and /metrics are never refused); 0 = no limit; unset: 4 x "
+     "--batch-max-size, at least 128"),
     ("--ort-threads", contract.ENV_ORT_THREADS, _positive_int, 1,
      "onnxruntime intra-op threads per model execution"),
     ("--exit-on-load-failure", contract.ENV_EXIT_ON_LOAD_FAILURE, _bool, True,

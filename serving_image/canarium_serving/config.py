@@ -1,6 +1,7 @@
 """The settings of one model server process: every flag of `canarium-serve` (see cli.py).
 
-The DataPlane reads the model's fields, a transport its own (the REST body limits).
+The DataPlane reads the model's fields and the in-flight limit, a transport its own (the REST
+body limits).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ServerConfig:
     body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
     batch_max_size: int = 32
     batch_max_wait_ms: float = 0.0
+    max_inflight: int | None = None  # None: admission.default_max_inflight(batch_max_size)
     ort_threads: int = 1
     exit_on_load_failure: bool = True
     termination_log: str = DEFAULT_TERMINATION_LOG

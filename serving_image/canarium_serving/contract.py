@@ -25,6 +25,10 @@ ENV_MODEL_CACHE_DIR: Final = "CANARIUM_MODEL_CACHE_DIR"  # where remote models a
 ENV_MAX_BODY_BYTES: Final = "CANARIUM_MAX_BODY_BYTES"
 ENV_BATCH_MAX_SIZE: Final = "CANARIUM_BATCH_MAX_SIZE"  # 0/1 = dynamic batching off
 ENV_BATCH_MAX_WAIT_MS: Final = "CANARIUM_BATCH_MAX_WAIT_MS"
+# Inference requests (REST and gRPC ModelInfer together) in flight at once in one server process;
+# beyond it a request is refused at once (REST 503 + Retry-After, gRPC UNAVAILABLE). 0 = no limit;
+# unset: admission.default_max_inflight(batch max size), 128 with the defaults.
+ENV_MAX_INFLIGHT: Final = "CANARIUM_MAX_INFLIGHT"
 
 ROLE_STABLE: Final = "stable"
 ROLE_CANARY: Final = "canary"

@@ -7,8 +7,10 @@ status codes), and a gRPC transport can use it as it is. Nothing here knows HTTP
 
 An operation that cannot be served raises a ProtocolError whose `status` tells which failure it
 is, as the HTTP status code (which also labels the request metrics; a gRPC transport maps it to
-its own codes): ModelNotFoundError (404), ModelNotReadyError (503), and ProtocolError itself
-for a bad request (400).
+its own codes): ModelNotFoundError (404), ModelNotReadyError (503), ProtocolError itself for a
+bad request (400), and admission.OverloadedError (503, with when to retry) from `inflight`, the
+bound on inference requests in flight that the transports share (they enter it before reading a
+request, so that a refusal is answered at once).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .admission import InflightLimiter, default_max_inflight
 from .batching import Batcher
 from .config import ServerConfig
 from .fetch import fetch_model
@@ -78,6 +81,11 @@ class DataPlane:
         )
         self.batcher: Batcher | None = None
         self._metric_outputs: list[str] = []
+        limit = config.max_inflight
+        if limit is None:
+            limit = default_max_inflight(config.batch_max_size)
+        # `with dataplane.inflight:` around each inference request, by either transport.
+        self.inflight = InflightLimiter(limit)
 
     # --- model loading -------------------------------------------------------------------
     def load(self) -> None:

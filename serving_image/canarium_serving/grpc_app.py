@@ -8,6 +8,19 @@ ProtocolError's HTTP status maps to its gRPC code (400 INVALID_ARGUMENT, 404 NOT
 503 UNAVAILABLE); anything unexpected is logged and answered INTERNAL, and the server keeps
 serving. Inference requests are counted in the request metrics under the HTTP status of the
 same outcome, so an error rate reads the same whichever transport the traffic takes.
+
+ModelInfer enters the in-flight bound it shares with REST (DataPlane.inflight, admission.py)
+before its message is decoded; beyond it the call ends at once with UNAVAILABLE (REST: 503 with
+Retry-After), the message saying why, and `grpc-retry-pushback-ms` in the trailers. UNAVAILABLE,
+not RESOURCE_EXHAUSTED: gRPC's status code guide gives UNAVAILABLE for a transient condition
+"corrected by retrying with a backoff" and its HTTP mapping turns 503 (and 429) into it; it is
+what Triton answers for a full queue, and what retries by default: Istio's sidecars retry
+`unavailable` (and HTTP 503) twice on another pod, never `resource-exhausted`, and client
+retry policies list it in retryableStatusCodes. RESOURCE_EXHAUSTED reads as a quota or a
+too-large message (413 here) that a retry does not fix. grpc.aio's own
+`maximum_concurrent_rpcs` is not used: it would bound health and metadata calls too, not be
+shared with REST, answer RESOURCE_EXHAUSTED, and refuse calls before the metrics count them.
+The other methods are never bounded.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from typing import Final, NoReturn
 import grpc
 from grpc import aio
 
+from .admission import GRPC_RETRY_PUSHBACK_KEY, OverloadedError
 from .dataplane import DataPlane
 from .grpc_protocol import (
     build_infer_response,
@@ -52,7 +66,10 @@ def status_code(http_status: int) -> grpc.StatusCode:
 
 
 async def _abort(context: Context, exc: ProtocolError) -> NoReturn:
-    await context.abort(status_code(exc.status), exc.message)
+    trailers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, OverloadedError):
+        trailers = ((GRPC_RETRY_PUSHBACK_KEY, str(exc.retry_after_s * 1000)),)
+    await context.abort(status_code(exc.status), exc.message, trailing_metadata=trailers)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
@@ -102,13 +119,15 @@ class GrpcApp:
         dataplane = self.dataplane
         status = 200
         try:
-            request = decode(pb.ModelInferRequest, message)
-            name, version = request.model_name, request.model_version or None
-            # While the model loads, its inputs are unknown: UNAVAILABLE before the tensors.
-            inputs = to_inference_request(request, dataplane.model_inputs(name, version))
-            response = await dataplane.infer(name, version, inputs)
-            # Raw inputs are answered with raw outputs, typed contents with typed contents.
-            return build_infer_response(response, raw=bool(request.raw_input_contents))
+            # A slot until the response is built, or OverloadedError (UNAVAILABLE) at once.
+            with dataplane.inflight:
+                request = decode(pb.ModelInferRequest, message)
+                name, version = request.model_name, request.model_version or None
+                # While the model loads, its inputs are unknown: UNAVAILABLE before the tensors.
+                inputs = to_inference_request(request, dataplane.model_inputs(name, version))
+                response = await dataplane.infer(name, version, inputs)
+                # Raw inputs are answered with raw outputs, typed contents with typed contents.
+                return build_infer_response(response, raw=bool(request.raw_input_contents))
         except ProtocolError as exc:
             status = exc.status
             await _abort(context, exc)

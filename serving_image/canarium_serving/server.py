@@ -38,6 +38,8 @@ def serve(
             server.should_exit = True
 
     dataplane = DataPlane(config, on_fatal=on_fatal)
+    limit = dataplane.inflight.limit
+    log.info("inference requests in flight: %s", f"at most {limit}" if limit else "no limit")
     app = RestApp(
         dataplane,
         max_body_bytes=config.max_body_bytes,

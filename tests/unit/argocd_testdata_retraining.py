@@ -347,8 +347,13 @@ def unknown_phase() -> dict[str, Any]:
 
 
 def unknown_phase_reconciling() -> dict[str, Any]:
-    """A phase this check does not know, under way by its conditions (Reconciling True)."""
-    return _phase(training(), "Validating", conditions=True)
+    """A phase this check does not know (a newer operator's), under way by its conditions
+    (Reconciling True): Progressing."""
+    obj = _phase(no_run_yet(), "Validating", conditions=True)
+    for condition in obj["status"]["conditions"]:
+        if condition["type"] == "Reconciling":
+            condition["status"], condition["reason"] = "True", "Validating"
+    return obj
 
 
 def unknown_phase_without_conditions() -> dict[str, Any]:
@@ -359,9 +364,9 @@ def unknown_phase_without_conditions() -> dict[str, Any]:
 HEALTH_CASES: dict[str, Callable[[], Scene | dict[str, Any]]] = {
     "progressing_noStatus": no_status,
     "progressing_newGeneration": new_generation,
-    "progressing_training": training,
-    "progressing_canarying": canarying,
-    "progressing_suspendedRunFinishing": suspended_run_finishing,
+    "healthy_training": training,
+    "healthy_canarying": canarying,
+    "healthy_suspendedRunFinishing": suspended_run_finishing,
     "progressing_unknownPhaseReconciling": unknown_phase_reconciling,
     "progressing_unknownPhaseNoConditions": unknown_phase_without_conditions,
     "suspended_awaitingApproval": awaiting_approval,

@@ -144,20 +144,22 @@ def test_the_conditions_alone_decide_when_the_phase_is_missing() -> None:
     awaiting = _load("testdata/suspended_awaitingApproval.yaml")
     del awaiting["status"]["phase"]
     assert argocd_lua.health(awaiting)["status"] == "Suspended"
-    training = _load("testdata/progressing_training.yaml")
+    # Training: the conditions say at rest (Reconciling False: a run is not the spec applied).
+    training = _load("testdata/healthy_training.yaml")
     del training["status"]["phase"]
-    assert argocd_lua.health(training)["status"] == "Progressing"
+    assert argocd_lua.health(training)["status"] == "Healthy"
 
 
-def test_stalled_wins_over_suspend_and_a_run_under_way_over_suspend() -> None:
+def test_stalled_wins_over_suspend_and_a_run_under_way_is_not_suspended() -> None:
     """Suspended and without its ModelDeployment: lifting the suspend would not make it work.
     Suspended while a run trains: the run finishes (spec.suspend stops new runs only)."""
     stalled = _load("testdata/degraded_deploymentNotFound.yaml")
     stalled["spec"]["suspend"] = True
     assert argocd_lua.health(stalled)["status"] == "Degraded"
-    finishing = _load("testdata/progressing_suspendedRunFinishing.yaml")
+    finishing = _load("testdata/healthy_suspendedRunFinishing.yaml")
     assert finishing["spec"]["suspend"] is True
-    assert argocd_lua.health(finishing)["status"] == "Progressing"
+    assert argocd_lua.health(finishing)["status"] == "Healthy"
+    assert argocd_lua.health(finishing)["message"] == finishing["status"]["message"]
 
 
 def test_spec_suspend_is_suspended_with_a_message_even_without_one_from_the_operator() -> None:

@@ -72,9 +72,9 @@ end
 
 -- A valid candidate waits for a person's approval (spec.approval: Manual): Argo CD's Suspended,
 -- as for a Rollout paused for a person; the approve (or discard) action moves it on. The
--- operator sets Reconciling=True here too, with the phase as its reason.
+-- operator gives its conditions the phase as their reason too.
 local awaiting = phase == "AwaitingApproval"
-  or (isTrue(reconciling) and reconciling.reason == "AwaitingApproval")
+  or (reconciling ~= nil and reconciling.reason == "AwaitingApproval")
 if awaiting then
   hs.status = "Suspended"
   hs.message = first(status.message, reconciling and reconciling.message)
@@ -82,14 +82,22 @@ if awaiting then
 end
 
 -- A run's Job trains (phase Training) or the candidate rolls out on the ModelDeployment
--- (Canarying); both end on their own. Before the suspend below: spec.suspend stops new runs
--- only, a run under way finishes and its candidate is rolled out.
-if isTrue(reconciling) or phase == "Training" or phase == "Canarying" then
+-- (Canarying): work that data started (drift, a schedule, a request), not the spec being
+-- applied, and that may last hours. Healthy, with what goes on in the message, as Argo CD's
+-- CronJob check is while its Job runs: Progressing would hold every sync that waits for this
+-- app's health for the whole training. (The operator writes Reconciling=False then, so kstatus
+-- reads it Current too; the canary's progress shows on the ModelDeployment.) Before the suspend
+-- below: spec.suspend stops new runs only, a run under way finishes.
+if phase == "Training" or phase == "Canarying" then
+  hs.status = "Healthy"
+  hs.message = first(status.message, "a run is under way")
+  return hs
+end
+
+-- An operator that says it is still working on the spec (a newer operator's phases).
+if isTrue(reconciling) then
   hs.status = "Progressing"
-  hs.message = first(status.message, reconciling and reconciling.message)
-  if hs.message == nil then
-    hs.message = "Waiting for the run to finish"
-  end
+  hs.message = first(status.message, reconciling.message)
   return hs
 end
 
