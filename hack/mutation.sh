@@ -29,6 +29,7 @@ modules=(
   src/canarium/routers/gatewayapi.py
   src/canarium_serving/protocol.py
   src/canarium_serving/grpc_protocol.py
+  src/canarium_serving/admission.py
   src/canarium_serving/metrics_contract.py
 )
 if (($#)); then

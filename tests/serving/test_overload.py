@@ -63,13 +63,16 @@ def _grpc_request(x: np.ndarray[Any, Any]) -> pb.ModelInferRequest:
 
 
 def _grpc_infer(server: Server, x: np.ndarray[Any, Any]) -> pb.ModelInferResponse:
-    return grpc_call(server.grpc_target, "ModelInfer", _grpc_request(x), pb.ModelInferResponse)
+    response: pb.ModelInferResponse = grpc_call(
+        server.grpc_target, "ModelInfer", _grpc_request(x), pb.ModelInferResponse
+    )
+    return response
 
 
 def _grpc_label(response: pb.ModelInferResponse) -> list[int]:
     names = [o.name for o in response.outputs]
     raw = response.raw_output_contents[names.index("label")]
-    return np.frombuffer(raw, dtype="<i8").tolist()
+    return [int(v) for v in np.frombuffer(raw, dtype="<i8")]
 
 
 def _requests_by_code(server: Server) -> dict[str, float]:
