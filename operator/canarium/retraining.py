@@ -308,10 +308,22 @@ class _Planner:
             self.finish(run, "Failed", "its ModelDeployment is gone")
             return
         old = self.status.candidate
+        if old is None and run.base is not None and not same_model(run.base, mdep.spec.model):
+            # It trained from a model that no longer serves: spec.model changed in Git (or the
+            # candidate it started from was withdrawn) while it ran. Git wins.
+            message = (
+                f"candidate {model.version} superseded: it was trained from "
+                f"{run.base.version}, and {mdep.spec.model.version} serves now"
+            )
+            self.finish(run, "Superseded", message)
+            self.event("Normal", "CandidateSuperseded", f"run {run.name}: {message}")
+            return
         fallback: tuple[str, ModelRef] | None = None
         if old is not None:
             old_run = self.runs.get(old.run)
-            if old_run is not None and old_run.phase == "Promoted":
+            # A candidate whose run left status.runs (10 newer runs) was promoted: no run
+            # starts while a candidate awaits approval or is canaried.
+            if old_run is None or old_run.phase == "Promoted":
                 # It serves until the new one is promoted, and again if the new one fails.
                 fallback = (old.run, old.model)
             elif old.fallback_run is not None and old.fallback_model is not None:
@@ -367,6 +379,9 @@ class _Planner:
         if run is not None and run.phase in ACTIVE_PHASES | {"Promoted"}:
             self.finish(run, phase, message)
         self.status.candidate = None
+        before = self.runs.get(candidate.fallback_run or "")
+        if not fall_back and before is not None and before.phase == "Promoted":
+            self.set_run(before, phase="Superseded", message=message)
         if fall_back and candidate.fallback_run and candidate.fallback_model:
             self.status.candidate = CandidateStatus(
                 run=candidate.fallback_run,

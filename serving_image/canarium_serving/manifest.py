@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator
 
 from .contract import MANIFEST_FILE
 
@@ -243,9 +243,11 @@ class TrainingResult(_Part):
     version: str = Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)
     model_uri: str = Field(alias="modelUri", min_length=8, max_length=2048)
     sha256: str = Field(pattern=_SHA256)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    # Finite only: a NaN compares False with every bound (it would pass validation), and the
+    # API server's JSON has no NaN (the status that records it could not be written).
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     """The model's held-out metrics (the manifest's holdout.metrics)."""
-    base_metrics: dict[str, float] = Field(alias="baseMetrics", default_factory=dict)
+    base_metrics: dict[str, FiniteFloat] = Field(alias="baseMetrics", default_factory=dict)
     """The base model's metrics on the same held-out rows, when the run scored it."""
     holdout_sha256: str | None = Field(None, alias="holdoutSha256", pattern=_SHA256)
 

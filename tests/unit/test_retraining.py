@@ -219,8 +219,10 @@ def test_sustained_drift_starts_a_run_whose_job_carries_what_the_run_needs() -> 
     assert obj.status.phase == "Training"
     assert obj.status.runs_started == 1
     assert [e.reason for e in first.events] == ["RetrainingStarted"]
+    # A run is not the spec being applied: kstatus must not read it as InProgress (a Flux
+    # `wait` would hold for the whole training).
     reconciling = next(c for c in obj.status.conditions if c.type == "Reconciling")
-    assert reconciling.status == "True"
+    assert (reconciling.status, reconciling.reason) == ("False", "Training")
 
 
 def test_no_drift_no_run_and_a_running_job_is_not_started_twice() -> None:
@@ -852,6 +854,12 @@ def with_status(obj: ModelRetraining, **status: Any) -> ModelRetraining:
     return ModelRetraining.model_validate(data)
 
 
+def with_spec(obj: ModelRetraining, **spec: Any) -> ModelRetraining:
+    data = obj.model_dump(by_alias=True, mode="json")
+    data["spec"] = {**data["spec"], **spec}
+    return ModelRetraining.model_validate(data)
+
+
 def with_spec_model(dep: ModelDeployment, **model: Any) -> ModelDeployment:
     """`dep` with its spec.model changed (as a change in Git would)."""
     changed = dep.spec.model.model_copy(update=model)
@@ -953,6 +961,7 @@ def test_candidate_versions_and_run_names_are_cut_at_a_clean_character() -> None
 def test_output_folder_joins_with_one_slash() -> None:
     assert output_folder("s3://models/iris/", "run-1") == "s3://models/iris/run-1"
     assert output_folder("s3://models/iris", "run-1") == "s3://models/iris/run-1"
+    assert output_folder("s3://models/irisX/", "run-1") == "s3://models/irisX/run-1"
 
 
 def test_check_candidate_the_runs_folder_and_a_missing_metric() -> None:
@@ -1258,8 +1267,8 @@ def test_a_result_when_the_deployment_is_gone_fails_the_run() -> None:
 
 
 def test_an_accepted_candidate_the_run_and_the_event_in_full() -> None:
-    obj, _ = started()
     dep = with_spec_model(drifted_mdep(), sha256=SHA_A)
+    obj = after(retraining(), plan(retraining(), dep))  # the run starts from this spec.model
     job = JobObservation("iris-retrain-1", "Succeeded", completion_time=NOW, result=result())
     p = plan(obj, dep, {"iris-retrain-1": job})
     obj = after(obj, p)
@@ -1724,9 +1733,8 @@ def test_busy_says_why_when_the_schedule_fires() -> None:
     nightly = {"onDrift": False, "schedule": "0 3 * * *"}
     at = datetime.fromisoformat("2026-11-24T03:00:00+00:00")
 
-    def skipped(obj: ModelRetraining, dep: ModelDeployment, **jobs: str) -> RetrainingPlan:
-        observed_jobs = {n: JobObservation(n, "Active") for n in jobs}
-        p = plan(obj, dep, observed_jobs, now=at)
+    def skipped(obj: ModelRetraining, dep: ModelDeployment, *jobs: str) -> RetrainingPlan:
+        p = plan(obj, dep, {n: JobObservation(n, "Active") for n in jobs}, now=at)
         assert p.create == []
         assert [(e.type, e.reason) for e in p.events] == [("Normal", "ScheduleSkipped")]
         return p
@@ -1737,14 +1745,9 @@ def test_busy_says_why_when_the_schedule_fires() -> None:
         for i in (1, 2)
     ]  # fmt: skip
     two = retraining(status={"runs": running, "runsStarted": 2}, triggers=nightly, maxConcurrent=2)
-    p = skipped(two, calm_mdep(), **{"iris-retrain-1": "", "iris-retrain-2": ""})
+    p = skipped(two, calm_mdep(), "iris-retrain-1", "iris-retrain-2")
     assert p.events[0].message == "the schedule fired while 2 run(s) under way (maxConcurrent 2)"
-    obj = canarying()
-    obj = with_annotations(obj)
-    data = obj.model_dump(by_alias=True, mode="json")
-    data["spec"]["triggers"] = nightly
-    obj = ModelRetraining.model_validate(data)
-    p = skipped(obj, drifted_mdep())
+    p = skipped(with_spec(canarying(), triggers=nightly), drifted_mdep())
     assert p.events[0].message == (
         "the schedule fired while candidate 1.0.0-rt1 of run iris-retrain-1 is Canarying"
     )
@@ -1948,37 +1951,36 @@ def test_training_conditions_and_the_newest_running_run() -> None:
     _, first = started()
     message = "run iris-retrain-1: Job iris-retrain-1 trains 1.0.0-rt1"
     assert conditions_of(first.status) == conditions(
-        ("True", "Training"), ("True", "Training"), ("False", "AsExpected"), message
+        ("True", "Training"), ("False", "Training"), ("False", "AsExpected"), message
     )
-    two = retraining(maxConcurrent=2, suspend=False)
+    two = retraining(maxConcurrent=2)
     obj = after(asked(two, "a"), plan(asked(two, "a"), calm_mdep()))
     running = {"iris-retrain-1": JobObservation("iris-retrain-1", "Active")}
     p = plan(asked(obj, "b"), calm_mdep(), running, now=NOW + timedelta(seconds=1))
     assert p.status["message"] == "run iris-retrain-2: Job iris-retrain-2 trains 1.0.0-rt2"
     # Suspended while a run is under way: it is Training still.
-    suspended = with_annotations(obj)
-    data = suspended.model_dump(by_alias=True, mode="json")
-    data["spec"]["suspend"] = True
-    suspended = ModelRetraining.model_validate(data)
+    suspended = with_spec(obj, suspend=True)
     assert plan(suspended, calm_mdep(), running).status["phase"] == "Training"
 
 
-def test_awaiting_approval_and_canarying_are_reconciling() -> None:
+def test_awaiting_approval_and_canarying_are_ready_and_not_reconciling() -> None:
+    """A run and its candidate are not the spec being applied: Reconciling stays False (its
+    reason the phase), and so keeps the time it became False."""
     obj, _ = started(retraining(approval="Manual"))
-    p = succeeded(obj, result())
+    p = succeeded(obj, result(), now=NOW + timedelta(minutes=5))
     message = p.status["message"]
     assert p.status["phase"] == "AwaitingApproval"
     assert conditions_of(p.status) == conditions(
         ("True", "AwaitingApproval"),
-        ("True", "AwaitingApproval"),
+        ("False", "AwaitingApproval"),
         ("False", "AsExpected"),
         message,
     )
     obj, _ = started()
-    p = succeeded(obj, result())
+    p = succeeded(obj, result(), now=NOW + timedelta(minutes=5))
     message = p.status["message"]
     assert conditions_of(p.status) == conditions(
-        ("True", "Canarying"), ("True", "Canarying"), ("False", "AsExpected"), message
+        ("True", "Canarying"), ("False", "Canarying"), ("False", "AsExpected"), message
     )
 
 
@@ -1997,6 +1999,11 @@ def test_stalled_conditions() -> None:
     assert conditions_of(p.status) == conditions(
         ("False", "Stalled"), ("False", "Stalled"), ("True", "DeploymentNotFound"), message
     )
+    # Stalled wins over a failed last run.
+    failed = [{"name": "iris-retrain-1", "trigger": "manual", "phase": "Failed",
+               "startTime": "2026-11-23T10:00:00Z"}]  # fmt: skip
+    p = plan(retraining(status={"runs": failed, "runsStarted": 1}), None)
+    assert conditions_of(p.status)["Ready"][:2] == ("False", "Stalled")
     p = plan(retraining(), drifted_mdep(), claimed_by="older")
     message = (
         "ModelDeployment 'iris' is retrained by ModelRetraining 'older' (the older one); "
@@ -2063,3 +2070,80 @@ def test_conditions_keep_their_transition_time_while_their_status_holds() -> Non
         "Reconciling": ("False", "Stalled", before, message, 4),
         "Stalled": ("True", "DeploymentNotFound", now, message, 4),
     }
+
+
+# --- found by mutation testing: Git moving mid-run, a fallback out of the list, NaN ------------
+
+
+def test_git_moving_while_the_first_run_trains_supersedes_what_it_makes() -> None:
+    """No candidate before: the run trained from 1.0.0; Git now says 2.0.0. Its model must not
+    stand in for 2.0.0 (it was trained from, and scored against, 1.0.0)."""
+    obj, _ = started()
+    moved = with_spec_model(drifted_mdep(), version="2.0.0", uri="https://m.example.org/2.onnx")
+    p = succeeded_on(obj, moved, result())
+    obj = after(obj, p)
+    run = obj.status.runs[0]
+    assert run.phase == "Superseded"
+    assert run.message == (
+        "candidate 1.0.0-rt1 superseded: it was trained from 1.0.0, and 2.0.0 serves now"
+    )
+    assert obj.status.candidate is None
+    assert candidate_for(moved, obj) is None
+    assert [e.reason for e in p.events] == ["CandidateSuperseded"]
+    assert obj.status.consecutive_failures == 0  # Git's choice is no failure of the run
+
+
+def succeeded_on(obj: ModelRetraining, dep: ModelDeployment, text: str) -> RetrainingPlan:
+    job = JobObservation("iris-retrain-1", "Succeeded", completion_time=NOW, result=text)
+    return plan(obj, dep, {"iris-retrain-1": job})
+
+
+def test_a_promoted_candidate_whose_run_left_the_list_is_still_the_fallback() -> None:
+    obj, _ = promoted_then_second()
+    data = obj.model_dump(by_alias=True, mode="json")
+    # Run 1 (promoted, serving) fell out of status.runs; run 2 is back to running.
+    data["status"]["runs"] = [
+        {**r, "phase": "Running"} for r in data["status"]["runs"] if r["name"] == "iris-retrain-2"
+    ]
+    data["status"]["candidate"] = {
+        **data["status"]["candidate"],
+        "run": "iris-retrain-1",
+        "model": data["status"]["candidate"]["fallbackModel"],
+    }
+    for key in ("fallbackRun", "fallbackModel"):
+        data["status"]["candidate"].pop(key)
+    obj = ModelRetraining.model_validate(data)
+    text = result(run="iris-retrain-2").replace("1.0.0-rt1", "1.0.0-rt2")
+    job = JobObservation("iris-retrain-2", "Succeeded", result=text)
+    obj = after(obj, plan(obj, drifted_mdep(), {"iris-retrain-2": job}))
+    candidate = obj.status.candidate
+    assert candidate is not None
+    assert candidate.run == "iris-retrain-2"
+    assert candidate.fallback_run == "iris-retrain-1"
+    assert candidate.fallback_model is not None
+    assert candidate.fallback_model.version == "1.0.0-rt1"
+
+
+def test_git_moving_retires_the_promoted_fallback_too() -> None:
+    obj, _ = promoted_then_second()
+    moved = mdep("2.0.0", status=drifted_mdep().status.to_dict())
+    obj = after(obj, plan(obj, moved))
+    phases = {r.name: r.phase for r in obj.status.runs}
+    assert phases == {"iris-retrain-2": "Superseded", "iris-retrain-1": "Superseded"}
+    first = next(r for r in obj.status.runs if r.name == "iris-retrain-1")
+    assert first.message == (
+        "spec.model changed in Git (to 2.0.0): Git wins over candidate 1.0.0-rt2"
+    )
+
+
+@pytest.mark.parametrize("where", ["metrics", "baseMetrics"])
+def test_a_result_with_a_metric_that_is_not_a_number_fails_the_run(where: str) -> None:
+    obj, _ = started()
+    data = json.loads(result())
+    data[where]["accuracy"] = float("nan")
+    run = after(obj, succeeded(obj, json.dumps(data))).status.runs[0]  # json writes NaN
+    assert run.phase == "Failed"
+    assert run.message is not None
+    assert "invalid training result" in run.message
+    assert f"{where}.accuracy" in run.message
+    assert obj.status.candidate is None

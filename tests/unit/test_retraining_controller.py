@@ -5,6 +5,7 @@ ModelDeployment's reconcile."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from canarium.controller import Controller
@@ -192,7 +193,10 @@ def test_ended_runs_are_counted_once_and_failures_in_a_row_are_a_gauge() -> None
     from canarium import metrics
     from prometheus_client import REGISTRY
 
-    key = ("ml", "counted")
+    # A name of its own: the registry is the process's, and a test may run twice in one
+    # (mutation testing does).
+    name = f"counted-{uuid.uuid4().hex[:8]}"
+    key = ("ml", name)
 
     def runs(*phases: str) -> dict[str, Any]:
         return {
@@ -203,7 +207,7 @@ def test_ended_runs_are_counted_once_and_failures_in_a_row_are_a_gauge() -> None
         }
 
     def count(phase: str) -> float:
-        labels = {"namespace": "ml", "modelretraining": "counted", "trigger": "drift"}
+        labels = {"namespace": "ml", "modelretraining": name, "trigger": "drift"}
         value = REGISTRY.get_sample_value(
             "canarium_retraining_runs_total", {**labels, "phase": phase}
         )
@@ -212,7 +216,7 @@ def test_ended_runs_are_counted_once_and_failures_in_a_row_are_a_gauge() -> None
     def failures() -> float | None:
         return REGISTRY.get_sample_value(
             "canarium_retraining_consecutive_failures",
-            {"namespace": "ml", "modelretraining": "counted"},
+            {"namespace": "ml", "modelretraining": name},
         )
 
     metrics.observe_retraining(key, None, runs("Running"))
