@@ -2089,7 +2089,14 @@ def test_git_moving_while_the_first_run_trains_supersedes_what_it_makes() -> Non
     )
     assert obj.status.candidate is None
     assert candidate_for(moved, obj) is None
-    assert [e.reason for e in p.events] == ["CandidateSuperseded"]
+    assert events_of(p) == [
+        (
+            "Normal",
+            "CandidateSuperseded",
+            "run iris-retrain-1: candidate 1.0.0-rt1 superseded: it was trained from 1.0.0, "
+            "and 2.0.0 serves now",
+        )
+    ]
     assert obj.status.consecutive_failures == 0  # Git's choice is no failure of the run
 
 
