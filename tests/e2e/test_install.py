@@ -64,7 +64,7 @@ def _dry_run(cluster: Cluster, docs: list[dict[str, Any]]) -> str:
 def test_install_manifests_pass_server_dry_run(cluster: Cluster, namespace: str) -> None:
     docs = _build(cluster, INSTALL)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("CustomResourceDefinition") == 2
+    assert kinds.count("CustomResourceDefinition") == 3
     for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"):
         assert kind in kinds
     # The operator pod itself must pass Pod Security "restricted" admission (which checks pods,
