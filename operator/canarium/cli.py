@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,29 @@ def _run(args: argparse.Namespace) -> int:
     # `canarium -n ns run` (the global option, a string) and `run -n a -n b` (a list) alike.
     given = getattr(args, "namespace", None) or []
     namespaces = [given] if isinstance(given, str) else list(given)
-    memo = kopf.Memo(namespaces=namespaces, workers=args.workers)
+    lease = None
+    if args.leader_elect:
+        from canarium.leader import LeaseConfig
+
+        lease_namespace = args.leader_election_namespace or _own_namespace(namespaces)
+        if lease_namespace is None:
+            print("error: --leader-elect needs --leader-election-namespace here (no pod "
+                  "namespace, and not exactly one watched namespace)", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        try:
+            lease = LeaseConfig(
+                namespace=lease_namespace,
+                name=args.leader_election_id,
+                # Unique per process, as client-go's hostname_uuid.
+                identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4()}",
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    memo = kopf.Memo(namespaces=namespaces, workers=args.workers, lease=lease)
     # kopf's default identity asks the passwd database for the user's name, which a numeric
     # non-root user (runAsUser 65532, no passwd entry) does not have.
     from kopf._core.engines.peering import Identity
@@ -79,13 +102,27 @@ def _run(args: argparse.Namespace) -> int:
             identity=Identity(identity),
             clusterwide=not namespaces,
             namespaces=namespaces,
-            standalone=args.peering is None,
-            peering_name=args.peering,
+            # kopf's own peering stays off: the Lease decides who reconciles.
+            standalone=True,
             liveness_endpoint=args.liveness,
             memo=memo,
         )
     )
     return 0
+
+
+def _own_namespace(watched: list[str]) -> str | None:
+    """Where the leader Lease lives by default: the pod's namespace, else the one namespace
+    the operator watches."""
+    own = os.environ.get("POD_NAMESPACE")
+    if own:
+        return own
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            return f.read().strip() or None
+    except OSError:
+        pass
+    return watched[0] if len(watched) == 1 else None
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -746,6 +783,49 @@ def cluster_options(default: Any) -> argparse.ArgumentParser:
     return options
 
 
+def leader_election_options(run: argparse.ArgumentParser) -> None:
+    """`canarium run`'s leader election flags (controller-runtime's names and defaults)."""
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="active/standby replicas: reconcile only while holding a coordination.k8s.io "
+        "Lease (the installs set it)",
+    )
+    run.add_argument(
+        "--leader-election-id",
+        metavar="NAME",
+        default="canarium-operator",
+        help="the Lease's name (default canarium-operator)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help="the Lease's namespace (default: the pod's namespace, POD_NAMESPACE or the "
+        "service account's, else the one watched namespace)",
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long standbys wait before taking a Lease that is not renewed (default 15)",
+    )
+    run.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader stops writing when it has not renewed for this long (default 10)",
+    )
+    run.add_argument(
+        "--retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the Lease is renewed or tried (default 2)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = cluster_options(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
@@ -786,12 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="kubeconfig file (sets KUBECONFIG; default: in-cluster config, else KUBECONFIG)",
     )
-    run.add_argument(
-        "--peering",
-        metavar="NAME",
-        help="kopf peering object for active/standby HA (needs the kopf peering CRDs); "
-        "default: standalone",
-    )
+    leader_election_options(run)
     run.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     run.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)"

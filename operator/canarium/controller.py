@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -44,7 +45,8 @@ from canarium.api import (
     RetrainedStatus,
     RolloutPolicySpec,
 )
-from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
+from canarium.kube import Kube, KubeError, NotLeader, ObjectRef, merge_patch
+from canarium.leader import LeaderElector
 from canarium.pods import pod_failure
 from canarium.reconcile import (
     ChildRef,
@@ -94,6 +96,12 @@ class DueAnalysis:
     analysis: AnalysisSpec
     target: AnalysisTarget
     first: bool
+
+
+def _exit_lost() -> None:
+    log.critical("lost the leader Lease: exiting, to come back as a standby")
+    logging.shutdown()
+    os._exit(1)
 
 
 def utcnow() -> datetime:
@@ -247,8 +255,14 @@ class Controller:
         namespaces: list[str] | None = None,
         workers: int = 8,
         clock: Callable[[], datetime] = utcnow,
+        elector: LeaderElector | None = None,
     ) -> None:
         self.kube = kube
+        # With leader election the caches stay warm while this replica waits: it reconciles
+        # only while it holds the Lease, and writes nothing otherwise (the fence).
+        self.elector = elector
+        if elector is not None:
+            kube.fence = elector.fence
         self.settings = settings
         self.namespaces = namespaces  # None: all namespaces
         self.worker_count = workers
@@ -286,6 +300,9 @@ class Controller:
         # ModelRetrainings: their own queue; they read the ModelDeployment cache, and a
         # ModelDeployment reads its candidate from theirs.
         self.retraining = RetrainingController(kube, self.mdeps, self.enqueue, clock)
+        self._leading: asyncio.Task[None] | None = None
+        # What happens when the Lease is lost: the process ends (client-go's convention).
+        self.on_leadership_lost: Callable[[], None] = _exit_lost
 
     # --- watch events ------------------------------------------------------------------------
     def on_mdep(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -488,15 +505,43 @@ class Controller:
                 meta = item["metadata"]
                 owner = (meta["namespace"], (meta.get("labels") or {})[LABEL_DEPLOYMENT])
                 self.pods[owner].setdefault(meta["name"], _slim_pod(item))
+        await self.retraining.prime(scopes)
+        if self.elector is None:
+            self._begin()
+        else:
+            self._leading = asyncio.create_task(self._lead(), name="canarium-leader")
+
+    async def _lead(self) -> None:
+        """Wait for the Lease, reconcile while holding it, and end the process when it is
+        lost: a replica that lost the Lease comes back as a standby, with fresh caches."""
+        assert self.elector is not None
+        await self.elector.acquire()
+        self._begin()
+        await self.elector.hold()
+        self.on_leadership_lost()
+
+    def _begin(self) -> None:
+        """Start reconciling: the keys queued by watch events meanwhile, the RolloutPolicies'
+        statuses, and the ModelRetrainings."""
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"canarium-worker-{i}")
             for i in range(self.worker_count)
         ]
-        await self.retraining.start(scopes)
+        for key in list(self.mdeps):
+            self.enqueue(key)
+        for key in list(self.policies):
+            if self._policy_status_patch(key) is not None:
+                self._write_policy_status_soon(key)
+        self.retraining.begin()
+        metrics.LEADER.set(1)
         self._started.set()
         log.info("controller started with %d workers", self.worker_count)
 
     async def stop(self) -> None:
+        if self._leading is not None:
+            self._leading.cancel()
+            await asyncio.gather(self._leading, return_exceptions=True)
         await self.retraining.stop()
         tasks = [*self._tasks, *self._analysis_tasks.values(), *self._policy_writes.values()]
         for task in tasks:
@@ -504,6 +549,8 @@ class Controller:
         await asyncio.gather(*tasks, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
+        if self.elector is not None:
+            await self.elector.release()
 
     async def _worker(self) -> None:
         while True:
@@ -515,6 +562,9 @@ class Controller:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except NotLeader:
+                # The Lease is lost and the process ends: the new leader reconciles it.
+                log.warning("%s/%s not reconciled: this replica lost the leader Lease", *key)
             except KubeError as exc:
                 if exc.namespace_gone or key not in self.mdeps:
                     # Its namespace or itself was deleted meanwhile: nothing left to converge.

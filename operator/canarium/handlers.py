@@ -16,6 +16,7 @@ import kopf
 
 from canarium.controller import Controller
 from canarium.kube import Kube
+from canarium.leader import LeaderElector, LeaseConfig
 from canarium.render import LABEL_MANAGED_BY, MANAGER
 from canarium.resources import CORE_CHILDREN
 from canarium.routers import ROUTER_RESOURCES
@@ -44,11 +45,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for _group, _version, plural in (*CHILDREN, POD, JOB):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
+    kube = Kube.from_environment()
+    lease: LeaseConfig | None = memo.get("lease")
     controller = Controller(
-        Kube.from_environment(),
+        kube,
         Settings.from_env(),
         namespaces=memo.get("namespaces") or None,
         workers=int(memo.get("workers") or 8),
+        elector=LeaderElector(kube, lease) if lease is not None else None,
     )
     memo["controller"] = controller
     await controller.start()

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +75,13 @@ class KubeError(Exception):
         super().__init__(f"{status} {reason}: {message}")
 
 
+class NotLeader(KubeError):
+    """A write refused before it was sent: this replica does not hold the leader Lease."""
+
+    def __init__(self, identity: str) -> None:
+        super().__init__(503, "NotLeader", f"{identity} does not hold the leader Lease")
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     api_version: str
@@ -95,6 +103,9 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.identity = os.environ.get("POD_NAME") or socket.gethostname()
+        # Asked before every write (leader election's fence); raises when this process must
+        # not write. None: it always may.
+        self.fence: Callable[[], None] | None = None
 
     @classmethod
     def from_environment(
@@ -126,7 +137,10 @@ class Kube:
         content_type: str = "application/json",
         query: dict[str, str] | None = None,
         timeout: float = 30.0,
+        fenced: bool = True,
     ) -> Any:
+        if fenced and method != "GET" and self.fence is not None:
+            self.fence()  # here, in the thread, as late as possible before the request
         url = path + (("?" + urllib.parse.urlencode(query)) if query else "")
         _method, full_url, headers, req_body, _post = self.api.param_serialize(
             method=method,

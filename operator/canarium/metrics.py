@@ -6,10 +6,13 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+LEADER = Gauge(
+    "canarium_leader", "1 while this replica holds the leader Lease and reconciles, else 0."
+)
 RECONCILE_TOTAL = Counter("canarium_reconcile_total", "Reconciles carried out, by kind.", ["kind"])
 RECONCILE_ERRORS = Counter(
     "canarium_reconcile_errors_total", "Reconciles that failed and were retried, by kind.", ["kind"]

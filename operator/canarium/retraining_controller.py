@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from canarium import metrics
 from canarium.api import ModelDeployment, ModelSpec
 from canarium.api.modelretraining import ModelRetraining
-from canarium.kube import Kube, KubeError, ObjectRef, merge_patch
+from canarium.kube import Kube, KubeError, NotLeader, ObjectRef, merge_patch
 from canarium.render import LABEL_MANAGED_BY, MANAGER
 from canarium.retraining import (
     LABEL_RETRAINING,
@@ -181,9 +181,9 @@ class RetrainingController:
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(max(delay, 0.0), self.enqueue, key)
 
-    async def start(self, scopes: list[str | None]) -> None:
-        """Prime the caches from LISTs (a restart must not take a running Job for a gone
-        one, nor a ModelDeployment for a missing one), then start the worker."""
+    async def prime(self, scopes: list[str | None]) -> None:
+        """Prime the caches from LISTs: a restart must not take a running Job for a gone
+        one, nor a ModelDeployment for a missing one."""
         for ns in scopes:
             for item in await self.kube.list(*MDEP, ns):
                 meta = item["metadata"]
@@ -197,6 +197,9 @@ class RetrainingController:
                 *JOB, ns, labels=f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_RETRAINING}"
             ):
                 self.on_job("ADDED", item)
+
+    def begin(self) -> None:
+        """Start reconciling (the leader only): every ModelRetraining once, then by events."""
         self._loop = asyncio.get_running_loop()
         for key in list(self.retrainings):
             self.enqueue(key)
@@ -218,6 +221,8 @@ class RetrainingController:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except NotLeader:
+                log.warning("retraining %s/%s not reconciled: the leader Lease is lost", *key)
             except Exception as exc:
                 if isinstance(exc, KubeError) and exc.status == 409:
                     self.enqueue_after(key, 0.2)

@@ -99,6 +99,9 @@ def test_defaults_render_the_install_objects_and_no_more() -> None:
         ("ClusterRole", "canarium-aggregate-to-view"),
         ("ClusterRoleBinding", "canarium"),
         ("Deployment", "canarium-operator"),
+        ("PodDisruptionBudget", "canarium-operator"),
+        ("Role", "canarium-leader-election"),
+        ("RoleBinding", "canarium-leader-election"),
         ("Service", "canarium-operator-metrics"),
         ("ServiceAccount", "canarium"),
     ]
@@ -185,7 +188,9 @@ def test_metrics_port_and_off() -> None:
 def test_watched_namespaces_get_role_bindings_and_no_cluster_wide_one() -> None:
     docs = template("watchNamespaces={team-a,team-b}")
     assert _namespaces(_container(docs)) == ["team-a", "team-b"]
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    bindings = [
+        d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "ClusterRole"
@@ -422,6 +427,15 @@ def test_chart_and_kustomize_run_the_same_operator_pod() -> None:
     our_pod, their_pod = ours["spec"]["template"]["spec"], theirs["spec"]["template"]["spec"]
     (our_container,) = our_pod.pop("containers")
     (their_container,) = their_pod.pop("containers")
+    # The same anti-affinity; the chart's selector adds the release, as its Deployment's does.
+    our_term = our_pod.pop("affinity")["podAntiAffinity"]
+    their_term = their_pod.pop("affinity")["podAntiAffinity"]
+    for terms in (our_term, their_term):
+        (preferred,) = terms["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (ours_preferred,) = our_term["preferredDuringSchedulingIgnoredDuringExecution"]
+    selects = ours_preferred["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selects == ours["spec"]["selector"]["matchLabels"]
     assert our_pod == their_pod
     # Same flags in effect, though the chart spells out the metrics port.
     assert vars(_args(our_container)) == vars(_args(their_container))
@@ -440,3 +454,58 @@ def test_chart_and_kustomize_run_the_same_operator_pod() -> None:
 def test_aggregated_roles_can_be_left_out() -> None:
     names = [d["metadata"]["name"] for d in template("rbac.aggregateToDefaultRoles=false")]
     assert not [n for n in names if "aggregate" in n]
+
+
+# --- HA ----------------------------------------------------------------------------------
+def test_replicas_run_behind_a_lease_the_role_names_and_a_drain_keeps_one() -> None:
+    docs = template(release="team-a", namespace="ml")
+    args = _args(_container(docs))
+    assert args.leader_elect is True
+    assert args.leader_election_id == "team-a-canarium-operator"
+    role = _one(docs, "Role", "team-a-canarium-leader-election")
+    assert role["metadata"]["namespace"] == "ml"
+    assert [r.get("resourceNames") for r in role["rules"]] == [["team-a-canarium-operator"], None]
+    binding = _one(docs, "RoleBinding", "team-a-canarium-leader-election")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "team-a-canarium", "namespace": "ml"}
+    ]
+    deployment = _one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pdb = _one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+
+
+def test_lease_timings_reach_the_operator_and_unsafe_ones_are_refused() -> None:
+    args = _args(
+        _container(
+            template(
+                "leaderElection.leaseDuration=30",
+                "leaderElection.renewDeadline=20",
+                "leaderElection.retryPeriod=4",
+            )
+        )
+    )
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (30, 20, 4)
+    failed = helm(
+        "template", "canarium", str(CHART), "--set", "leaderElection.renewDeadline=20", check=False
+    )
+    assert failed.returncode != 0
+    assert "retryPeriod < renewDeadline < leaseDuration" in failed.stderr
+
+
+def test_one_replica_without_a_lease_is_recreated_and_two_without_one_are_refused() -> None:
+    docs = template(
+        "leaderElection.enabled=false", "replicaCount=1", "podDisruptionBudget.enabled=false"
+    )
+    assert _args(_container(docs)).leader_elect is False
+    deployment = _one(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if d["kind"] in ("Role", "PodDisruptionBudget")]
+    failed = helm(
+        "template", "canarium", str(CHART), "--set", "leaderElection.enabled=false", check=False
+    )
+    assert failed.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in failed.stderr

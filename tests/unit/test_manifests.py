@@ -164,8 +164,12 @@ def _operator_deployment() -> Doc:
 def test_operator_deployment_meets_restricted_pod_security() -> None:
     deployment = _operator_deployment()
     assert deployment["metadata"]["namespace"] == NAMESPACE
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # standalone: never two at once
+    # Active/standby behind the Lease: a rolling update starts the new replica first.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SERVICE_ACCOUNT
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -188,8 +192,9 @@ def test_operator_container_runs_the_operator() -> None:
     pod = _operator_deployment()["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == OPERATOR_IMAGE
-    assert container["args"] == ["run"]
+    assert container["args"] == ["run", "--leader-elect"]
     env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["CANARIUM_SERVING_IMAGE"]["value"] == SERVING_IMAGE
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -390,3 +395,37 @@ def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_replicas_may_use_their_lease_and_no_other_and_a_drain_keeps_one() -> None:
+    from canarium.cli import build_parser
+
+    docs = _resources(INSTALL)
+    (container,) = _operator_deployment()["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.leader_elect is True
+    role = _one(docs, "Role", "canarium-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    by_name = [r for r in role["rules"] if r.get("resourceNames")]
+    assert by_name == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [args.leader_election_id],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert [r["verbs"] for r in role["rules"] if not r.get("resourceNames")] == [["create"]]
+    binding = _one(docs, "RoleBinding", "canarium-leader-election")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "canarium-leader-election",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
+    pdb = _one(docs, "PodDisruptionBudget", "canarium-operator")
+    pod_labels = _operator_deployment()["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()

@@ -47,3 +47,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $common := include "canarium.labels" $root | fromYaml -}}
 {{- merge (deepCopy (index . 1)) (deepCopy $root.Values.monitoring.labels) $common | toYaml -}}
 {{- end -}}
+
+{{/* The leader Lease's name: canarium-operator for the default release, as the kustomize
+install's. */}}
+{{- define "canarium.leaseName" -}}
+{{- printf "%s-operator" (include "canarium.fullname" .) -}}
+{{- end -}}
