@@ -42,7 +42,7 @@ class LeaseAPI:
         fenced: bool = True,
         timeout: float = 30.0,  # noqa: ASYNC109 (Kube.request's signature)
     ) -> Any:
-        assert not fenced, "the Lease itself is written past the fence"
+        assert fenced is False, "the Lease itself is written past the fence"
         if self.down:
             raise KubeError(503, "Service Unavailable", "{}")
         if method == "GET":
@@ -55,6 +55,9 @@ class LeaseAPI:
         name = stored["metadata"]["name"]
         if method == "POST":
             assert path == PATH
+            assert stored["apiVersion"] == "coordination.k8s.io/v1"
+            assert stored["kind"] == "Lease"
+            assert stored["metadata"]["namespace"] == NS
             if name in self.leases:
                 raise KubeError(409, "Conflict", "{}")
         else:
@@ -116,7 +119,12 @@ def test_a_free_lease_is_taken_with_this_replica_as_holder() -> None:
 
 
 def test_a_lease_held_by_another_is_left_until_its_record_is_a_whole_duration_old() -> None:
-    spec = {"holderIdentity": "b", "leaseDurationSeconds": 15, "leaseTransitions": 3}
+    spec = {
+        "holderIdentity": "b",
+        "leaseDurationSeconds": 15,
+        "leaseTransitions": 3,
+        "acquireTime": micro_time(T0 - timedelta(hours=1)),
+    }
     config = _config("a")
     assert decide(spec, config, T0, 114.9, 100.0).write is None
     assert decide(spec, config, T0, 114.9, 100.0).holder == "b"
