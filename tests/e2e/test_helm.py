@@ -195,10 +195,20 @@ class Release:
             )
 
     def pod(self) -> dict[str, Any]:
-        pods = self.cluster.get_json("pods", "-n", self.namespace, "-l", OPERATOR_LABEL)["items"]
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        assert len(live) == 1, [p["metadata"]["name"] for p in live]
-        pod: dict[str, Any] = live[0]
+        """The leader's pod: of the release's replicas, the one its Lease names."""
+
+        def leader() -> dict[str, Any] | None:
+            leases = self.cluster.get_json("leases", "-n", self.namespace)["items"]
+            holders = {
+                ((lease.get("spec") or {}).get("holderIdentity") or "").rsplit("_", 1)[0]
+                for lease in leases
+            }
+            pods = self.cluster.get_json("pods", "-n", self.namespace, "-l", OPERATOR_LABEL)
+            live = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+            assert len(live) == 2, [p["metadata"]["name"] for p in live]  # the chart's default
+            return next((p for p in live if p["metadata"]["name"] in holders), None)
+
+        pod: dict[str, Any] = wait_until(leader, timeout=60, what="the release's leader")
         return pod
 
     def log(self) -> str:
