@@ -256,3 +256,21 @@ def _event_time(event: dict[str, Any]) -> float:
         or event["metadata"]["creationTimestamp"]
     )
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_leader_stopped_gracefully_hands_the_lease_over_at_once(
+    cluster: Cluster, namespace: str, standby: InstalledOperator
+) -> None:
+    """A rolling update or a drain: SIGTERM releases the Lease on the way out, so the standby
+    takes over at its next try instead of waiting a lease duration out."""
+    operator = standby
+    leader = operator.pod()
+    identity = operator.lease()["holderIdentity"]
+    cluster.kubectl("delete", "pod", "-n", NAMESPACE, leader, "--wait=false")
+    asked = time.monotonic()
+    new_identity = wait_new_holder(operator, identity, timeout=2 * LEASE_DURATION)
+    took = time.monotonic() - asked
+    print(f"handed over {took:.1f}s after the leader was asked to stop")
+    assert new_identity.rsplit("_", 1)[0] != leader
+    # Released: within the standby's next try or two, not a lease duration later.
+    assert took <= 2 * 1.2 * RETRY_PERIOD + 3.0, f"the Lease was waited out ({took:.1f}s)"
