@@ -8,8 +8,11 @@ for ever longer, until clients time out on answers that are still computed; refu
 less than serving one and tells a client (or a load balancer) at once to go elsewhere or later.
 
 Health, readiness, metadata and /metrics never pass through here: a saturated server stays
-live and ready, and its metrics stay scrapeable. The transports admit a request before reading
-or parsing its body (see app.py and grpc_app.py), so a refusal costs neither.
+live and ready, and its metrics stay scrapeable. A refusal costs neither reading nor parsing a
+body: the REST transport `check`s for a free slot before it reads a request's body and takes
+one (`with limiter:`) once the body is there, so a slow client still sending its body holds no
+slot (slow bodies cannot fill the bound and starve everyone: see app.py); gRPC hands over a
+request whole, and it takes its slot before decoding it (grpc_app.py).
 
 Nothing here knows a transport. Both transports run on one event loop thread (server.py), so
 the count is a plain int, like the metrics' counters.
@@ -74,6 +77,7 @@ class InflightLimiter:
 
     `with limiter:` around a request: entering takes a slot or raises OverloadedError at once,
     leaving (however the request ends) gives it back. One instance serves every request.
+    `check()` raises the same refusal without taking a slot.
     """
 
     __slots__ = ("inflight", "limit", "retry_after_s")
@@ -84,6 +88,11 @@ class InflightLimiter:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.inflight = 0
+
+    def check(self) -> None:
+        """Raise OverloadedError if no slot is free now; take none."""
+        if self.inflight >= self.limit > 0:
+            raise OverloadedError(self.limit, self.retry_after_s)
 
     def __enter__(self) -> None:
         if self.inflight >= self.limit > 0:

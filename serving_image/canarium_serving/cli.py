@@ -39,6 +39,13 @@ def _positive_float(value: str) -> float:
     return x
 
 
+def _nonnegative_float(value: str) -> float:
+    x = float(value)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return x
+
+
 def _default_name(uri: str) -> str:
     stem = Path(uri.split("?", 1)[0]).stem if uri else ""
     return stem if stem and stem != "model" else "model"
@@ -70,6 +77,28 @@ _FLAGS: list[tuple[str, str, Any, Any, str]] = [
      contract.DEFAULT_BODY_READ_TIMEOUT_S,
      "seconds a request body may go without data before the request is answered with 408 "
      "(a Content-Length larger than the body sent)"),
+    ("--body-timeout-s", contract.ENV_BODY_TIMEOUT_S, _positive_float,
+     contract.DEFAULT_BODY_TIMEOUT_S,
+     "seconds a whole request body may take to arrive after its head, however steadily it "
+     "trickles (408; an unread body: the connection is closed)"),
+    ("--header-timeout-s", contract.ENV_HEADER_TIMEOUT_S, _positive_float,
+     contract.DEFAULT_HEADER_TIMEOUT_S,
+     "seconds a request head (request line and headers) may take to arrive whole, from its "
+     "first byte or the connection's opening (408, connection closed: slowloris); also the "
+     "time a gRPC connection has to send its HTTP/2 preface"),
+    ("--keep-alive-timeout-s", contract.ENV_KEEP_ALIVE_TIMEOUT_S, _positive_float,
+     contract.DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+     "seconds an idle HTTP/1.1 connection is kept open for a next request"),
+    ("--shutdown-grace-s", contract.ENV_SHUTDOWN_GRACE_S, _nonnegative_float,
+     contract.DEFAULT_SHUTDOWN_GRACE_S,
+     "on SIGTERM/SIGINT, seconds the requests in flight (REST and gRPC) have to finish once "
+     "the ports stop taking new ones; those still running then are answered 503 (gRPC: "
+     "UNAVAILABLE) and the process exits 0"),
+    ("--shutdown-delay-s", contract.ENV_SHUTDOWN_DELAY_S, _nonnegative_float,
+     contract.DEFAULT_SHUTDOWN_DELAY_S,
+     "on SIGTERM/SIGINT, seconds of answering not ready while still serving before the ports "
+     "close (for load balancers that must see the pod go; the operator's pods wait in their "
+     "preStop hook instead); a second signal ends it"),
     ("--batch-max-size", contract.ENV_BATCH_MAX_SIZE, _positive_int, 32,
      "dynamic batching: most rows per model execution; 0 or 1 = off"),
     ("--batch-max-wait-ms", contract.ENV_BATCH_MAX_WAIT_MS, float, 0.0,

@@ -60,6 +60,32 @@ ENV_PVC_ROOT: Final = "CANARIUM_PVC_ROOT"  # override of PVC_MOUNT_ROOT (tests)
 ENV_CONFIGMAP_ROOT: Final = "CANARIUM_CONFIGMAP_ROOT"  # override of CONFIGMAP_MOUNT_ROOT (tests)
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_BODY_READ_TIMEOUT_S: Final = 30.0
+# --- Slow clients and shutdown (issue 14; see serving_image/README.md, "Slow clients" and
+# "Shutdown") ----------------------------------------------------------------------------------
+# A request head (request line and headers) must arrive whole within this many seconds of its
+# first byte (of the connection's opening, for its first request), or the connection is closed
+# with a 408; the gRPC port closes a connection that has not sent its HTTP/2 preface by then.
+ENV_HEADER_TIMEOUT_S: Final = "CANARIUM_HEADER_TIMEOUT_S"
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+# A request body must arrive whole within this many seconds of its head (408), however steadily
+# it trickles; CANARIUM_BODY_READ_TIMEOUT_S bounds the time without any of its data.
+ENV_BODY_TIMEOUT_S: Final = "CANARIUM_BODY_TIMEOUT_S"
+DEFAULT_BODY_TIMEOUT_S: Final = 60.0
+# An idle HTTP/1.1 connection (no byte of a next request) is closed after this many seconds.
+ENV_KEEP_ALIVE_TIMEOUT_S: Final = "CANARIUM_KEEP_ALIVE_TIMEOUT_S"
+DEFAULT_KEEP_ALIVE_TIMEOUT_S: Final = 5.0
+# On SIGTERM: not ready at once, still serving for SHUTDOWN_DELAY seconds (0 with the operator's
+# pods: their preStop hook already waits while the endpoints go), then no new connections or
+# calls, and the requests in flight (REST and gRPC) have SHUTDOWN_GRACE seconds to finish
+# before the process exits 0. The operator's pods: terminationGracePeriodSeconds 30 = 5 s of
+# preStop + 20 s of grace + 5 s to spare.
+ENV_SHUTDOWN_GRACE_S: Final = "CANARIUM_SHUTDOWN_GRACE_S"
+DEFAULT_SHUTDOWN_GRACE_S: Final = 20.0
+ENV_SHUTDOWN_DELAY_S: Final = "CANARIUM_SHUTDOWN_DELAY_S"
+DEFAULT_SHUTDOWN_DELAY_S: Final = 0.0
+# The OpenAPI 3 description of the REST API (package data openapi.json, completed with the
+# served model's name, version and an example request).
+OPENAPI_PATH: Final = "/v2/openapi.json"
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"  # Kubernetes' terminationMessagePath
 # pvc://<claim>/<path> is read from PVC_MOUNT_ROOT/<claim>/<path>: the operator mounts the claim
 # read-only at PVC_MOUNT_ROOT/<claim>. configmap://<name>/<key> likewise: the ConfigMap

@@ -86,6 +86,8 @@ class DataPlane:
             limit = default_max_inflight(config.batch_max_size)
         # `with dataplane.inflight:` around each inference request, by either transport.
         self.inflight = InflightLimiter(limit)
+        # Set on SIGTERM (server.py): not ready from then on, while the requests in flight end.
+        self.draining = False
 
     # --- model loading -------------------------------------------------------------------
     def load(self) -> None:
@@ -160,7 +162,7 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.model is not None
+        return self.model is not None and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": [BINARY_EXTENSION]}

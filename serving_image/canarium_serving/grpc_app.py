@@ -25,6 +25,7 @@ The other methods are never bounded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ import grpc
 from grpc import aio
 
 from .admission import GRPC_RETRY_PUSHBACK_KEY, OverloadedError
+from .contract import DEFAULT_HEADER_TIMEOUT_S
 from .dataplane import DataPlane
 from .grpc_protocol import (
     build_infer_response,
@@ -131,6 +133,10 @@ class GrpcApp:
         except ProtocolError as exc:
             status = exc.status
             await _abort(context, exc)
+        except asyncio.CancelledError:
+            # The shutdown grace period is over: grpc ends the call UNAVAILABLE.
+            status = 503
+            raise
         except Exception as exc:
             status = 500
             log.exception("internal error serving ModelInfer")
@@ -141,14 +147,26 @@ class GrpcApp:
             dataplane.metrics.observe_request(status, time.perf_counter() - started)
 
 
-def grpc_server(app: GrpcApp, address: str, max_message_bytes: int) -> aio.Server:
-    """A grpc.aio server of `app` bound to `address` (host:port), not yet started."""
+def grpc_server(
+    app: GrpcApp,
+    address: str,
+    max_message_bytes: int,
+    handshake_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+) -> aio.Server:
+    """A grpc.aio server of `app` bound to `address` (host:port), not yet started.
+
+    A connection must send its HTTP/2 preface and settings within `handshake_timeout_s` (the
+    REST port's head deadline) or it is closed; grpc's default waits 120 s, so connections
+    that say nothing would pile up. A call's message is handed to the handler only once whole,
+    so a slow sender holds no in-flight slot; HTTP/2 flow control and the message size limit
+    bound what it holds meanwhile."""
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             # grpc's default lets a second process bind the same port and share its traffic.
             ("grpc.so_reuseport", 0),
+            ("grpc.server_handshake_timeout_ms", max(1, round(handshake_timeout_s * 1000))),
         ]
     )
     handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {

@@ -169,6 +169,8 @@ def _to_array(
     if datatype == "BYTES":
         return _bytes_array(name, data, shape)
     raw = _rectangular_array(name, datatype, data, shape)
+    if raw.ndim > 1:
+        _check_nesting(name, raw.shape, shape)
     if datatype == "BOOL":
         if raw.dtype.kind != "b":
             raise ProtocolError(f"input '{name}': datatype BOOL needs true/false values")
@@ -192,10 +194,32 @@ def _check_size(name: str, shape: tuple[int, ...], size: int) -> None:
         )
 
 
+def _check_nesting(name: str, nested: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """Data given as nested arrays must be nested as the shape: a silent reshape would hide a
+    client's mistake (rows of 2 for a shape [2, 3], a transposed matrix)."""
+    if nested != shape:
+        raise ProtocolError(
+            f"input '{name}': 'data' is nested as {list(nested)}, not as its shape "
+            f"{list(shape)}: give it flat (row-major) or nested as the shape"
+        )
+
+
+def _nesting(data: list[Any]) -> tuple[int, ...]:
+    """The lengths of `data`'s nested lists along their first elements."""
+    dims = []
+    item: Any = data
+    while isinstance(item, list):
+        dims.append(len(item))
+        item = item[0] if item else None
+    return tuple(dims)
+
+
 def _bytes_array(name: str, data: list[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
-    """The strings of `data`, nested lists at any depth, as an object array of `shape`."""
+    """The strings of `data`, flat or nested as `shape`, as an object array of `shape`."""
     flat = _flatten_bytes(name, data)
     _check_size(name, shape, len(flat))
+    if data and isinstance(data[0], list):
+        _check_nesting(name, _nesting(data), shape)
     arr: np.ndarray[Any, Any] = np.empty(len(flat), dtype=np.object_)
     arr[:] = flat
     return arr.reshape(shape)
@@ -305,6 +329,15 @@ def _load_json(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            # orjson's own message for this names neither the byte nor UTF-8 ("str is not
+            # valid UTF-8: surrogates not allowed", at char 0).
+            raise ProtocolError(
+                f"{what} is not valid JSON: it is not UTF-8 text (byte {bad.start}: "
+                f"{body[bad.start : bad.start + 1]!r})"
+            ) from None
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"{what} must be a JSON object, got {_type_name(doc)}")
@@ -367,8 +400,11 @@ def parse_request_object(
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
-    parameters = doc.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = doc.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        # [], "", 0 and false too: not "no parameters"
         raise ProtocolError("'parameters' must be an object")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:

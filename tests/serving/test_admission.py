@@ -116,3 +116,19 @@ def test_invalid_env_value_is_a_usage_error(value: str, capsys: pytest.CaptureFi
         build_parser({contract.ENV_MAX_INFLIGHT: value})
     assert info.value.code == 2
     assert contract.ENV_MAX_INFLIGHT in capsys.readouterr().err
+
+
+def test_check_refuses_when_full_and_takes_no_slot() -> None:
+    # The REST transport checks before it reads a body, and takes its slot after.
+    limiter = InflightLimiter(1)
+    limiter.check()  # free: no error
+    assert limiter.inflight == 0  # and no slot taken
+    with limiter:
+        with pytest.raises(OverloadedError) as info:
+            limiter.check()
+        assert info.value.limit == 1
+        assert limiter.inflight == 1
+    limiter.check()
+    unlimited = InflightLimiter(0)
+    with unlimited, unlimited:
+        unlimited.check()

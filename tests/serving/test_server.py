@@ -199,7 +199,11 @@ def test_bad_requests_get_4xx_json(
         ("POST", "/v2/models/iris/versions/9/infer", 404, "no version '9'"),
         ("GET", "/v2/models/iris/versions/9", 404, "no version '9'"),
         ("GET", "/v2/models/iris/infer", 405, "POST only"),
-        ("POST", "/v2/health/ready", 405, "GET only"),
+        ("POST", "/v2/health/ready", 405, "GET and HEAD only"),
+        ("DELETE", "/v2/models/iris", 405, "GET and HEAD only"),
+        ("PUT", "/v2/openapi.json", 405, "GET and HEAD only"),
+        ("DELETE", "/v2/no/such/path", 404, "no such endpoint"),
+        ("PATCH", "/v2/models/nope/ready", 404, "not found"),
         ("GET", "/v3/whatever", 404, "no such endpoint"),
         ("GET", "/v2/models/iris/explain", 404, "no such endpoint"),
         ("POST", "/v2/models/iris/foo/infer", 404, "no such endpoint"),
@@ -213,6 +217,10 @@ def test_bad_paths(
         r = c.request(method, path, content=orjson.dumps({"inputs": [GOOD]}))
         assert r.status_code == status, r.text
         assert message in r.json()["error"]
+        if status == 405:  # RFC 9110: a 405 says which methods the path takes
+            assert r.headers["allow"] == ("POST" if path.endswith("/infer") else "GET, HEAD")
+        else:
+            assert "allow" not in r.headers
 
 
 def test_oversized_body_is_413(any_iris_server: Server) -> None:
