@@ -104,6 +104,10 @@ bench: bench-serving bench-operator bench-rollback bench-judgement ## every benc
 bench-serving: setup ## ours (REST JSON/binary, gRPC) vs KServe 0.21 vs MLServer 1.7.1, no-op HTTP and onnxruntime ceilings
 	$(BIN)/python tests/bench/bench_serving.py --no-batching $(BENCH_SERVING_ARGS)
 
+.PHONY: bench-soak
+bench-soak: setup ## the model server at saturation for 3 min (RSS drift, p99 per interval), then 503 latency past its in-flight limit
+	$(BIN)/python -m tests.bench.bench_soak $(BENCH_SOAK_ARGS)
+
 bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, peak RSS, idle CPU
 	$(BIN)/python -m tests.bench.bench_operator --count 1000
 
