@@ -238,7 +238,7 @@ def _client_command(
     def wrapper(args: argparse.Namespace) -> int:
         import urllib3
 
-        from canarium.kube import KubeError
+        from canarium.kube import KubeError, Unreachable
 
         try:
             return func(args)
@@ -246,6 +246,8 @@ def _client_command(
             message = str(exc)
         except urllib3.exceptions.HTTPError as exc:
             message = unreachable_message(exc)
+        except Unreachable as exc:
+            message = unreachable_message(exc.__cause__ or exc)
         except KubeError as exc:
             message = _one_line(exc)
         print(f"error: {message}", file=sys.stderr)

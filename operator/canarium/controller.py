@@ -716,11 +716,14 @@ class Controller:
         slow metrics provider never holds up a reconcile worker (the finished run queues the
         ModelDeployment again)."""
         due = self.due_analysis(key, inp)
-        finished = self._analysis_runs.pop(key, None)
+        finished = self._analysis_runs.get(key)
+        if due is not None and finished is not None and finished[0] == due:
+            # Kept until its judgement is written (consumed()): a reconcile that fails to
+            # write the status judges the same window again, never a re-measured one.
+            return replace(inp, analysis_window=finished[1])
+        self._analysis_runs.pop(key, None)  # for an interval that no longer applies
         if due is None:
             return inp
-        if finished is not None and finished[0] == due:
-            return replace(inp, analysis_window=finished[1])
         if key not in self._analysis_tasks:
             self._analysis_tasks[key] = asyncio.create_task(
                 self._analysis_task(key, due), name=f"canarium-analysis-{key[0]}-{key[1]}"
@@ -752,12 +755,13 @@ class Controller:
         """The reconcile input with the stable revision's window measured since the last
         reconcile; a window that is due starts measuring in its own task (spec.monitoring)."""
         spec = inp.mdep.spec.monitoring
-        finished = self._monitoring_runs.pop(key, None)
+        finished = self._monitoring_runs.get(key)
         revision = monitored_revision(inp.mdep.status)
+        if spec is not None and finished is not None and finished.revision == revision:
+            return replace(inp, monitoring_window=finished)  # kept until consumed()
+        self._monitoring_runs.pop(key, None)
         if spec is None or revision is None:
             return inp
-        if finished is not None and finished.revision == revision:
-            return replace(inp, monitoring_window=finished)
         action, _ = monitoring.due(spec, inp.mdep.status.monitoring, revision, inp.now)
         if action is not None and key not in self._monitoring_tasks:
             target = AnalysisTarget(
@@ -814,11 +818,12 @@ class Controller:
         inp = self.with_analysis(key, inp)
         inp = self.with_monitoring(key, inp)
         plan = reconcile(inp)
+        await self.execute(key, plan)
+        self.consumed(key, inp)
         if inp.analysis_window is not None:
             self.judged(key, inp.analysis_window, plan)
-        await self.execute(key, plan)
-        if inp.analysis_window is not None and plan.status.get("analysis"):
-            await self.record_window(key, inp)
+            if plan.status.get("analysis"):
+                await self.record_window(key, inp)
         if (
             not plan.status.get("canary")
             and not plan.status.get("previous")
@@ -828,6 +833,17 @@ class Controller:
             self.providers.analysis_ended(*key)
         metrics.RECONCILE_TOTAL.labels("ModelDeployment").inc()
         metrics.RECONCILE_SECONDS.labels("ModelDeployment").observe(time.perf_counter() - started)
+
+    def consumed(self, key: Key, inp: ReconcileInput) -> None:
+        """The measured windows this reconcile judged are in the status now: drop them (a
+        window measured meanwhile for a later interval is kept)."""
+        run = self._analysis_runs.get(key)
+        if run is not None and run[1] is inp.analysis_window:
+            del self._analysis_runs[key]
+        if inp.monitoring_window is not None and self._monitoring_runs.get(key) is (
+            inp.monitoring_window
+        ):
+            del self._monitoring_runs[key]
 
     async def record_window(self, key: Key, inp: ReconcileInput) -> None:
         """Add the judged window to the ModelDeployment's analysis recording (a ConfigMap it

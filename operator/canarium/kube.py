@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 
 from canarium.render import MANAGER
@@ -80,6 +81,15 @@ class NotLeader(KubeError):
 
     def __init__(self, identity: str) -> None:
         super().__init__(503, "NotLeader", f"{identity} does not hold the leader Lease")
+
+
+class Unreachable(KubeError):
+    """The request got no HTTP answer: connection refused or reset, a timeout (urllib3's
+    error is the __cause__). A KubeError like the others, so that every caller that survives
+    an API error survives an API server that is away."""
+
+    def __init__(self, cause: urllib3.exceptions.HTTPError) -> None:
+        super().__init__(0, "Unreachable", f"no answer from the API server: {cause}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,8 @@ class Kube:
             data = response.read()  # type: ignore[no-untyped-call]
         except client.ApiException as exc:
             raise KubeError(exc.status or 0, str(exc.reason), str(exc.body or "")) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unreachable(exc) from exc
         if response.status >= 400:
             raise KubeError(response.status, str(response.reason), data.decode(errors="replace"))
         return json.loads(data) if data else None
@@ -177,6 +189,8 @@ class Kube:
             data: bytes = response.read()  # type: ignore[no-untyped-call]
         except client.ApiException as exc:
             raise KubeError(exc.status or 0, str(exc.reason), str(exc.body or "")) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unreachable(exc) from exc
         if response.status >= 400:
             raise KubeError(response.status, str(response.reason), data.decode(errors="replace"))
         return data.decode("utf-8", errors="replace")

@@ -19,6 +19,7 @@ from tests.e2e.incluster import InstalledOperator
 from tests.e2e.load import LoadGenerator
 from tests.e2e.models import FEATURES, E2EModels
 from tests.e2e.test_cli import kubectl_canarium
+from tests.e2e.test_rollout import endpoint_revisions, pods_of
 from tests.e2e.test_training_image import ACCESS_KEY, BUCKET, IMAGE, SECRET_VALUE, s3_env
 from tests.s3server import S3Server, start_s3_server
 
@@ -230,6 +231,17 @@ def test_drift_retrains_and_the_candidate_is_canaried_judged_and_promoted(
     logs = cluster.kubectl("logs", "-n", namespace, f"job/{run['name']}", check=False).stdout
     assert run["phase"] == "Promoted", (run, logs)
     version = _check_promoted(cluster, namespace, s3, run, uri, stable_before)
+    # The replaced revision's pods drain (scaled to 0 when the run was promoted): once they are
+    # out of the Service's endpoints, every answer is the retrained model's.
+    wait_until(
+        lambda: not pods_of(cluster, namespace, stable_before), timeout=60, what="old pods gone"
+    )
+    wait_until(
+        lambda: endpoint_revisions(cluster, namespace, NAME) == {run["revision"]},
+        timeout=30,
+        what="the Service's endpoints are the retrained revision's only",
+    )
+    time.sleep(2)  # kube-proxy's rules follow the EndpointSlices within its 1 s minSyncPeriod
     answered = load(NAME, models.x, rate=20, max_requests=20, duration=30).run()
     assert answered.by(lambda r: f"{r.status} {r.version}") == {f"200 {version}": 20}
 

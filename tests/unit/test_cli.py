@@ -4,6 +4,7 @@ tests/e2e/test_cli.py's)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
@@ -196,6 +197,22 @@ def test_unreachable_message_names_the_server_and_the_cause() -> None:
     assert unreachable_message(raised.value) == (
         f"cannot reach the Kubernetes API server at http://127.0.0.1:{port}: Connection refused"
     )
+
+
+def test_a_request_nobody_answers_is_a_kube_error_that_keeps_its_cause() -> None:
+    """The operator survives an API server that is away as it survives one that answers an
+    error: every caller that catches KubeError (events, the analysis recording, the Lease)."""
+    from canarium.kube import Kube, KubeError, Unreachable
+    from kubernetes import client
+
+    port = closed_port()
+    kube = Kube(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}")))
+    with pytest.raises(KubeError) as raised:
+        asyncio.run(kube.request("GET", "/api/v1/namespaces", timeout=2))
+    assert isinstance(raised.value, Unreachable)
+    assert raised.value.status == 0
+    assert isinstance(raised.value.__cause__, urllib3.exceptions.HTTPError)
+    assert unreachable_message(raised.value.__cause__).endswith(": Connection refused")
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

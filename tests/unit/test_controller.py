@@ -13,12 +13,14 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pytest
+import urllib3
+from canarium import controller as controller_module
 from canarium import metrics
 from canarium.analysis import AnalysisTarget, MeasuredWindow, WindowResult
 from canarium.analysis import providers as providers_module
 from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
 from canarium.controller import MAX_BACKOFF, Controller, Key, OwnWrites, contested, covers
-from canarium.kube import Kube, KubeError, ObjectRef
+from canarium.kube import Kube, KubeError, ObjectRef, Unreachable
 from canarium.reconcile import ChildRef, Plan, ReconcileInput, rollout_input
 from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
 from canarium.rollout import AnalysisRun, Event
@@ -56,6 +58,11 @@ class FakeKube:
         body = json.loads(json.dumps(manifest))
         body["metadata"]["resourceVersion"] = "40"
         return cast(dict[str, Any], body)
+
+    async def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        self.calls.append(("get", ref))
+        self._maybe_fail("get")
+        return None
 
     async def delete(self, ref: ObjectRef) -> bool:
         self.calls.append(("delete", ref))
@@ -881,6 +888,54 @@ class HangingProvider(FakeProvider):
         return await super().measure(target)
 
 
+def test_a_window_whose_judgement_was_not_written_is_judged_again_not_remeasured(
+    provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status write of a judged interval fails (the API server is away): the measured
+    window stays, and the retried reconcile judges that same window. Measuring it again would
+    lose the interval's numbers (the provider's counters moved on) and count it twice."""
+    controller, kube = _controller(clock=lambda: NOW + timedelta(seconds=31))
+    body = _body(rollout={"policy": POLICY})
+    body["status"] = _rolling({"intervals": 1, "lastRunTime": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    judged: list[MeasuredWindow | None] = []
+
+    def reconcile(inp: ReconcileInput) -> Plan:
+        """The state machine's part, reduced to what the controller does with a window."""
+        judged.append(inp.analysis_window)
+        analysis = {"intervals": 2} if inp.analysis_window is not None else {"intervals": 1}
+        return _plan(status={**body["status"], "analysis": analysis})
+
+    monkeypatch.setattr(controller_module, "reconcile", reconcile)
+    versions = itertools.count(11)
+
+    async def reconcile_now() -> None:
+        # The cache fed as the watch would, the status unchanged: the failed write wrote
+        # nothing (and the fake API answers status patches with the status only).
+        version = str(next(versions))
+        controller.on_mdep(
+            None, {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        )
+        await controller.reconcile_key(KEY)
+
+    async def scenario() -> None:
+        await reconcile_now()  # the interval is due: measured in a task
+        await controller._analysis_tasks[KEY]
+        window = controller._analysis_runs[KEY][1]
+        kube.fail["patch_status"] = [Unreachable(urllib3.exceptions.ProtocolError("reset"))]
+        with pytest.raises(KubeError):
+            await reconcile_now()
+        assert controller._analysis_runs[KEY][1] is window, "kept for the retry"
+        await reconcile_now()
+        assert KEY not in controller._analysis_runs, "written: dropped"
+        assert KEY not in controller._analysis_tasks, "and never measured again"
+        assert judged[1:] == [window, window]
+        await controller.stop()
+
+    asyncio.run(scenario())
+    measured = [verb for verb, _ in provider.calls if verb in ("baseline", "measure")]
+    assert measured == ["measure"]
+
+
 def test_a_provider_that_hangs_holds_up_no_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
     """The interval of one ModelDeployment is measured in a task of its own: a provider that
     hangs for its whole timeout delays no reconcile, of that model or of another (one worker
@@ -1029,6 +1084,8 @@ def test_a_monitored_stable_revision_gets_its_first_window_measured_in_a_task(
         inp = controller.build_input(KEY)
         assert inp is not None
         assert controller.with_monitoring(KEY, inp).monitoring_window == window
+        assert controller._monitoring_runs[KEY] is window, "kept until its status is written"
+        await controller.reconcile_key(KEY)
         assert KEY not in controller._monitoring_runs
 
     asyncio.run(scenario())
