@@ -58,6 +58,7 @@ only_mutate = [${only%,}]
 # The Dockerfile checks look for the packages where the staging copy moved them from.
 pytest_add_cli_args_test_selection = [
   "tests/unit",
+  "tests/serving/test_admission.py",  # admission.py's tests: pure, beside the server's
   "--ignore=tests/unit/test_dockerfiles.py",
   "--ignore=tests/unit/test_serving_dockerfile.py",
   "--ignore=tests/unit/test_training_dockerfile.py",

@@ -132,3 +132,19 @@ def test_check_refuses_when_full_and_takes_no_slot() -> None:
     unlimited = InflightLimiter(0)
     with unlimited, unlimited:
         unlimited.check()
+
+
+def test_check_refuses_as_entering_does_with_the_limit_and_retry_after_configured() -> None:
+    # The REST transport answers a refusal by check() (before the body) with its Retry-After.
+    limiter = InflightLimiter(2, retry_after_s=5)
+    with limiter, limiter:
+        with pytest.raises(OverloadedError) as checked:
+            limiter.check()
+        with pytest.raises(OverloadedError) as entered, limiter:
+            pass  # pragma: no cover - never entered
+    for error in (checked.value, entered.value):
+        assert (error.status, error.limit, error.retry_after_s) == (503, 2, 5)
+        assert error.message == (
+            "server overloaded: 2 inference requests already in flight, the most it takes at "
+            f"once ({contract.ENV_MAX_INFLIGHT}); retry after 5 s"
+        )

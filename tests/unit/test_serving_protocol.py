@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,12 @@ from canarium_serving.protocol import (
     InferenceRequest,
     ProtocolError,
     TensorSpec,
+    array_to_bytes,
+    build_binary_response,
     build_response,
     datatype_of,
     error_body,
+    parse_binary_request,
     parse_request,
     parse_request_object,
     select_outputs,
@@ -694,6 +698,23 @@ def test_true_and_false_next_to_numbers_are_not_taken_for_1_and_0() -> None:
     assert parse_request(body, IRIS).inputs["input"].tolist() == [pytest.approx(ROW)]
 
 
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP64", [1j, 2.0], "input 'v': datatype FP64 needs numbers, got unsupported values"),
+        ("INT64", [b"a", b"b"], "input 'v': datatype INT64 needs integers, got unsupported values"),
+    ],
+)
+def test_values_no_json_can_hold_are_unsupported_for_a_python_caller(
+    datatype: str, data: list[Any], message: str
+) -> None:
+    spec = (TensorSpec("v", datatype, (-1,)),)
+    item = {"name": "v", "shape": [2], "datatype": datatype, "data": data}
+    with pytest.raises(ProtocolError) as caught:
+        parse_request_object({"inputs": [item]}, spec)
+    assert (caught.value.status, caught.value.message) == (400, message)
+
+
 def test_integers_beyond_any_json_parser_are_out_of_range_for_a_python_caller() -> None:
     spec = (TensorSpec("v", "UINT64", (-1,)),)
     item = {"name": "v", "shape": [2], "datatype": "UINT64", "data": [1, 2**64]}
@@ -904,6 +925,157 @@ def test_every_property_test_here_is_seeded() -> None:
         chosen = test._hypothesis_internal_use_settings
         assert chosen.derandomize, test.__name__
         assert chosen.database is None, test.__name__
+
+
+# --- nested data, bodies that are not UTF-8, and the binary extension's edges --------------
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "shape", "nested"),
+    [
+        ("FP64", [[1, 2], [3, 4], [5, 6]], [2, 3], [3, 2]),  # a transposed matrix
+        ("INT64", [[1, 2, 3, 4, 5, 6]], [2, 3], [1, 6]),  # one row of six for two of three
+        ("BOOL", [[True], [False], [True], [False], [True], [False]], [2, 3], [6, 1]),
+        ("FP32", [[[1, 2, 3]], [[4, 5, 6]]], [2, 3, 1], [2, 1, 3]),
+        ("BYTES", [["a", "b"], ["c", "d"], ["e", "f"]], [2, 3], [3, 2]),
+        # ragged nesting: the lengths along the first elements, the first one an empty row
+        ("BYTES", [[], ["a", "b", "c", "d", "e", "f"]], [2, 3], [2, 0]),
+    ],
+)
+def test_data_nested_otherwise_than_its_shape_is_refused_not_reshaped(
+    datatype: str, data: list[Any], shape: list[int], nested: list[int]
+) -> None:
+    spec = (TensorSpec("v", datatype, (-1,) * len(shape)),)
+    body = _body({"name": "v", "shape": shape, "datatype": datatype, "data": data})
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(body, spec)
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        f"input 'v': 'data' is nested as {nested}, not as its shape {shape}: "
+        "give it flat (row-major) or nested as the shape",
+    )
+
+
+def test_a_column_of_strings_nested_as_its_shape_is_accepted() -> None:
+    spec = (TensorSpec("t", "BYTES", (-1, 1)),)
+    for data in ([["a"], ["b"]], [["only"]]):
+        shape = [len(data), 1]
+        body = _body({"name": "t", "shape": shape, "datatype": "BYTES", "data": data})
+        arr = parse_request(body, spec).inputs["t"]
+        assert arr.shape == tuple(shape)
+        assert arr.tolist() == data
+
+
+def test_a_body_that_is_not_utf8_names_the_first_bad_byte() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(b'{"inputs": [\xff\xfe]}', IRIS)
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "request body is not valid JSON: it is not UTF-8 text (byte 12: b'\\xff')",
+    )
+
+
+def _binary_mixed(ids: list[Any]) -> tuple[bytes, int]:
+    """x as 2 x 2 FP64 binary data, ids as JSON data (only its values may hold true/false)."""
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP64",
+                    "shape": [2, 2],
+                    "parameters": {"binary_data_size": 32},
+                },
+                {"name": "ids", "datatype": "INT64", "shape": [2], "data": ids},
+            ]
+        }
+    )
+    return header + struct.pack("<4d", 0.5, 1.5, 2.5, 3.5), len(header)
+
+
+def test_a_binary_request_takes_no_json_true_or_false_for_1_or_0() -> None:
+    specs = (TensorSpec("x", "FP64", (-1, 2)), TensorSpec("ids", "INT64", (-1,)))
+    request = parse_binary_request(*_binary_mixed([7, 8]), specs)
+    assert request.inputs["x"].tolist() == [[0.5, 1.5], [2.5, 3.5]]
+    assert request.inputs["ids"].tolist() == [7, 8]
+    for ids in ([1, True], [2, False]):  # a true alone in the JSON part, a false alone
+        with pytest.raises(ProtocolError) as caught:
+            parse_binary_request(*_binary_mixed(ids), specs)
+        assert (caught.value.status, caught.value.message) == (
+            400,
+            "input 'ids': datatype INT64 needs integers, got booleans",
+        )
+
+
+def test_a_zero_header_length_is_an_empty_json_part_not_a_negative_one() -> None:
+    body = _body(_tensor(ROW))
+    with pytest.raises(ProtocolError) as caught:
+        parse_binary_request(body, 0, IRIS)
+    assert caught.value.status == 400
+    assert caught.value.message.startswith(
+        "the first 0 bytes of the request body (Inference-Header-Content-Length) "
+        "is not valid JSON: "
+    )
+    with pytest.raises(ProtocolError) as caught:
+        parse_binary_request(body, -1, IRIS)
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "Inference-Header-Content-Length must not be negative, got -1",
+    )
+
+
+def test_other_request_parameters_leave_every_output_json() -> None:
+    request = parse_request(_body(_tensor(ROW), parameters={"priority": 1}), IRIS)
+    assert request.binary_output_default is False
+    assert request.binary_output_names(["label", "probabilities"]) == frozenset()
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(_body(_tensor(ROW), parameters={"binary_data_output": 1}), IRIS)
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "parameters 'binary_data_output' must be true or false",
+    )
+
+
+def test_binary_bytes_outputs_carry_bytes_elements_unchanged() -> None:
+    # JSON data replaces what is not UTF-8 (test_text_outputs_are_strings_in_the_response);
+    # binary data has no need to: each element is its 4-byte little-endian length, then it.
+    text = np.asarray([b"\xff\x00", b"ab", "é"], dtype=np.object_)
+    body, n = build_binary_response("m", "1", {"t": text}, None, {"t"})
+    assert (
+        body[n:]
+        == b"\x02\x00\x00\x00\xff\x00" + b"\x02\x00\x00\x00ab" + b"\x02\x00\x00\x00\xc3\xa9"
+    )
+    assert orjson.loads(body[:n])["outputs"] == [
+        {"name": "t", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": 18}}
+    ]
+
+
+def test_binary_bool_outputs_are_bytes_0_and_1_whatever_numpy_holds_true_in() -> None:
+    # numpy takes any non-zero byte of a bool array for True (a view of a model's buffer)
+    flags = np.frombuffer(b"\x02\x00\xff\x01", dtype=np.bool_)
+    assert flags.tolist() == [True, False, True, True]
+    body, n = build_binary_response("m", "1", {"f": flags}, None, {"f"})
+    assert body[n:] == b"\x01\x00\x01\x01"
+    # which the binary extension's parser (ours, Triton's) reads back
+    spec = (TensorSpec("f", "BOOL", (-1,)),)
+    item = {"name": "f", "datatype": "BOOL", "shape": [4], "parameters": {"binary_data_size": 4}}
+    header = orjson.dumps({"inputs": [item]})
+    request = parse_binary_request(header + body[n:], len(header), spec)
+    assert request.inputs["f"].tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("arr", "datatype", "raw"),
+    [
+        (np.asarray([1.5, -2.0], dtype=">f8"), "FP64", struct.pack("<2d", 1.5, -2.0)),
+        (np.asarray([[1, -2]], dtype=">i4"), "INT32", struct.pack("<2i", 1, -2)),
+        (np.asarray([0.25], dtype="<f4"), "FP32", struct.pack("<f", 0.25)),
+    ],
+)
+def test_raw_tensor_bytes_are_little_endian_whatever_the_arrays_byte_order(
+    arr: np.ndarray[Any, Any], datatype: str, raw: bytes
+) -> None:
+    assert array_to_bytes(arr, datatype) == raw
 
 
 def _plausible(key: str) -> str:
