@@ -108,8 +108,8 @@ bench-serving: setup ## ours (REST JSON/binary, gRPC) vs KServe 0.21 vs MLServer
 bench-soak: setup ## the model server at saturation for 3 min (RSS drift, p99 per interval), then 503 latency past its in-flight limit
 	$(BIN)/python -m tests.bench.bench_soak $(BENCH_SOAK_ARGS)
 
-bench-operator: setup control-plane ## 1,000 ModelDeployments: time to Ready, peak RSS, idle CPU
-	$(BIN)/python -m tests.bench.bench_operator --count 1000
+bench-operator: setup control-plane ## vs Argo Rollouts, one kwok cluster: 1,000 to Ready, RSS, CPU, 100 rollouts vs 1 (BENCH_OPERATOR_ARGS="--count 5000")
+	$(BIN)/python -m tests.bench.bench_operator --count 1000 $(BENCH_OPERATOR_ARGS)
 
 bench-rollback: setup control-plane images ## broken canary to all traffic on stable, in analysis intervals
 	$(BIN)/python -m tests.bench.bench_rollback --runs 3

@@ -11,12 +11,24 @@
 #   hack/cluster.sh kubectl     print the path of the matching kubectl
 #   hack/cluster.sh bin         print the directory of the built binaries (builds if needed)
 #   hack/cluster.sh load TAR... import image archives into the real node (`make images` does)
+#   hack/cluster.sh components  list the control-plane components `restart` knows
+#   hack/cluster.sh restart COMPONENT [DOWN_SECONDS]
+#                               a fault: stop one component of the running cluster (SIGTERM,
+#                               as kwokctl stops it), keep it down DOWN_SECONDS (default 0), start
+#                               it again as kwokctl started it, wait until /readyz answers;
+#                               a component that ended meanwhile (kube-controller-manager and
+#                               kube-scheduler do when they cannot renew their leader Lease) is
+#                               started again, as the kubelet would
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
 
 name=${CANARIUM_CLUSTER_NAME:-canarium}
 nodes=${CANARIUM_CLUSTER_NODES:-3}
+# CANARIUM_CONTROL_PLANE_PROFILE=bench (make bench-operator's cluster): kube-controller-manager
+# with more concurrent syncs (write_controller_manager_wrapper), so that a benchmark measures the
+# operator, not the local control plane.
+profile=${CANARIUM_CONTROL_PLANE_PROFILE:-}
 # One real node per machine (its bridge, ports and pod range are fixed): the default cluster's.
 if [ "$name" = canarium ]; then real_node=${CANARIUM_REAL_NODE:-1}; else real_node=${CANARIUM_REAL_NODE:-0}; fi
 cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
@@ -28,8 +40,13 @@ kubeconfig_path() { echo "$cluster_dir/kubeconfig.yaml"; }
 
 # Pod IPs come from each node's podCIDR: a loopback range (127.64.N.0/24 on node N), so that
 # tests can run a real model server process at a simulated pod's own IP with no network setup.
+# The bench profile's pods get addresses an EndpointSlice accepts (the shared range 100.64.0.0/10,
+# a /16 per node, nothing listens there): with loopback ones the endpoint controllers fail and
+# retry every Service over and over, and the API server is busy with that, not with what is
+# measured.
 node_manifest() {
-  local i=$1
+  local i=$1 cidr=127.64.$1.0/24
+  [ "$profile" != bench ] || cidr=100.$((64 + $1)).0.0/16
   cat <<YAML
 apiVersion: v1
 kind: Node
@@ -47,8 +64,8 @@ metadata:
     type: kwok
 spec:
 $( [ "$real_node" = 1 ] && printf '  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]\n' )
-  podCIDR: 127.64.$i.0/24
-  podCIDRs: [127.64.$i.0/24]
+  podCIDR: $cidr
+  podCIDRs: [$cidr]
 status:
   allocatable: {cpu: "1000", memory: 4Ti, pods: "5000"}
   capacity: {cpu: "1000", memory: 4Ti, pods: "5000"}
@@ -71,7 +88,7 @@ options:
   # In-cluster clients verify the API server as the \`kubernetes\` Service's ClusterIP.
   kubeApiserverCertSANs: [198.19.0.1, 198.18.0.1]
   kubeApiserverBinary: $KWOK_WORKDIR/wrappers/kube-apiserver
-  kubeControllerManagerBinary: $bin/kube-controller-manager
+  kubeControllerManagerBinary: $( [ "$profile" = bench ] && echo "$KWOK_WORKDIR/wrappers/kube-controller-manager-bench" || echo "$bin/kube-controller-manager" )
   kubeSchedulerBinary: $bin/kube-scheduler
   kubectlBinary: $bin/kubectl
   etcdBinary: $bin/etcd
@@ -106,6 +123,21 @@ SH
 exec -a "\$0" "$bin/kwok" "\$@" --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
 SH
   chmod +x "$KWOK_WORKDIR/wrappers/kwok"
+  write_controller_manager_wrapper "$bin"
+}
+
+# The bench profile's kube-controller-manager: 50 concurrent Deployment, ReplicaSet, EndpointSlice
+# and garbage-collector syncs (defaults 5, 5, 5, 20), so thousands of Deployments at once are not
+# queued behind a handful of workers. Client QPS limits are already off (disableQPSLimits gives
+# kube-controller-manager and kube-scheduler 5000 QPS, burst 10000).
+write_controller_manager_wrapper() {
+  local bin=$1
+  cat >"$KWOK_WORKDIR/wrappers/kube-controller-manager-bench" <<SH
+#!/bin/bash
+exec -a "\$0" "$bin/kube-controller-manager" "\$@" --concurrent-deployment-syncs=50 \\
+  --concurrent-replicaset-syncs=50 --concurrent-service-endpoint-syncs=50 --concurrent-gc-syncs=50
+SH
+  chmod +x "$KWOK_WORKDIR/wrappers/kube-controller-manager-bench"
 }
 
 up() {
@@ -163,6 +195,125 @@ down() {
   rm -rf "$cluster_dir"
 }
 
+# kwokctl's binary runtime (v0.8) starts each component of kwok.yaml's `components` (binary,
+# args, envs) in its workDir, in a session of its own, its PID in pids/NAME.pid and its output
+# in logs/NAME.log (utils/exec.ForkExec); kwokctl has no command for one component, so `restart`
+# does the same with the same binary, arguments, folder and environment (read from the running
+# process), and updates the PID file (so `kwokctl delete` and `down` stop the new process).
+components() {
+  [ -f "$cluster_dir/kwok.yaml" ] || { echo "cluster $name is not running" >&2; return 1; }
+  component_field name
+}
+
+# component_field FIELD [NAME]: one field (name, binary, workDir; args: NUL-separated) of the
+# components in kwok.yaml (sigs.k8s.io/yaml output: sorted keys, two-space lists), or of NAME's.
+component_field() {
+  awk -v field="$1" -v want="${2:-}" -v q="'" '
+    function unquote(v) {
+      if (substr(v, 1, 1) == q && substr(v, length(v), 1) == q) {
+        v = substr(v, 2, length(v) - 2); gsub(q q, q, v)
+      } else if (v ~ /^".*"$/) { v = substr(v, 2, length(v) - 2) }
+      return v
+    }
+    function flush() {
+      if (entry && (want == "" || nm == want)) {
+        if (field == "name") print nm
+        else if (field == "binary") print bin
+        else if (field == "workDir") print wd
+        else if (field == "args") printf "%s", args
+      }
+      entry = 0; nm = bin = wd = args = ""; key = ""
+    }
+    /^components:/ { inside = 1; next }
+    inside && /^[^ -]/ { flush(); inside = 0 }
+    !inside { next }
+    /^- / { flush(); entry = 1; sub(/^- /, "  ") }
+    /^  [A-Za-z]+:/ {
+      key = $1; sub(/:$/, "", key); v = $0; sub(/^  [A-Za-z]+: ?/, "", v); v = unquote(v)
+      if (key == "name") nm = v; else if (key == "binary") bin = v; else if (key == "workDir") wd = v
+      next
+    }
+    /^  - / && key == "args" { v = $0; sub(/^  - /, "", v); args = args unquote(v) "\0"; next }
+    END { flush() }
+  ' "$cluster_dir/kwok.yaml"
+}
+
+wait_ready() {
+  local kubectl=$1 timeout=$2 start=$SECONDS
+  until "$kubectl" --kubeconfig "$(kubeconfig_path)" --request-timeout=2s get --raw /readyz >/dev/null 2>&1; do
+    if [ $((SECONDS - start)) -ge "$timeout" ]; then
+      echo "the API server is not ready ${timeout}s after the restart" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# start_component NAME ENVIRON_FILE: as kwokctl starts it, with the environment of ENVIRON_FILE
+# (a copy of /proc/PID/environ); the log is appended to (kwokctl truncates it at a start: the
+# lines before the fault stay).
+start_component() {
+  local component=$1 envfile=$2 binary workdir log="$cluster_dir/logs/$1.log" argv=() environ=()
+  binary=$(component_field binary "$component")
+  workdir=$(component_field workDir "$component")
+  mapfile -d '' argv < <(component_field args "$component")
+  mapfile -d '' environ <"$envfile"
+  [ "${#environ[@]}" -gt 0 ] || environ=("PATH=$PATH" "HOME=$HOME")
+  echo "--- hack/cluster.sh: $component started again ($(date -u +%FT%TZ)) ---" >>"$log"
+  (cd "${workdir:-$cluster_dir}" && exec setsid env -i "${environ[@]}" "$binary" "${argv[@]}" </dev/null >>"$log" 2>&1) &
+  echo $! >"$cluster_dir/pids/$component.pid"
+  disown
+}
+
+alive() { local pid; pid=$(cat "$cluster_dir/pids/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
+
+restart() {
+  local component=${1:?usage: $0 restart COMPONENT [DOWN_SECONDS]} down=${2:-0}
+  local all
+  all=$(components 2>/dev/null || true)
+  if ! grep -qx -- "$component" <<<"$all"; then
+    echo "no component $component in cluster $name (components: $(tr '\n' ' ' <<<"$all"))" >&2
+    return 2
+  fi
+  local envs c pid
+  envs=$(mktemp -d)
+  trap 'rm -rf "$envs"' RETURN
+  for c in $all; do
+    if alive "$c"; then cat "/proc/$(cat "$cluster_dir/pids/$c.pid")/environ" >"$envs/$c"; else : >"$envs/$c"; fi
+  done
+  if alive "$component"; then
+    pid=$(cat "$cluster_dir/pids/$component.pid")
+    kill -TERM "$pid"
+    local i
+    for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "$component ($pid) still running 30s after SIGTERM: SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+  else
+    echo "$component was not running" >&2
+  fi
+  local stopped=$SECONDS
+  sleep "$down"
+  start_component "$component" "$envs/$component"
+  wait_ready "$(bin_dir)/kubectl" 120
+  echo "$component restarted (pid $(cat "$cluster_dir/pids/$component.pid")): ready $((SECONDS - stopped))s after it stopped" >&2
+  # kube-controller-manager and kube-scheduler end when they cannot renew their leader Lease
+  # (the API server away past their renew deadline): start them again, as the kubelet restarts
+  # a static pod. One may end a moment after the API server is back (its deadline had passed):
+  # watch them for a few seconds more.
+  for i in 1 2 3 4 5; do
+    for c in $all; do
+      if ! alive "$c"; then
+        echo "$c ended meanwhile ($(grep -v '^---' "$cluster_dir/logs/$c.log" | tail -1 | cut -c1-200)); starting it again" >&2
+        start_component "$c" "$envs/$c"
+      fi
+    done
+    sleep 1
+  done
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
@@ -170,5 +321,7 @@ case "${1:-}" in
   kubectl) echo "$(bin_dir)/kubectl" ;;
   load) shift; if [ "$real_node" = 1 ]; then "$here/node.sh" load "$@"; fi ;;
   bin) bin_dir ;;
-  *) echo "usage: $0 up|down|kubeconfig|kubectl|bin|load ARCHIVE..." >&2; exit 2 ;;
+  components) components ;;
+  restart) shift; restart "$@" ;;
+  *) echo "usage: $0 up|down|kubeconfig|kubectl|bin|components|load ARCHIVE...|restart COMPONENT [DOWN_SECONDS]" >&2; exit 2 ;;
 esac

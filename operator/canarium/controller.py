@@ -104,6 +104,13 @@ def _exit_lost() -> None:
     os._exit(1)
 
 
+def api_threads(workers: int) -> int:
+    """Threads for API calls (the kubernetes client blocks): room for every worker's concurrent
+    applies. The client's connection pool is as large, so that no thread opens a connection
+    (a TLS handshake) that the pool then discards."""
+    return max(16, 4 * workers)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -473,7 +480,7 @@ class Controller:
         # concurrent applies, instead of asyncio's default of a few threads.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(
-                max_workers=max(16, 4 * self.worker_count), thread_name_prefix="kube"
+                max_workers=api_threads(self.worker_count), thread_name_prefix="kube"
             )
         )
         self._loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from canarium.controller import Controller
+from canarium.controller import Controller, api_threads
 from canarium.kube import Kube
 from canarium.leader import LeaderElector, LeaseConfig
 from canarium.render import LABEL_MANAGED_BY, MANAGER
@@ -45,13 +45,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for _group, _version, plural in (*CHILDREN, POD, JOB):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
 
-    kube = Kube.from_environment()
+    workers = int(memo.get("workers") or 8)
+    kube = Kube.from_environment(pool_size=api_threads(workers))
     lease: LeaseConfig | None = memo.get("lease")
     controller = Controller(
         kube,
         Settings.from_env(),
         namespaces=memo.get("namespaces") or None,
-        workers=int(memo.get("workers") or 8),
+        workers=workers,
         elector=LeaderElector(kube, lease) if lease is not None else None,
     )
     memo["controller"] = controller
