@@ -157,3 +157,16 @@ def local_cluster_running() -> bool:
         check=False,
     )
     return probe.returncode == 0
+
+
+def restart_component(component: str, down: float = 0, name: str = "") -> float:
+    """hack/cluster.sh restart: one control-plane component of the local cluster stopped, kept
+    down `down` seconds, started again; returns the seconds until the API server was ready."""
+    env = dict(os.environ)
+    if name:
+        env["CANARIUM_CLUSTER_NAME"] = name
+    started = time.monotonic()
+    subprocess.run(
+        [str(CLUSTER_SH), "restart", component, f"{down:g}"], env=env, check=True, timeout=300
+    )
+    return time.monotonic() - started

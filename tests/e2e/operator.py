@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from canarium.settings import DEFAULT_SERVING_IMAGE
+
 from tests import process
 from tests.e2e.cluster import REPO, Cluster
 
@@ -56,7 +58,8 @@ class OperatorProcess:
             # The operator plays the in-cluster one: it reaches pods at their IPs.
             env={
                 **self.cluster.env(),
-                "CANARIUM_SERVING_IMAGE": "canarium-serving:e2e",
+                # The image `make images` loads into the real node (the install's).
+                "CANARIUM_SERVING_IMAGE": DEFAULT_SERVING_IMAGE,
                 "CANARIUM_POD_SCRAPE": "pod-ip",
             },
             cwd=REPO,
@@ -80,6 +83,9 @@ class OperatorProcess:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
