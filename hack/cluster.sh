@@ -35,6 +35,9 @@ cache=${CANARIUM_CACHE:-$HOME/.cache/canarium}
 export KWOK_WORKDIR="$cache/kwok"
 cluster_dir="$KWOK_WORKDIR/clusters/$name"
 bin_dir() { "$here/build-control-plane.sh"; }
+# The cluster's exec wrappers (below): one folder per cluster, since each names its cluster's
+# files and `restart` runs them again long after another cluster was made or deleted.
+wrappers="$KWOK_WORKDIR/wrappers/$name"
 
 kubeconfig_path() { echo "$cluster_dir/kubeconfig.yaml"; }
 
@@ -87,12 +90,12 @@ options:
   bindAddress: 127.0.0.1
   # In-cluster clients verify the API server as the \`kubernetes\` Service's ClusterIP.
   kubeApiserverCertSANs: [198.19.0.1, 198.18.0.1]
-  kubeApiserverBinary: $KWOK_WORKDIR/wrappers/kube-apiserver
-  kubeControllerManagerBinary: $( [ "$profile" = bench ] && echo "$KWOK_WORKDIR/wrappers/kube-controller-manager-bench" || echo "$bin/kube-controller-manager" )
+  kubeApiserverBinary: $wrappers/kube-apiserver
+  kubeControllerManagerBinary: $( [ "$profile" = bench ] && echo "$wrappers/kube-controller-manager-bench" || echo "$bin/kube-controller-manager" )
   kubeSchedulerBinary: $bin/kube-scheduler
   kubectlBinary: $bin/kubectl
   etcdBinary: $bin/etcd
-  kwokControllerBinary: $KWOK_WORKDIR/wrappers/kwok
+  kwokControllerBinary: $wrappers/kwok
   kubeAuthorization: true
   kubeAdmission: true
   disableQPSLimits: true
@@ -108,21 +111,21 @@ write_apiserver_wrapper() {
   local bin=$1 advertise=""
   # The address the `kubernetes` Service sends pods to (the real node relays it to 127.0.0.1).
   [ "$real_node" != 1 ] || advertise=--advertise-address=198.18.0.1
-  mkdir -p "$KWOK_WORKDIR/wrappers"
+  mkdir -p "$wrappers"
   # exec -a keeps the name kwokctl gave the copy (<cluster>/bin/...) in the process list.
-  cat >"$KWOK_WORKDIR/wrappers/kube-apiserver" <<SH
+  cat >"$wrappers/kube-apiserver" <<SH
 #!/bin/bash
 exec -a "\$0" "$bin/kube-apiserver" --service-cluster-ip-range=198.19.0.0/16 \\
   --kubelet-client-certificate="$cluster_dir/pki/admin.crt" --kubelet-client-key="$cluster_dir/pki/admin.key" \\
   --kubelet-preferred-address-types=InternalIP "\$@" $advertise
 SH
-  chmod +x "$KWOK_WORKDIR/wrappers/kube-apiserver"
+  chmod +x "$wrappers/kube-apiserver"
   # kwokctl's binary runtime makes kwok manage every node; it must leave the real one alone.
-  cat >"$KWOK_WORKDIR/wrappers/kwok" <<SH
+  cat >"$wrappers/kwok" <<SH
 #!/bin/bash
 exec -a "\$0" "$bin/kwok" "\$@" --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
 SH
-  chmod +x "$KWOK_WORKDIR/wrappers/kwok"
+  chmod +x "$wrappers/kwok"
   write_controller_manager_wrapper "$bin"
 }
 
@@ -132,12 +135,12 @@ SH
 # kube-controller-manager and kube-scheduler 5000 QPS, burst 10000).
 write_controller_manager_wrapper() {
   local bin=$1
-  cat >"$KWOK_WORKDIR/wrappers/kube-controller-manager-bench" <<SH
+  cat >"$wrappers/kube-controller-manager-bench" <<SH
 #!/bin/bash
 exec -a "\$0" "$bin/kube-controller-manager" "\$@" --concurrent-deployment-syncs=50 \\
   --concurrent-replicaset-syncs=50 --concurrent-service-endpoint-syncs=50 --concurrent-gc-syncs=50
 SH
-  chmod +x "$KWOK_WORKDIR/wrappers/kube-controller-manager-bench"
+  chmod +x "$wrappers/kube-controller-manager-bench"
 }
 
 up() {
@@ -146,7 +149,6 @@ up() {
   local kubectl="$bin/kubectl" kc
   kc=$(kubeconfig_path)
   mkdir -p "$KWOK_WORKDIR"
-  write_apiserver_wrapper "$bin"
   local conf="$KWOK_WORKDIR/$name-config.yaml" wanted
   wanted=$(write_config "$bin")
   if [ -f "$kc" ] && [ "$(cat "$conf" 2>/dev/null)" = "$wanted" ] &&
@@ -159,6 +161,7 @@ up() {
   [ -d "$cluster_dir" ] && down
   # A node whose processes were killed (not stopped) leaves mounts, netns and cgroups behind.
   [ "$real_node" != 1 ] || "$here/node.sh" down
+  write_apiserver_wrapper "$bin"
   echo "$wanted" >"$conf"
   local start=$SECONDS
   [ "$real_node" != 1 ] || "$here/node.sh" bridge
@@ -192,7 +195,7 @@ down() {
     left=$(pgrep -f "$cluster_dir/" || true)
     [ -z "$left" ] || kill -9 $left 2>/dev/null || true
   fi
-  rm -rf "$cluster_dir"
+  rm -rf "$cluster_dir" "$wrappers"
 }
 
 # kwokctl's binary runtime (v0.8) starts each component of kwok.yaml's `components` (binary,

@@ -10,6 +10,7 @@ Controller's caches and queue belong to the event loop (they only touch memory, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -26,13 +27,29 @@ GROUP, VERSION = "canarium.dev", "v1alpha1"
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds the "essence" of every watched object at every event (a deep copy of the
+    body) for the diffs of change handlers; with event handlers only, nothing reads it, and at
+    thousands of children that copy was a tenth of the operator's CPU."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # kopf's bookkeeping, if any handler ever needs it, goes to annotations, never to status.
+    # kopf's progress bookkeeping, if a handler ever needs it, goes to annotations, never to
+    # status; the diff base is never built (NoDiffBase).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     # Reconnect watches that go quiet (kopf #585, #1276): the server closes each watch within
     # 5 minutes, the client gives up a little later, and a stream with no event at all for

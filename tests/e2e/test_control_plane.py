@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from tests.e2e.cluster import (
@@ -198,12 +199,29 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _component_scripts(cluster_dir: Path) -> dict[str, str]:
+    """The exec wrappers kwokctl runs for a local cluster's components (kwok.yaml names a link
+    per component), by the path they resolve to, with their text; binaries are left out."""
+    scripts: dict[str, str] = {}
+    for doc in yaml.safe_load_all((cluster_dir / "kwok.yaml").read_text()):
+        for component in (doc or {}).get("components") or []:
+            program = Path(component["binary"]).resolve()
+            if program.read_bytes()[:2] == b"#!":
+                scripts[str(program)] = program.read_text()
+    return scripts
+
+
 def test_cluster_down_leaves_no_process(cluster: Cluster) -> None:
     if not cluster.local:
         pytest.skip(
             "the lifecycle of the local control plane only; this run uses CANARIUM_KUBECONFIG"
         )
     name = f"canarium-lifecycle-{uuid.uuid4().hex[:4]}"
+    # What `hack/cluster.sh restart` runs again for this session's cluster: another cluster's
+    # up and down must leave it alone (a shared wrapper once pointed a restarted API server at
+    # the other cluster's deleted certificates).
+    ours = _component_scripts(cluster.kubeconfig.parent)
+    assert ours
     try:
         kubeconfig, kubectl = start_local_cluster(name, nodes=1)
     except BaseException:
@@ -229,10 +247,15 @@ def test_cluster_down_leaves_no_process(cluster: Cluster) -> None:
             assert any(f"/{component} " in p for p in running), (
                 f"{component} not running: {running}"
             )
+        theirs = _component_scripts(Path(cluster_dir))
+        assert theirs
+        assert set(theirs).isdisjoint(ours), "each cluster runs wrappers of its own"
     finally:
         stop_local_cluster(name)
     assert _processes_mentioning(cluster_dir) == []
     assert not Path(cluster_dir).exists()
+    assert not any(Path(script).exists() for script in theirs), "down removes its wrappers"
+    assert _component_scripts(cluster.kubeconfig.parent) == ours
 
 
 def _node_traces() -> dict[str, list[str]]:
