@@ -45,6 +45,7 @@ from canarium.api import (
     RetrainedStatus,
     RolloutPolicySpec,
 )
+from canarium.events import EventRecorder
 from canarium.kube import Kube, KubeError, NotLeader, ObjectRef, merge_patch
 from canarium.leader import LeaderElector
 from canarium.pods import pod_failure
@@ -306,7 +307,8 @@ class Controller:
         self._policy_writes: dict[Key, asyncio.Task[None]] = {}
         # ModelRetrainings: their own queue; they read the ModelDeployment cache, and a
         # ModelDeployment reads its candidate from theirs.
-        self.retraining = RetrainingController(kube, self.mdeps, self.enqueue, clock)
+        self.events = EventRecorder(kube)
+        self.retraining = RetrainingController(kube, self.events, self.mdeps, self.enqueue, clock)
         self._leading: asyncio.Task[None] | None = None
         # What happens when the Lease is lost: the process ends (client-go's convention).
         self.on_leadership_lost: Callable[[], None] = _exit_lost
@@ -554,6 +556,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.events.stop()
         for timer in self._timers.values():
             timer.cancel()
         if self.elector is not None:
@@ -917,7 +920,7 @@ class Controller:
         if not await self.write_status(key, body, plan.status):
             return  # deleted meanwhile: its children go with it
         metrics.observe_status(key, plan.status)
-        await self.record_events(key, body, plan.events)
+        self.record_events(key, body, plan.events)
         if plan.requeue_after is not None:
             delay = plan.requeue_after
             if key in self._analysis_tasks or key in self._monitoring_tasks:
@@ -960,12 +963,8 @@ class Controller:
         self.retraining.on_mdep(key)  # its retraining reads the status (drift, outcomes)
         return True
 
-    async def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:
+    def record_events(self, key: Key, body: dict[str, Any], events: list[Event]) -> None:
         for event in events:
             if event.reason in ("RolledBack", "Aborted"):
                 metrics.ROLLBACKS.labels(*key, event.reason).inc()
-            try:
-                await self.kube.event(body, event.type, event.reason, event.message)
-            except KubeError as exc:  # an event is not worth a retry of the whole reconcile
-                if not exc.namespace_gone:
-                    log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
+            self.events.record(body, event)

@@ -264,11 +264,20 @@ class Kube:
         )
         return result
 
-    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record a core/v1 Event on an object (what `kubectl describe` shows)."""
+    async def event(
+        self,
+        involved: dict[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        at: datetime | None = None,
+    ) -> None:
+        """Record a core/v1 Event on an object (what `kubectl describe` shows), that happened
+        `at` (now by default)."""
         meta = involved["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        micro = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        at = at or datetime.now(UTC)
+        now = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        micro = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -24,6 +24,10 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+EVENTS_DROPPED = Counter(
+    "canarium_events_dropped_total",
+    "Kubernetes Events not posted because too many waited to be (the recorder's queue was full).",
+)
 ROLLBACKS = Counter(
     "canarium_rollbacks_total",
     "Canaries rolled back by analysis, a progress deadline or a person, by ModelDeployment.",

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from canarium import metrics
 from canarium.api import ModelDeployment, ModelSpec
 from canarium.api.modelretraining import ModelRetraining
+from canarium.events import EventRecorder
 from canarium.kube import Kube, KubeError, NotLeader, ObjectRef, merge_patch
 from canarium.render import LABEL_MANAGED_BY, MANAGER
 from canarium.retraining import (
@@ -84,11 +85,13 @@ class RetrainingController:
     def __init__(
         self,
         kube: Kube,
+        events: EventRecorder,
         mdeps: dict[Key, dict[str, Any]],
         enqueue_mdep: Callable[[Key], None],
         clock: Callable[[], datetime],
     ) -> None:
         self.kube = kube
+        self.events = events
         self.mdeps = mdeps  # the ModelDeployment controller's cache (read only)
         self.enqueue_mdep = enqueue_mdep
         self.clock = clock
@@ -290,10 +293,7 @@ class RetrainingController:
             return
         body = self.retrainings[key]
         for event in plan.events:
-            try:
-                await self.kube.event(body, event.type, event.reason, event.message)
-            except KubeError as exc:
-                log.warning("could not record event %s on %s/%s: %s", event.reason, *key, exc)
+            self.events.record(body, event)
         if plan.candidate_changed and inp.mdep is not None:
             self.enqueue_mdep((key[0], inp.mdep.metadata.name))
         if plan.requeue_after is not None:

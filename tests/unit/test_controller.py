@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -86,7 +86,14 @@ class FakeKube:
             "status": patch,
         }
 
-    async def event(self, involved: dict[str, Any], type_: str, reason: str, msg: str) -> None:
+    async def event(
+        self,
+        involved: dict[str, Any],
+        type_: str,
+        reason: str,
+        msg: str,
+        at: datetime | None = None,
+    ) -> None:
         self.calls.append(("event", reason))
         self._maybe_fail("event")
 
@@ -473,6 +480,8 @@ def test_a_status_patch_carries_the_cached_resource_version_and_updates_the_cach
 
     async def scenario() -> None:
         await controller.execute(KEY, plan)
+        assert ("event", "Started") not in kube.calls, "posted after the reconcile, not in it"
+        await controller.events.flush()
 
     asyncio.run(scenario())
     verb, (ref, patch, version) = kube.calls[0]
@@ -539,8 +548,13 @@ def test_an_event_that_cannot_be_recorded_does_not_fail_the_reconcile(
         ],
         requeue_after=7.0,
     )
-    asyncio.run(controller.execute(KEY, plan))
-    assert kube.calls == [("event", "RolledBack"), ("event", "Other"), ("event", "Third")]
+
+    async def scenario() -> None:
+        await controller.execute(KEY, plan)
+        await controller.events.flush()
+
+    asyncio.run(scenario())
+    assert sorted(kube.calls) == [("event", "Other"), ("event", "RolledBack"), ("event", "Third")]
     assert timers == [(KEY, 7.0)]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["could not record event Other on ml/iris: 500 Internal: {}"], (

@@ -115,6 +115,7 @@ def _through_a_run() -> Controller:
     async def scenario() -> None:
         # Drifted: the Job is made, the status records the run, an event says so.
         await rc.reconcile_key(("ml", "iris-retrain"))
+        await controller.events.flush()
         assert ("apply", "iris-retrain-1") in kube.calls
         assert ("event", "RetrainingStarted") in kube.calls
         assert rc.jobs[("ml", "iris-retrain")]["iris-retrain-1"]["kind"] == "Job"
@@ -130,6 +131,7 @@ def _through_a_run() -> Controller:
         await rc.reconcile_key(("ml", "iris-retrain"))
         listed = [args for verb, args in kube.calls if verb == "list"]
         assert listed == [("Pod", "ml", "batch.kubernetes.io/job-name=iris-retrain-1")]
+        await controller.events.flush()
         assert ("event", "CandidateAccepted") in kube.calls
         assert KEY in controller._queued  # the ModelDeployment looks again
         settle()
