@@ -116,6 +116,40 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+class KeyQueue:
+    """The work queue, in two lanes: keys this process reconciled before, then keys it never
+    did (a first pass: the children to make). A pass of the first kind is cheap and usually
+    finishes what someone waits for (a Ready status, the next step); under a burst of new
+    ModelDeployments it is not queued behind the first pass over all of them, so they become
+    Ready steadily, not in a burst at the end. No lane starves the other: when both wait, one
+    get in FIRST_PASS_SHARE takes a first pass."""
+
+    FIRST_PASS_SHARE = 4
+
+    def __init__(self) -> None:
+        self._seen: deque[Key] = deque()
+        self._first: deque[Key] = deque()
+        self._items = asyncio.Semaphore(0)
+        self._gets = 0
+
+    def put_nowait(self, key: Key, *, seen: bool) -> None:
+        (self._seen if seen else self._first).append(key)
+        self._items.release()
+
+    async def get(self) -> Key:
+        await self._items.acquire()
+        self._gets += 1
+        if self._first and (not self._seen or self._gets % self.FIRST_PASS_SHARE == 0):
+            return self._first.popleft()
+        return self._seen.popleft()
+
+    def qsize(self) -> int:
+        return len(self._seen) + len(self._first)
+
+    def empty(self) -> bool:
+        return not self.qsize()
+
+
 def _slim(body: dict[str, Any]) -> dict[str, Any]:
     """A cached copy keeping, of managedFields (most of an object's bytes), only the entries
     of other field managers on the main resource: `contested` reads them."""
@@ -281,8 +315,9 @@ class Controller:
         self.children: dict[str, dict[Key, dict[str, dict[str, Any]]]] = {
             kind: defaultdict(dict) for _, kind in CHILD_KINDS
         }
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queue = KeyQueue()
         self._queued: set[Key] = set()
+        self._reconciled: set[Key] = set()  # by this process, at least once: the queue's lanes
         self._active: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = defaultdict(int)
@@ -442,7 +477,7 @@ class Controller:
             return
         self._queued.add(key)
         if key not in self._active:  # else it is queued again when its reconcile ends
-            self._queue.put_nowait(key)
+            self._queue.put_nowait(key, seen=key in self._reconciled)
 
     def enqueue_after(self, key: Key, delay: float) -> None:
         timer = self._timers.pop(key, None)
@@ -461,6 +496,7 @@ class Controller:
         if timer:
             timer.cancel()
         self._failures.pop(key, None)
+        self._reconciled.discard(key)
         for kind in self.children.values():
             kind.pop(key, None)
         self.pods.pop(key, None)
@@ -586,8 +622,10 @@ class Controller:
                 self._retry(key, exc)
             finally:
                 self._active.discard(key)
+                if key in self.mdeps:
+                    self._reconciled.add(key)
                 if key in self._queued:
-                    self._queue.put_nowait(key)
+                    self._queue.put_nowait(key, seen=key in self._reconciled)
 
     def _retry(self, key: Key, exc: Exception) -> None:
         if isinstance(exc, KubeError) and exc.status == 409:

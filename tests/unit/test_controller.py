@@ -19,7 +19,15 @@ from canarium import metrics
 from canarium.analysis import AnalysisTarget, MeasuredWindow, WindowResult
 from canarium.analysis import providers as providers_module
 from canarium.analysis.judge import CUSTOM_CHECKS_NOT_RUN
-from canarium.controller import MAX_BACKOFF, Controller, Key, OwnWrites, contested, covers
+from canarium.controller import (
+    MAX_BACKOFF,
+    Controller,
+    Key,
+    KeyQueue,
+    OwnWrites,
+    contested,
+    covers,
+)
 from canarium.kube import Kube, KubeError, ObjectRef, Unreachable
 from canarium.reconcile import ChildRef, Plan, ReconcileInput, rollout_input
 from canarium.render import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGER
@@ -210,6 +218,52 @@ def test_a_key_queued_while_it_is_reconciled_runs_again_once_afterwards() -> Non
 
     asyncio.run(scenario())
     assert calls == [KEY, KEY]
+
+
+def test_keys_reconciled_before_go_ahead_of_first_passes_without_starving_them() -> None:
+    controller, _ = _controller()
+    calls: list[Key] = []
+
+    async def reconcile(key: Key) -> None:
+        calls.append(key)
+
+    old = [("ml", f"old-{i}") for i in range(6)]
+    new = [("ml", f"new-{i}") for i in range(6)]
+    for key in [*old, *new]:
+        controller.mdeps[key] = {}
+    _run_worker(controller, reconcile, *old)  # their first pass
+    assert calls == old
+    calls.clear()
+    # A burst of new ones, then the old ones again (their Deployments became available):
+    # the old ones first, but one get in four takes a first pass.
+    _run_worker(controller, reconcile, *new, *old)
+    assert calls == [
+        old[0], new[0], old[1], old[2], old[3], new[1], old[4], old[5], *new[2:],
+    ]  # fmt: skip
+    # Deleted and made again: a first pass again.
+    controller.on_mdep("ADDED", _body())
+    _run_worker(controller, reconcile)
+    assert KEY in controller._reconciled
+    controller.on_mdep("DELETED", _body())
+    assert KEY not in controller._reconciled
+
+
+def test_a_key_queue_serves_a_first_pass_within_every_share_of_gets() -> None:
+    queue = KeyQueue()
+
+    async def scenario() -> list[Key]:
+        got = []
+        queue.put_nowait(("ml", "first"), seen=False)
+        for i in range(20):
+            queue.put_nowait(("ml", f"seen-{i}"), seen=True)
+        for _ in range(KeyQueue.FIRST_PASS_SHARE):
+            got.append(await queue.get())
+        return got
+
+    got = asyncio.run(scenario())
+    assert ("ml", "first") in got
+    assert queue.qsize() == 21 - KeyQueue.FIRST_PASS_SHARE
+    assert not queue.empty()
 
 
 def test_a_timer_queues_its_key_and_a_new_timer_replaces_the_old() -> None:
