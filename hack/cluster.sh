@@ -300,7 +300,11 @@ restart() {
   local stopped=$SECONDS
   sleep "$down"
   start_component "$component" "$envs/$component"
-  wait_ready "$(bin_dir)/kubectl" 120
+  if ! wait_ready "$(bin_dir)/kubectl" 120; then
+    alive "$component" || echo "$component ended after its start; the end of its log:" >&2
+    tail -5 "$cluster_dir/logs/$component.log" | cut -c1-400 >&2
+    return 1
+  fi
   echo "$component restarted (pid $(cat "$cluster_dir/pids/$component.pid")): ready $((SECONDS - stopped))s after it stopped" >&2
   # kube-controller-manager and kube-scheduler end when they cannot renew their leader Lease
   # (the API server away past their renew deadline): start them again, as the kubelet restarts

@@ -7,8 +7,9 @@ own, as a local process with the same client limits (none) and 16 workers:
 
 - Canarium (`canarium run`): N ModelDeployments, one replica each, an inline canary policy;
 - Argo Rollouts v1.10.2 (rollouts-controller, built by hack/argo-rollouts.sh): N Rollouts, one
-  replica each, the same canary steps, a stable and a canary Service each (created before the
-  clock starts: a ModelDeployment's operator creates its own three).
+  replica each, the same canary steps, a stable and a canary Service each (what its user applies
+  with it, on the clock, the Services first as Argo CD orders them: a ModelDeployment's operator
+  creates its own three, on the clock too).
 
 Per tool: the time until all N are Ready (Healthy), the controller's peak RSS (VmHWM), its
 CPU-seconds during that burst, its CPU use over a minute of idleness afterwards; then one
@@ -126,7 +127,7 @@ class Tool:
     promoted: Callable[[dict[str, Any], str], bool]
     # Starts the controller on a namespace; returns it and its pid.
     start: Callable[[Cluster, str, Path], tuple[Controller, int]]
-    # What the user creates besides the N objects, before the clock starts.
+    # What the user applies with each object (its Services), on the clock, before the object.
     extra_objects: Callable[[int], list[dict[str, Any]]] = field(default=lambda i: [])
 
 
@@ -197,15 +198,17 @@ class Run:
     milestones: dict[str, float] = field(default_factory=dict)
 
     def create(self, count: int) -> None:
-        custom, tool = self.cluster.custom, self.tool
-        list(
-            self.pool.map(
-                lambda i: custom.create_namespaced_custom_object(
-                    tool.group, tool.version, self.namespace, tool.plural, tool.manifest(i, "1.0.0")
-                ),
-                range(count),
+        """Each object as its user applies it: the Services it names, then the object."""
+        custom, core, tool = self.cluster.custom, self.cluster.core, self.tool
+
+        def apply(i: int) -> None:
+            for service in tool.extra_objects(i):
+                core.create_namespaced_service(self.namespace, service)  # type: ignore[arg-type]  # a dict is sent as is
+            custom.create_namespaced_custom_object(
+                tool.group, tool.version, self.namespace, tool.plural, tool.manifest(i, "1.0.0")
             )
-        )
+
+        list(self.pool.map(apply, range(count)))
 
     def wait_for(
         self, done: Callable[[dict[str, Any]], bool], names: set[str], started: float
@@ -282,9 +285,6 @@ def measure(
     result: dict[str, Any] = {"tool": tool.name, "count": n, "namespace": namespace}
     with ThreadPoolExecutor(16) as pool:
         run = Run(cluster, tool, namespace, pool, args.timeout)
-        core = cluster.core
-        extra = [obj for i in range(n) for obj in tool.extra_objects(i)]
-        list(pool.map(lambda o: core.create_namespaced_service(namespace, o), extra))
         controller, pid = tool.start(cluster, namespace, log_dir)
         try:
             time.sleep(2)
