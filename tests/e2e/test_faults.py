@@ -37,6 +37,13 @@ from tests.e2e.test_rollout import NAME, deploy, failed, policy, start_v1, statu
 pytestmark = pytest.mark.usefixtures("restricted")
 
 INTERVAL = 4.0  # policy()'s analysis interval
+# The checks of these rollouts: errors and prediction drift, judged through the faults.
+# latencyP99 is left out: its slow bound is stable's p99 bucket in the first interval, and a
+# load spike there (these faults make them) sets it so high that slow requests become too rare
+# for the comparison to conclude within the test's time; it holds, rightly unconvinced, and the
+# rollout waits (seen once in six runs, CI rehearsal of 2026-12-04). That is the judge's
+# concern (tests/unit/test_analysis_judge.py), not the faults'.
+CHECKS = {"errorRate": {"max": 0.05}, "predictionDrift": {"maxPSI": 0.25}}
 
 
 @dataclass
@@ -209,7 +216,7 @@ def control_plane_restart_mid_rollout(
         {"pause": {"duration": "10s"}},
         {"setWeight": 100},
     ]
-    rollout = policy(steps=steps)
+    rollout = policy(steps=steps, checks=CHECKS)
     old = start_v1(cluster, namespace, models, rollout)
     traffic = load(NAME, models.x, rate=60, duration=300)
     traffic.start()
@@ -326,7 +333,7 @@ def connection_cut_mid_rollout(
         {"pause": {"duration": "10s"}},
         {"setWeight": 100},
     ]
-    rollout = policy(steps=steps)
+    rollout = policy(steps=steps, checks=CHECKS)
     old = start_v1(cluster, namespace, models, rollout)
     traffic = load(NAME, models.x, rate=60, duration=300)
     traffic.start()
@@ -392,7 +399,7 @@ def test_prometheus_stopped_mid_analysis_holds_and_resumes(
         interval=f"{interval:.0f}s",
         min_samples=15,
         provider={"prometheus": {"address": prometheus.url}},
-        checks={"errorRate": {"max": 0.05}, "predictionDrift": {"maxPSI": 0.25}},
+        checks=CHECKS,
         steps=[{"setWeight": 50}, {"pause": {"duration": f"{pause:.0f}s"}}, {"setWeight": 100}],
     )
     try:
