@@ -58,6 +58,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # The handlers only update caches and queue a key: kopf's per-object worker need not wait
+    # 5 s for another event before it exits, holding memory for every object of a burst
+    # (bench-operator, N = 1,000: peak RSS 182 -> 171 MiB).
+    settings.queueing.idle_timeout = 0.2
     # Only the children the operator made are watched (server-side label selectors).
     for _group, _version, plural in (*CHILDREN, POD, JOB):
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGER}"

@@ -15,7 +15,9 @@ Rules (one `Measurement` per check, plus `samples`; the statistics are in `seque
   measurement and in `Evidence`.
 - latencyP99: the same test on slow requests, those slower than stable's p99 bucket bound as
   measured in the first interval with enough stable requests; `maxMs` is a one-sample guard on
-  the share of canary requests slower than maxMs (at most 1%).
+  the share of canary requests slower than maxMs (at most 1%). Slow requests that are shown
+  under 1% of the canary's (its p99 within the bound) need not be told from twice stable's
+  share: a bound set high by a load spike would leave too few of them to ever tell.
 - predictionDrift: PSI of the canary's predictions against the stable revision's (class counts
   for classifiers, value histograms for regressors), both pooled over the intervals where both
   predicted; Failed when above the PSI that maxPSI and the sample sizes allow at the look's
@@ -60,10 +62,10 @@ CUSTOM_CHECKS_NOT_RUN = "custom checks need the prometheus provider"
 SLOW_QUANTILE = 0.99
 """latencyP99: a request is slow above stable's 99th percentile; the maxMs guard allows 1%."""
 MIN_STABLE_FOR_SLOW = 100
+"""Stable requests an interval needs before its p99 bucket bound is taken as the slow bound."""
 CLEAR_ODDS = 3.0
 """A comparison lets a step pass once the tolerance is this many times likelier than twice the
 tolerance (with no events on either side there is nothing to compare, and it passes)."""
-"""Stable requests an interval needs before its p99 bucket bound is taken as the slow bound."""
 
 
 @dataclass(frozen=True)
@@ -192,16 +194,49 @@ def _guard_log_e(evidence: Evidence, guard: tuple[float, float] | None) -> float
     return sequential.rate_above_limit(evidence.guard_events, evidence.guard_requests, guard[0])
 
 
+@dataclass(frozen=True)
+class _Floor:
+    """A canary event rate below which a comparison that leans neither way need not wait to
+    tell the tolerance from twice it: `rate` shown at `alpha` (latencyP99: under 1% of the
+    canary's requests are slower than stable's p99 bound, so its p99 is within that bound,
+    which is all a histogram resolves; without it a bound that a load spike set high makes
+    slow requests so rare that the step would wait for them indefinitely)."""
+
+    rate: float
+    alpha: float
+    shown: str
+    """What it means, for the reason."""
+
+
+def _below_floor(evidence: Evidence, floor: _Floor | None) -> bool:
+    if floor is None:
+        return False
+    requests = evidence.canary_requests + evidence.unpaired_requests
+    events = evidence.canary_events + evidence.unpaired_events
+    log_e = sequential.rate_below_limit(events, requests, floor.rate)
+    return log_e >= math.log(1.0 / floor.alpha)
+
+
+def _floor_note(evidence: Evidence, floor: _Floor | None) -> str:
+    """What an undecided comparison's reason adds when the canary's rate is shown below the
+    floor (what let the step pass)."""
+    if evidence.decision is None and floor is not None and _below_floor(evidence, floor):
+        return f"; {floor.shown}"
+    return ""
+
+
 def _hold(
     evidence: Evidence,
     shown: sequential.RatioEvidence,
     tolerance: float,
     guard: tuple[float, float] | None,
+    floor: _Floor | None = None,
 ) -> str:
     """Why an undecided comparison holds the step ("" when it lets it pass): the data lean
     towards worse than tolerated (or over the guard), or a clearly worse canary is not yet
-    unlikely enough. Holding gathers the observations a sequential test needs; a step that
-    moved on at "not shown worse" would promote bad canaries at low traffic."""
+    unlikely enough (unless the canary's rate is shown below `floor`). Holding gathers the
+    observations a sequential test needs; a step that moved on at "not shown worse" would
+    promote bad canaries at low traffic."""
     if evidence.decision is not None:
         return ""
     over_guard = (
@@ -216,7 +251,8 @@ def _hold(
             + ", not shown yet: holding for more evidence"
         )
     events = evidence.canary_events + evidence.stable_events
-    if events > 0 and shown.log_lr_double > -math.log(CLEAR_ODDS):
+    unclear = events > 0 and shown.log_lr_double > -math.log(CLEAR_ODDS)
+    if unclear and not _below_floor(evidence, floor):
         return (
             f"not yet {CLEAR_ODDS:g} times likelier within {num(tolerance)}x stable than at "
             "twice that: holding for more evidence"
@@ -225,7 +261,11 @@ def _hold(
 
 
 def _compare(
-    evidence: Evidence, tolerance: float, alpha: float, guard: tuple[float, float] | None
+    evidence: Evidence,
+    tolerance: float,
+    alpha: float,
+    guard: tuple[float, float] | None,
+    floor: _Floor | None = None,
 ) -> tuple[str, str, bool]:
     """Judge the evidence: its decision (set on `evidence`), the reason's two parts (what was
     seen, what it shows) and whether it leans towards worse than tolerated without showing it
@@ -275,9 +315,8 @@ def _compare(
             why = f"not shown worse than {num(tolerance)}x stable"
     else:
         why = "shown worse earlier in this rollout"
-    hold = _hold(evidence, shown, tolerance, guard)
-    if hold:
-        why = hold
+    hold = _hold(evidence, shown, tolerance, guard, floor)
+    why = hold or why + _floor_note(evidence, floor)
     return "; ".join(seen) or "no paired requests yet", why, bool(hold)
 
 
@@ -290,10 +329,11 @@ def _comparison(
     guard: tuple[float, float] | None,
     threshold: str,
     evidence: Evidence | None = None,
+    floor: _Floor | None = None,
 ) -> tuple[_Result, str]:
     evidence = evidence or _carried(previous, check, tolerance)
     _accumulate(evidence, counts)
-    seen, why, leaning = _compare(evidence, tolerance, alpha, guard)
+    seen, why, leaning = _compare(evidence, tolerance, alpha, guard, floor)
     reason = f"{seen}: {why}"
     value = evidence.ratio
     if evidence.decision == FAILED:
@@ -413,6 +453,12 @@ def check_latency(
         None if limit_ms is None else (1.0 - SLOW_QUANTILE, alpha),
         threshold,
         evidence,
+        _Floor(
+            1.0 - SLOW_QUANTILE,
+            alpha,
+            f"under {num(100 * (1 - SLOW_QUANTILE))}% of canary requests shown slow: its p99 "
+            "is within that bound",
+        ),
     )
     if result.verdict == INCONCLUSIVE and bound is None and not result.held:
         # Nothing to compare yet: the canary is not shown worse (as errorRate without errors).

@@ -202,6 +202,20 @@ def rate_above_limit(events: float, requests: float, limit: float) -> float:
     return _mixture(terms)
 
 
+def rate_below_limit(events: float, requests: float, limit: float) -> float:
+    """log of the e-value of a one-sample Poisson mixture SPRT against "the rate is at least
+    `limit`", from `events` in `requests` (the alternatives: limit / 1.25^j, j = 1..GRID_HALF).
+    Under a rate of at least `limit` each term's expectation is at most 1, for Poisson and for
+    binomial counts alike (1 - p (1 - e^-t) <= e^(-p (1 - e^-t)))."""
+    if requests <= 0 or limit <= 0:
+        return -math.inf
+    terms = []
+    for j in range(1, GRID_HALF + 1):
+        theta = GRID_STEP * j
+        terms.append(-events * theta - requests * limit * math.expm1(-theta))
+    return _mixture(terms)
+
+
 # --- drift ------------------------------------------------------------------------------------
 
 
