@@ -122,26 +122,34 @@ class KeyQueue:
     finishes what someone waits for (a Ready status, the next step); under a burst of new
     ModelDeployments it is not queued behind the first pass over all of them, so they become
     Ready steadily, not in a burst at the end. No lane starves the other: when both wait, one
-    get in FIRST_PASS_SHARE takes a first pass."""
+    get in FIRST_PASS_SHARE takes a first pass. Its depth, adds and wait are metrics
+    (`canarium_workqueue_*{name=...}`)."""
 
     FIRST_PASS_SHARE = 4
 
-    def __init__(self) -> None:
-        self._seen: deque[Key] = deque()
-        self._first: deque[Key] = deque()
+    def __init__(self, name: str = "modeldeployments") -> None:
+        self._seen: deque[tuple[Key, float]] = deque()
+        self._first: deque[tuple[Key, float]] = deque()
         self._items = asyncio.Semaphore(0)
         self._gets = 0
+        self._adds = metrics.QUEUE_ADDS.labels(name)
+        self._waits = metrics.QUEUE_SECONDS.labels(name)
+        metrics.QUEUE_DEPTH.labels(name).set_function(self.qsize)
 
     def put_nowait(self, key: Key, *, seen: bool) -> None:
-        (self._seen if seen else self._first).append(key)
+        (self._seen if seen else self._first).append((key, time.monotonic()))
+        self._adds.inc()
         self._items.release()
 
     async def get(self) -> Key:
         await self._items.acquire()
         self._gets += 1
         if self._first and (not self._seen or self._gets % self.FIRST_PASS_SHARE == 0):
-            return self._first.popleft()
-        return self._seen.popleft()
+            key, since = self._first.popleft()
+        else:
+            key, since = self._seen.popleft()
+        self._waits.observe(time.monotonic() - since)
+        return key
 
     def qsize(self) -> int:
         return len(self._seen) + len(self._first)

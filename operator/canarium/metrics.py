@@ -24,6 +24,18 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# The work queue, as client-go's workqueue metrics (workqueue_depth, _adds_total,
+# _queue_duration_seconds): how long a key waits for a worker says whether the operator or the
+# API server is what a rollout waits on.
+QUEUE_DEPTH = Gauge("canarium_workqueue_depth", "Keys waiting for a worker, by queue.", ["name"])
+QUEUE_ADDS = Counter("canarium_workqueue_adds_total", "Keys queued, by queue.", ["name"])
+QUEUE_SECONDS = Histogram(
+    "canarium_workqueue_queue_duration_seconds",
+    "Time a key waits in the queue before a worker takes it, by queue.",
+    ["name"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
 EVENTS_DROPPED = Counter(
     "canarium_events_dropped_total",
     "Kubernetes Events not posted because too many waited to be (the recorder's queue was full).",

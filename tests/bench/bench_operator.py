@@ -14,8 +14,10 @@ own, as a local process with the same client limits (none) and 16 workers:
 Per tool: the time until all N are Ready (Healthy), the controller's peak RSS (VmHWM), its
 CPU-seconds during that burst, its CPU use over a minute of idleness afterwards; then one
 rollout (a new version of one object) and --rollouts (100) started at once: the time until all
-are promoted. Printed as a table with the ratios and the issue's goals; timings are never
-asserted (exit 0 unless the benchmark itself breaks).
+are promoted. Canarium's work-queue wait over the burst and over the concurrent rollouts (from
+its /metrics) says whether its workers or the API server held them up. Printed as a table with
+the ratios and the issue's goals; timings are never asserted (exit 0 unless the benchmark
+itself breaks).
 
     make bench-operator                                     # N = 1,000, both tools
     make bench-operator BENCH_OPERATOR_ARGS="--count 5000"  # N = 5,000
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench import argo_rollouts as argo
 from tests.e2e.cluster import Cluster, start_local_cluster, stop_local_cluster
@@ -57,11 +62,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return rss_mib(pid, "VmHWM")
 
 
 def name_of(i: int) -> str:
@@ -129,6 +138,48 @@ class Tool:
     start: Callable[[Cluster, str, Path], tuple[Controller, int]]
     # What the user applies with each object (its Services), on the clock, before the object.
     extra_objects: Callable[[int], list[dict[str, Any]]] = field(default=lambda i: [])
+
+
+QueueSnapshot = tuple[float, float, dict[float, float]]  # count, sum, cumulative buckets
+
+
+def queue_snapshot(controller: Controller) -> QueueSnapshot | None:
+    """The operator's work-queue wait histogram (canarium_workqueue_queue_duration_seconds of
+    the ModelDeployment queue), scraped from its /metrics; None for a controller without it."""
+    port = getattr(controller, "metrics_port", None)
+    if port is None:
+        return None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    count = total = 0.0
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "canarium_workqueue_queue_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("name") != "modeldeployments":
+                continue
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_bucket"):
+                buckets[float(sample.labels["le"])] = sample.value
+    return count, total, buckets
+
+
+def queue_wait(before: QueueSnapshot | None, after: QueueSnapshot | None) -> str | None:
+    """Between two snapshots: how many keys a worker took, their mean wait in the queue and the
+    bucket bound under which 99% of them waited ("mean 12 ms, p99 <= 0.05 s of 3,402")."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    count = after[0] - before[0]
+    mean_ms = 1000 * (after[1] - before[1]) / count
+    p99 = next(
+        (le for le, c in sorted(after[2].items()) if c - before[2].get(le, 0.0) >= 0.99 * count),
+        math.inf,
+    )
+    return f"mean {mean_ms:.3g} ms, p99 <= {p99:g} s, of {count:,.0f}"
 
 
 def start_canarium(cluster: Cluster, namespace: str, log_dir: Path) -> tuple[Controller, int]:
@@ -288,6 +339,8 @@ def measure(
         controller, pid = tool.start(cluster, namespace, log_dir)
         try:
             time.sleep(2)
+            queue_before = queue_snapshot(controller)
+            result["start_rss_mib"] = round(rss_mib(pid), 1)
             cpu_before = cpu_seconds(pid)
             started = time.monotonic()
             run.create(n)
@@ -299,6 +352,7 @@ def measure(
             result["ready_milestones_s"] = run.milestones
             result["half_ready_s"] = run.milestones.get("half")
             result["peak_rss_mib"] = round(peak_rss_mib(pid), 1)
+            result["burst_queue_wait"] = queue_wait(queue_before, queue_snapshot(controller))
             print(f"[{tool.name}] {ready}/{n} ready: {result}", file=sys.stderr, flush=True)
             if all_ready is None:
                 return result
@@ -312,7 +366,9 @@ def measure(
             one_s, _ = run.roll([0], "2.0.0")
             result["one_rollout_s"] = rounded(one_s)
             many = list(range(1, min(args.rollouts, n - 1) + 1))
+            queue_before = queue_snapshot(controller)
             many_s, promoted = run.roll(many, "2.0.0")
+            result["rollouts_queue_wait"] = queue_wait(queue_before, queue_snapshot(controller))
             result["concurrent_rollouts"] = len(many)
             result["concurrent_promoted"] = promoted
             result["concurrent_rollouts_s"] = rounded(many_s)
@@ -348,10 +404,13 @@ ROWS = [
     ("all Ready (s)", "all_ready_s"),
     ("Ready at the end", "ready"),
     ("CPU-seconds during the burst", "burst_cpu_s"),
+    ("RSS at start, no object (MiB)", "start_rss_mib"),
     ("peak RSS (MiB)", "peak_rss_mib"),
     ("idle CPU (% of a core)", "idle_cpu_percent"),
     ("1 rollout (s)", "one_rollout_s"),
     ("concurrent rollouts (s)", "concurrent_rollouts_s"),
+    ("work-queue wait, burst", "burst_queue_wait"),
+    ("work-queue wait, concurrent rollouts", "rollouts_queue_wait"),
 ]
 
 

@@ -266,6 +266,39 @@ def test_a_key_queue_serves_a_first_pass_within_every_share_of_gets() -> None:
     assert not queue.empty()
 
 
+def test_a_key_queue_measures_its_depth_adds_and_waits() -> None:
+    """client-go's workqueue metrics, for this queue's name: depth now, keys added, and how
+    long each waited for a worker (here 50 ms for the first, none for the second)."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"name": "test-queue", **labels}) or 0.0
+
+    queue = KeyQueue("test-queue")
+    before_adds = sample("canarium_workqueue_adds_total")
+    before_waits = sample("canarium_workqueue_queue_duration_seconds_count")
+    before_slow = before_waits - sample(
+        "canarium_workqueue_queue_duration_seconds_bucket", le="0.01"
+    )
+
+    async def scenario() -> None:
+        queue.put_nowait(("ml", "a"), seen=False)
+        assert sample("canarium_workqueue_depth") == 1
+        await asyncio.sleep(0.05)
+        queue.put_nowait(("ml", "b"), seen=True)
+        assert sample("canarium_workqueue_depth") == 2
+        assert await queue.get() == ("ml", "b")
+        assert await queue.get() == ("ml", "a")
+
+    asyncio.run(scenario())
+    assert sample("canarium_workqueue_depth") == 0
+    assert sample("canarium_workqueue_adds_total") - before_adds == 2
+    waits = sample("canarium_workqueue_queue_duration_seconds_count") - before_waits
+    slow = waits - sample("canarium_workqueue_queue_duration_seconds_bucket", le="0.01")
+    assert (waits, slow - before_slow) == (2, 1)
+    assert sample("canarium_workqueue_queue_duration_seconds_sum") >= 0.05
+
+
 def test_a_timer_queues_its_key_and_a_new_timer_replaces_the_old() -> None:
     controller, _ = _controller()
 
