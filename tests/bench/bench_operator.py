@@ -3,7 +3,7 @@
 One cluster (kwok nodes, hack/cluster.sh with CANARIUM_CONTROL_PLANE_PROFILE=bench: client QPS
 limits off, 50 concurrent Deployment/ReplicaSet/EndpointSlice syncs in kube-controller-manager,
 so the operator and not the control plane is measured). Each tool in turn, in a namespace of its
-own, as a local process with the same client limits (none) and 16 workers:
+own, as a local process with the same client limits (none) and 16 workers (--workers):
 
 - Canarium (`canarium run`): N ModelDeployments, one replica each, an inline canary policy;
 - Argo Rollouts v1.10.2 (rollouts-controller, built by hack/argo-rollouts.sh): N Rollouts, one
@@ -48,7 +48,7 @@ from tests.e2e.cluster import Cluster, start_local_cluster, stop_local_cluster
 from tests.e2e.operator import OperatorProcess, apply_crds
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WORKERS = 16
+WORKERS = 16  # reconcile workers / rollout threads of each tool (--workers)
 # The same canary steps for both: half the traffic, a short pause, all of it.
 STEPS: list[dict[str, Any]] = [
     {"setWeight": 50},
@@ -135,7 +135,7 @@ class Tool:
     ready: Callable[[dict[str, Any]], bool]
     promoted: Callable[[dict[str, Any], str], bool]
     # Starts the controller on a namespace; returns it and its pid.
-    start: Callable[[Cluster, str, Path], tuple[Controller, int]]
+    start: Callable[[Cluster, str, Path, int], tuple[Controller, int]]
     # What the user applies with each object (its Services), on the clock, before the object.
     extra_objects: Callable[[int], list[dict[str, Any]]] = field(default=lambda i: [])
 
@@ -182,15 +182,19 @@ def queue_wait(before: QueueSnapshot | None, after: QueueSnapshot | None) -> str
     return f"mean {mean_ms:.3g} ms, p99 <= {p99:g} s, of {count:,.0f}"
 
 
-def start_canarium(cluster: Cluster, namespace: str, log_dir: Path) -> tuple[Controller, int]:
-    operator = OperatorProcess(cluster, namespace, log_dir, "--workers", str(WORKERS)).start()
+def start_canarium(
+    cluster: Cluster, namespace: str, log_dir: Path, workers: int
+) -> tuple[Controller, int]:
+    operator = OperatorProcess(cluster, namespace, log_dir, "--workers", str(workers)).start()
     assert operator.proc is not None
     return operator, operator.proc.pid
 
 
-def start_argo(cluster: Cluster, namespace: str, log_dir: Path) -> tuple[Controller, int]:
+def start_argo(
+    cluster: Cluster, namespace: str, log_dir: Path, workers: int
+) -> tuple[Controller, int]:
     controller = argo.ArgoRolloutsProcess(
-        cluster, namespace, log_dir, "--rollout-threads", str(WORKERS)
+        cluster, namespace, log_dir, "--rollout-threads", str(workers)
     ).start()
     assert controller.proc is not None
     return controller, controller.proc.pid
@@ -336,7 +340,7 @@ def measure(
     result: dict[str, Any] = {"tool": tool.name, "count": n, "namespace": namespace}
     with ThreadPoolExecutor(16) as pool:
         run = Run(cluster, tool, namespace, pool, args.timeout)
-        controller, pid = tool.start(cluster, namespace, log_dir)
+        controller, pid = tool.start(cluster, namespace, log_dir, args.workers)
         try:
             time.sleep(2)
             queue_before = queue_snapshot(controller)
@@ -457,6 +461,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--tools", default="canarium,argo-rollouts", help="comma-separated")
     parser.add_argument("--rollouts", type=int, default=100, help="rollouts started at once")
+    parser.add_argument(
+        "--workers", type=int, default=WORKERS, help="each tool's reconcile workers / threads"
+    )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="per wait, in seconds")
     parser.add_argument("--cleanup-timeout", type=float, default=600.0)

@@ -38,11 +38,12 @@ pytestmark = pytest.mark.usefixtures("restricted")
 
 INTERVAL = 4.0  # policy()'s analysis interval
 # The checks of these rollouts: errors and prediction drift, judged through the faults.
-# latencyP99 is left out: its slow bound is stable's p99 bucket in the first interval, and a
-# load spike there (these faults make them) sets it so high that slow requests become too rare
-# for the comparison to conclude within the test's time; it holds, rightly unconvinced, and the
-# rollout waits (seen once in six runs, CI rehearsal of 2026-12-04). That is the judge's
-# concern (tests/unit/test_analysis_judge.py), not the faults'.
+# latencyP99 is left out: at this traffic (a canary of 12 requests/s) slow requests are a few
+# per minute, and a comparison that leans worse on a few of them rightly holds the step until
+# it has seen enough, however long that takes (a canary 1 slow in its first 29 requests held
+# a step for 14 intervals: 100 s after the connection came back, where this test allows 90;
+# 2026-12-04). That is the judge's behaviour (tests/unit/test_analysis_judge.py), not the
+# faults'.
 CHECKS = {"errorRate": {"max": 0.05}, "predictionDrift": {"maxPSI": 0.25}}
 
 
@@ -201,6 +202,31 @@ def replicas(operator: InstalledOperator, cluster: Cluster) -> Iterator[Installe
     operator.wait_ready()
 
 
+def canary_at_20_percent(
+    cluster: Cluster,
+    namespace: str,
+    models: E2EModels,
+    load: Callable[..., LoadGenerator],
+    steps: list[dict[str, Any]],
+) -> tuple[str, LoadGenerator, Progress, float]:
+    """v1 serving under 60 requests/s, then v2 applied with `steps` (the first sets weight 20)
+    and judged on CHECKS, until its canary takes 20%: (v1's revision, the traffic, the status
+    seen so far, when v2 was applied)."""
+    rollout = policy(steps=steps, checks=CHECKS)
+    old = start_v1(cluster, namespace, models, rollout)
+    traffic = load(NAME, models.x, rate=60, duration=300)
+    traffic.start()
+    progress = Progress()
+    started = time.monotonic()
+    deploy(cluster, namespace, models.good_v2, "2.0.0", rollout)
+    wait_until(
+        lambda: (poll(cluster, namespace, progress).get("canary") or {}).get("weight") == 20,
+        timeout=60,
+        what="the canary at 20%",
+    )
+    return old, traffic, progress, started
+
+
 def control_plane_restart_mid_rollout(
     cluster: Cluster,
     namespace: str,
@@ -216,18 +242,7 @@ def control_plane_restart_mid_rollout(
         {"pause": {"duration": "10s"}},
         {"setWeight": 100},
     ]
-    rollout = policy(steps=steps, checks=CHECKS)
-    old = start_v1(cluster, namespace, models, rollout)
-    traffic = load(NAME, models.x, rate=60, duration=300)
-    traffic.start()
-    progress = Progress()
-    started = time.monotonic()
-    deploy(cluster, namespace, models.good_v2, "2.0.0", rollout)
-    wait_until(
-        lambda: (poll(cluster, namespace, progress).get("canary") or {}).get("weight") == 20,
-        timeout=60,
-        what="the canary at 20%",
-    )
+    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, steps)
     # Mid-step, with an analysis interval under way.
     wait_until(
         lambda: (poll(cluster, namespace, progress).get("analysis") or {}).get("intervals"),
@@ -333,18 +348,7 @@ def connection_cut_mid_rollout(
         {"pause": {"duration": "10s"}},
         {"setWeight": 100},
     ]
-    rollout = policy(steps=steps, checks=CHECKS)
-    old = start_v1(cluster, namespace, models, rollout)
-    traffic = load(NAME, models.x, rate=60, duration=300)
-    traffic.start()
-    progress = Progress()
-    started = time.monotonic()
-    deploy(cluster, namespace, models.good_v2, "2.0.0", rollout)
-    wait_until(
-        lambda: (poll(cluster, namespace, progress).get("canary") or {}).get("weight") == 20,
-        timeout=60,
-        what="the canary at 20%",
-    )
+    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, steps)
     assert proxy.open_connections() > 0, "the operator's watches go through the proxy"
     proxy.cut()
     cut_at = time.monotonic()
