@@ -219,7 +219,7 @@ def _below_floor(evidence: Evidence, floor: _Floor | None) -> bool:
 
 def _floor_note(evidence: Evidence, floor: _Floor | None) -> str:
     """What an undecided comparison's reason adds when the canary's rate is shown below the
-    floor (what let the step pass)."""
+    floor (it lets the step pass if the comparison alone would not)."""
     if evidence.decision is None and floor is not None and _below_floor(evidence, floor):
         return f"; {floor.shown}"
     return ""
