@@ -207,11 +207,18 @@ def canary_at_20_percent(
     namespace: str,
     models: E2EModels,
     load: Callable[..., LoadGenerator],
-    steps: list[dict[str, Any]],
+    first_pause: str,
 ) -> tuple[str, LoadGenerator, Progress, float]:
-    """v1 serving under 60 requests/s, then v2 applied with `steps` (the first sets weight 20)
-    and judged on CHECKS, until its canary takes 20%: (v1's revision, the traffic, the status
-    seen so far, when v2 was applied)."""
+    """v1 serving under 60 requests/s, then v2 applied with the steps 20% (`first_pause`), 50%
+    (10 s), 100%, judged on CHECKS, until its canary takes 20%: (v1's revision, the traffic,
+    the status seen so far, when v2 was applied)."""
+    steps: list[dict[str, Any]] = [
+        {"setWeight": 20},
+        {"pause": {"duration": first_pause}},
+        {"setWeight": 50},
+        {"pause": {"duration": "10s"}},
+        {"setWeight": 100},
+    ]
     rollout = policy(steps=steps, checks=CHECKS)
     old = start_v1(cluster, namespace, models, rollout)
     traffic = load(NAME, models.x, rate=60, duration=300)
@@ -235,14 +242,7 @@ def control_plane_restart_mid_rollout(
     component: str,
     down: float,
 ) -> None:
-    steps: list[dict[str, Any]] = [
-        {"setWeight": 20},
-        {"pause": {"duration": "20s"}},
-        {"setWeight": 50},
-        {"pause": {"duration": "10s"}},
-        {"setWeight": 100},
-    ]
-    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, steps)
+    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, "20s")
     # Mid-step, with an analysis interval under way.
     wait_until(
         lambda: (poll(cluster, namespace, progress).get("analysis") or {}).get("intervals"),
@@ -341,14 +341,7 @@ def connection_cut_mid_rollout(
     proxy: TCPProxy,
     operator: OperatorProcess,
 ) -> None:
-    steps: list[dict[str, Any]] = [
-        {"setWeight": 20},
-        {"pause": {"duration": "10s"}},
-        {"setWeight": 50},
-        {"pause": {"duration": "10s"}},
-        {"setWeight": 100},
-    ]
-    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, steps)
+    old, traffic, progress, started = canary_at_20_percent(cluster, namespace, models, load, "10s")
     assert proxy.open_connections() > 0, "the operator's watches go through the proxy"
     proxy.cut()
     cut_at = time.monotonic()

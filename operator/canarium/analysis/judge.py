@@ -217,24 +217,16 @@ def _below_floor(evidence: Evidence, floor: _Floor | None) -> bool:
     return log_e >= math.log(1.0 / floor.alpha)
 
 
-def _floor_note(evidence: Evidence, floor: _Floor | None) -> str:
-    """What an undecided comparison's reason adds when the canary's rate is shown below the
-    floor (it lets the step pass if the comparison alone would not)."""
-    if evidence.decision is None and floor is not None and _below_floor(evidence, floor):
-        return f"; {floor.shown}"
-    return ""
-
-
 def _hold(
     evidence: Evidence,
     shown: sequential.RatioEvidence,
     tolerance: float,
     guard: tuple[float, float] | None,
-    floor: _Floor | None = None,
+    below_floor: bool = False,
 ) -> str:
     """Why an undecided comparison holds the step ("" when it lets it pass): the data lean
     towards worse than tolerated (or over the guard), or a clearly worse canary is not yet
-    unlikely enough (unless the canary's rate is shown below `floor`). Holding gathers the
+    unlikely enough (unless the canary's rate is shown below its floor). Holding gathers the
     observations a sequential test needs; a step that moved on at "not shown worse" would
     promote bad canaries at low traffic."""
     if evidence.decision is not None:
@@ -252,7 +244,7 @@ def _hold(
         )
     events = evidence.canary_events + evidence.stable_events
     unclear = events > 0 and shown.log_lr_double > -math.log(CLEAR_ODDS)
-    if unclear and not _below_floor(evidence, floor):
+    if unclear and not below_floor:
         return (
             f"not yet {CLEAR_ODDS:g} times likelier within {num(tolerance)}x stable than at "
             "twice that: holding for more evidence"
@@ -315,8 +307,11 @@ def _compare(
             why = f"not shown worse than {num(tolerance)}x stable"
     else:
         why = "shown worse earlier in this rollout"
-    hold = _hold(evidence, shown, tolerance, guard, floor)
-    why = hold or why + _floor_note(evidence, floor)
+    below_floor = _below_floor(evidence, floor)
+    hold = _hold(evidence, shown, tolerance, guard, below_floor)
+    # An undecided comparison's reason says when the floor is what lets the step pass.
+    note = f"; {floor.shown}" if floor and below_floor and evidence.decision is None else ""
+    why = hold or why + note
     return "; ".join(seen) or "no paired requests yet", why, bool(hold)
 
 
