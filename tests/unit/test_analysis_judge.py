@@ -595,6 +595,8 @@ def test_rate_below_limit_is_an_e_value_against_at_least_the_limit() -> None:
     assert sequential.rate_below_limit(1, 5000, 0.01) > 40
     assert sequential.rate_below_limit(50, 5000, 0.01) < 0
     assert sequential.rate_below_limit(0, 0, 0.01) == -math.inf
+    # One request with no event is evidence already, a little: e^(0.01 (1 - 1.25^-j)) each.
+    assert 0 < sequential.rate_below_limit(0, 1, 0.01) < 0.01
     assert sequential.rate_below_limit(0, 100, 0.0) == -math.inf
     # Each alternative's likelihood ratio has expectation at most 1 at the limit (Poisson):
     # sum over k of P(k) * exp(-k t + n p (1 - e^-t)) = 1 exactly, so the mixture's is 1 too.
