@@ -23,7 +23,7 @@ from canarium.analysis import (
     unanswered,
     window,
 )
-from canarium.analysis.judge import CLEAR_ODDS, CUSTOM_CHECKS_NOT_RUN
+from canarium.analysis.judge import CLEAR_ODDS, CUSTOM_CHECKS_NOT_RUN, _below_floor, _Floor
 from canarium.analysis.providers import ProviderContext, ProviderRegistry
 from canarium.analysis.providers.podmetrics import PodMetricsProvider
 from canarium.analysis.providers.prometheus import (
@@ -32,7 +32,7 @@ from canarium.analysis.providers.prometheus import (
     parse_answer,
     selector,
 )
-from canarium.api import AnalysisSpec, MetricsProvider
+from canarium.api import AnalysisSpec, Evidence, MetricsProvider
 from canarium_serving import metrics_contract as mc
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -588,6 +588,28 @@ def test_latency_with_rare_slow_requests_passes_once_under_one_percent_is_shown(
     m = step(3, 0)
     assert m.verdict == "Inconclusive"
     assert "leaning worse than 2x stable" in m.reason
+
+
+def test_the_latency_floor_counts_the_bake_and_is_shown_at_alpha() -> None:
+    """The canary's requests with no stable beside them (weight 100, the bake) count towards
+    the floor; it is shown at 1/alpha exactly (1 slow in 860: e-value e^4.86, between 100 and
+    200)."""
+    floor = _Floor(0.01, 0.01, "")
+    paired_and_bake = Evidence(
+        check="latencyP99", canary_requests=300, unpaired_requests=560, unpaired_events=1
+    )
+    assert math.log(100) < sequential.rate_below_limit(1, 860, 0.01) < math.log(200)
+    assert _below_floor(paired_and_bake, floor)
+    # 1 slow among 400 paired and 1 among 400 in the bake: 2 in 800, not shown.
+    both = Evidence(
+        check="latencyP99",
+        canary_requests=400,
+        canary_events=1,
+        unpaired_requests=400,
+        unpaired_events=1,
+    )
+    assert not _below_floor(both, floor)
+    assert not _below_floor(both, None)
 
 
 def test_rate_below_limit_is_an_e_value_against_at_least_the_limit() -> None:
